@@ -181,28 +181,32 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or ensure_model(args.data_dir / "efficientnet_b0_calibrated.pt", inputs)
     prepare_onnx(model, args.engine_list)
     args.load_before = load_average()
-    birdnet_configs = sorted({1, len(args.cores)})
-    runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="dawnchorus-vs-birdnet-") as folder:
-        work = Path(folder)
-        runner = work / "birdnet_runner.py"
-        runner.write_text(BIRDNET_RUNNER)
-        for repeat in range(args.repeats):
-            for processes in birdnet_configs:
-                name = f"BirdNET 2.4, {processes} process{'es' if processes > 1 else ''}"
-                result = run_birdnet(
-                    args.birdnet_python, runner, processes, inputs, work / f"birdnet-{processes}-{repeat}",
-                    args.cores,
-                )
-                runs.setdefault(name, []).append(result)
-                report(repeat, args.repeats, name, result)
-            for engine in args.engine_list:
-                name = f"dawnchorus {engine}, {args.threads} threads"
-                result = run_engine(engine, model, inputs, args, work, f"cmp{repeat}")
-                runs.setdefault(name, []).append(result)
-                report(repeat, args.repeats, name, result)
+        runs = interleaved_runs(model, inputs, args, Path(folder))
     print_results(runs, inputs, args)
     return 0
+
+
+def interleaved_runs(
+    model: Path, inputs: list[Path], args: argparse.Namespace, work: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """Each round: BirdNET in one process and in one per core, then each dawnchorus engine."""
+    runner = work / "birdnet_runner.py"
+    runner.write_text(BIRDNET_RUNNER)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for repeat in range(args.repeats):
+        for processes in sorted({1, len(args.cores)}):
+            name = f"BirdNET 2.4, {processes} process{'es' if processes > 1 else ''}"
+            out = work / f"birdnet-{processes}-{repeat}"
+            result = run_birdnet(args.birdnet_python, runner, processes, inputs, out, args.cores)
+            runs.setdefault(name, []).append(result)
+            report(repeat, args.repeats, name, result)
+        for engine in args.engine_list:
+            name = f"dawnchorus {engine}, {args.threads} cores"
+            result = run_engine(engine, model, inputs, args, work, f"cmp{repeat}")
+            runs.setdefault(name, []).append(result)
+            report(repeat, args.repeats, name, result)
+    return runs
 
 
 def report(repeat: int, repeats: int, name: str, result: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ cached graph beside the model file is reused and refreshed; the staged predictio
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import shutil
 import sys
@@ -18,8 +19,20 @@ import pandas as pd
 import pytest
 import torch
 
+from dawnchorus import export
 from dawnchorus.audio import iter_windows, load, write_audio
 from dawnchorus.config import build_config
+from dawnchorus.export import (
+    ExportError,
+    OnnxRunner,
+    batch_function_for,
+    cached_onnx_path,
+    describe_engine,
+    export_onnx,
+    onnx_batch_function,
+    onnx_path_beside,
+    read_onnx_metadata,
+)
 from dawnchorus.features import LogMel
 from dawnchorus.infer import (
     PredictionError,
@@ -34,21 +47,17 @@ from dawnchorus.synth import coloured_noise
 from dawnchorus.train import LoadedModel, SpectrogramClassifier, load_model, save_model_file
 from tests.conftest import real_data_dir
 
-pytest.importorskip("onnxruntime", reason="onnxruntime (the onnx extra) is not installed")
-pytest.importorskip("onnx", reason="onnx (the onnx extra) is not installed")
 
-from dawnchorus import export  # noqa: E402
-from dawnchorus.export import (  # noqa: E402 - after the importorskip of the optional extra
-    ExportError,
-    OnnxRunner,
-    batch_function_for,
-    cached_onnx_path,
-    describe_engine,
-    export_onnx,
-    onnx_batch_function,
-    onnx_path_beside,
-    read_onnx_metadata,
-)
+def importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+HAS_ONNX = importable("onnx") and importable("onnxruntime")
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx/onnxruntime (the onnx extra) are not installed")
 
 SR = 32000
 CLIP = 5 * SR
@@ -178,6 +187,7 @@ def eager_probabilities(model: LoadedModel, audio: np.ndarray) -> np.ndarray:
 # --- export and parity ------------------------------------------------------------------------------
 
 
+@needs_onnx
 @pytest.mark.parametrize("include_frontend", [True, False], ids=["frontend-in-onnx", "frontend-in-torch"])
 def test_onnx_matches_eager_torch_on_real_and_synthetic_audio(
     model: LoadedModel, include_frontend: bool, real_data: Path, tmp_path: Path
@@ -195,6 +205,7 @@ def test_onnx_matches_eager_torch_on_real_and_synthetic_audio(
     np.testing.assert_allclose(run(audio[2:3]), expected[2:3], atol=PARITY, rtol=0)
 
 
+@needs_onnx
 @pytest.mark.parametrize("include_frontend", [True, False], ids=["frontend-in-onnx", "frontend-in-torch"])
 def test_sed_head_with_three_input_channels_exports_with_parity(
     tmp_path: Path, include_frontend: bool
@@ -206,6 +217,7 @@ def test_sed_head_with_three_input_channels_exports_with_parity(
     np.testing.assert_allclose(run(audio), eager_probabilities(model, audio), atol=PARITY, rtol=0)
 
 
+@needs_onnx
 def test_export_writes_metadata_and_checks_inputs(small_model: LoadedModel, tmp_path: Path) -> None:
     full = export_onnx(small_model, tmp_path / "full.onnx")
     cnn = export_onnx(small_model, tmp_path / "cnn.onnx", include_frontend=False)
@@ -229,6 +241,7 @@ def test_export_writes_metadata_and_checks_inputs(small_model: LoadedModel, tmp_
         read_onnx_metadata(tmp_path / "junk.onnx")
 
 
+@needs_onnx
 def test_graph_of_another_model_is_refused(small_model: LoadedModel, tmp_path: Path) -> None:
     graph = export_onnx(small_model, tmp_path / "model.onnx")
     small_model.labels = [*LABELS[:-1], "foxtrot"]
@@ -239,15 +252,21 @@ def test_graph_of_another_model_is_refused(small_model: LoadedModel, tmp_path: P
 def test_missing_onnxruntime_names_the_extra(
     small_model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    graph = export_onnx(small_model, tmp_path / "model.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ExportError, match=r'pip install "dawnchorus\[onnx\]"'):
-        OnnxRunner(graph)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    expected = r"needs the 'onnxruntime' package.*pip install \"dawnchorus\[onnx\]\""
+    with pytest.raises(ExportError, match=expected):
+        OnnxRunner(tmp_path / "model.onnx")
+    with pytest.raises(ExportError, match=r"needs the 'onnx' package"):
+        export_onnx(small_model, tmp_path / "model.onnx")
+    with pytest.raises(ExportError, match=r"dawnchorus\[onnx\]"):
+        batch_function_for(small_model, "onnx")
 
 
 # --- the cache beside the model file ------------------------------------------------------------------
 
 
+@needs_onnx
 def test_cached_export_is_reused_and_refreshed_when_the_model_changes(tmp_path: Path) -> None:
     model_path = make_model_file(tmp_path / "model.pt", "test_efficientnet", seed=0)
     first = cached_onnx_path(model_path)
@@ -279,6 +298,7 @@ def test_cached_export_is_reused_and_refreshed_when_the_model_changes(tmp_path: 
     assert read_onnx_metadata(cnn)["dawnchorus.include_frontend"] == "0"
 
 
+@needs_onnx
 def test_cache_falls_back_to_user_cache_when_the_model_folder_is_read_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,6 +325,7 @@ def test_cached_onnx_path_of_a_missing_model_file(tmp_path: Path) -> None:
 # --- the engines in prediction ----------------------------------------------------------------------
 
 
+@needs_onnx
 @pytest.mark.parametrize("include_frontend", [True, False])
 def test_predict_frame_with_onnx_matches_torch(
     small_model: LoadedModel, recordings: list[Path], real_data: Path, include_frontend: bool
@@ -319,6 +340,7 @@ def test_predict_frame_with_onnx_matches_torch(
     np.testing.assert_allclose(with_onnx.to_numpy(), with_torch.to_numpy(), atol=PARITY, rtol=0)
 
 
+@needs_onnx
 def test_batch_function_for_each_engine(small_model: LoadedModel, recordings: list[Path]) -> None:
     torch_run = batch_function_for(small_model, "torch", device="cpu")
     assert isinstance(torch_run, StagedBatchFunction)
@@ -349,12 +371,14 @@ def test_batch_function_for_each_engine(small_model: LoadedModel, recordings: li
             batch_function_for(small_model, "onnx", device="cuda:1")
 
 
+@needs_onnx
 def test_onnx_runner_names_a_missing_execution_provider(small_model: LoadedModel, tmp_path: Path) -> None:
     graph = export_onnx(small_model, tmp_path / "model.onnx")
     with pytest.raises(ExportError, match="has no NoSuchExecutionProvider .*use --engine torch"):
         OnnxRunner(graph, providers=["NoSuchExecutionProvider", "CPUExecutionProvider"])
 
 
+@needs_onnx
 def test_model_without_a_file_exports_to_a_temporary_graph(small_model: LoadedModel) -> None:
     small_model.path = None
     run = onnx_batch_function(small_model)
@@ -362,6 +386,7 @@ def test_model_without_a_file_exports_to_a_temporary_graph(small_model: LoadedMo
     np.testing.assert_allclose(run(audio), eager_probabilities(small_model, audio), atol=PARITY)
 
 
+@needs_onnx
 def test_run_prediction_with_onnx_writes_the_same_tables(
     small_model: LoadedModel, recordings: list[Path], tmp_path: Path
 ) -> None:
@@ -437,6 +462,7 @@ def test_an_engine_failure_ends_the_run_instead_of_failing_each_file(
         list(iter_predictions(recordings, staged, LABELS, SR, 5.0, batch_size=0))
 
 
+@needs_onnx
 def test_cli_export_and_predict_with_the_onnx_engine(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 
-# Windows per batch. On CPU small batches are fastest (the activations stay in cache; measured here:
-# 8 windows ~1.3x the windows/s of 32 with half the memory); a GPU wants larger ones (64 or more).
-DEFAULT_BATCH_SIZE = 8
+# Windows per batch. On CPU small batches are fastest (activations stay in cache; measured here with
+# two lanes: batch 4 gives ~1.4x the throughput of batch 32 with ~1 GB less memory, batches of 1-4
+# are alike); a GPU wants large ones (64 or more).
+DEFAULT_BATCH_SIZE = 4
 OUTPUT_FORMATS = ("csv", "parquet", "birdclef", "raven", "audacity")
 
 
