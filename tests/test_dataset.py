@@ -524,6 +524,32 @@ def test_training_crops_vary_and_are_transformed(ramp_file: Path, tmp_path: Path
     assert len(starts) >= 6
 
 
+def test_background_only_items_replace_a_share_of_training_clips(ramp_file: Path) -> None:
+    background = np.full(CLIP, 0.125, dtype=np.float32)  # a value the ramp never takes
+    dataset = ClipDataset([str(ramp_file)], np.ones((1, 2)), RATE, CLIP, train=True,
+                          waveform_transform=lambda x, sr: x * 2.0, seed=3,
+                          background_source=lambda n, rng: background[:n],
+                          background_only_p=0.3)
+    items = [dataset[0] for _ in range(400)]
+    negatives = [item for item in items if float(item["target"].sum()) == 0.0]
+    assert 0.2 < len(negatives) / len(items) < 0.4
+    for item in negatives:  # background, transformed like any clip, with every target 0
+        np.testing.assert_allclose(item["audio"].numpy(), 0.25)
+    positives = [item for item in items if float(item["target"].sum()) > 0.0]
+    assert all(torch.equal(item["target"], torch.ones(2)) for item in positives)
+    assert all(not np.allclose(item["audio"].numpy(), 0.25) for item in positives)
+    assert torch.equal(torch.from_numpy(dataset.targets), torch.ones((1, 2)))  # targets untouched
+
+
+def test_validation_never_draws_background_only_items(ramp_file: Path) -> None:
+    dataset = ClipDataset([str(ramp_file)], np.ones((1, 2)), RATE, CLIP, train=False,
+                          background_source=lambda n, rng: np.zeros(n, np.float32),
+                          background_only_p=0.9)
+    assert all(float(dataset[0]["target"].sum()) == 2.0 for _ in range(50))
+    with pytest.raises(ValueError, match="background_only_p"):
+        ClipDataset([str(ramp_file)], np.ones((1, 2)), RATE, CLIP, train=True, background_only_p=1.0)
+
+
 def test_workers_and_epochs_draw_different_crops(ramp_file: Path) -> None:
     dataset = ClipDataset([str(ramp_file)] * 4, np.ones((4, 1)), RATE, RATE // 4, train=True)
     loader = DataLoader(dataset, batch_size=1, num_workers=2)

@@ -263,6 +263,20 @@ def test_missing_onnxruntime_names_the_extra(
         batch_function_for(small_model, "onnx")
 
 
+def test_auto_engine_is_onnx_on_cpu_when_installed_else_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert export.resolve_engine("torch", "cpu") == "torch"
+    assert export.resolve_engine("onnx", "cuda") == "onnx"
+    assert export.resolve_engine("auto", "cuda:0") == "torch"  # the GPU runs eager torch with AMP
+    assert export.resolve_engine("auto", "cpu") == ("onnx" if HAS_ONNX else "torch")
+    monkeypatch.setattr(export, "_cuda_available", lambda: False)
+    assert export.resolve_engine("auto") == ("onnx" if HAS_ONNX else "torch")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert not export.onnx_available()
+    assert export.resolve_engine("auto", "cpu") == "torch"
+    with pytest.raises(ExportError, match="unknown engine 'tensorrt'"):
+        export.resolve_engine("tensorrt")
+
+
 # --- the cache beside the model file ------------------------------------------------------------------
 
 
@@ -360,7 +374,7 @@ def test_batch_function_for_each_engine(small_model: LoadedModel, recordings: li
     audio = synthetic_audio(10.0, seed=5).reshape(2, CLIP)
     np.testing.assert_allclose(onnx_run(audio), torch_run(audio), atol=PARITY, rtol=0)
     np.testing.assert_allclose(graph_run(audio), torch_run(audio), atol=PARITY, rtol=0)
-    with pytest.raises(ExportError, match="unknown engine 'tflite'; choose from torch, onnx"):
+    with pytest.raises(ExportError, match="unknown engine 'tflite'; choose from auto, torch, onnx"):
         batch_function_for(small_model, "tflite")  # type: ignore[arg-type]
     with pytest.raises(ExportError, match="threads must be at least 1"):
         batch_function_for(small_model, "onnx", threads=0)

@@ -65,6 +65,26 @@ def test_atomic_write_leaves_no_partial_file_when_the_writer_fails(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
 
 
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path: Path) -> None:
+    captured: list[Path] = []
+
+    def capture(tmp: Path) -> None:
+        captured.append(tmp)
+        tmp.write_text("half")
+        raise KeyboardInterrupt  # stands in for the kill; a real SIGKILL skips the clean-up
+
+    with pytest.raises(KeyboardInterrupt):
+        outputs.atomic_write(tmp_path / "rec.parquet", capture)
+    stale = tmp_path / captured[0].name
+    stale.write_text("half")  # what SIGKILL leaves behind
+    keep = [tmp_path / "rec.parquet", tmp_path / ".hidden_user_file", tmp_path / "notes.tmp.txt"]
+    for path in keep:
+        path.write_text("keep")
+    assert outputs.remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists()
+    assert all(path.exists() for path in keep)
+
+
 def test_atomic_write_requires_the_writer_to_create_the_file(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="without creating"):
         outputs.atomic_write(tmp_path / "x.csv", lambda tmp: None)

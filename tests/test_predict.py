@@ -196,4 +196,5 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     assert len(table) == count * 6
     assert not table.duplicated(["file", "start_s"]).any()
     assert table["file"].nunique() == count
+    assert not [p.name for p in parts.iterdir() if p.name.startswith(".")]  # no temporaries left
     shutil.rmtree(folder)

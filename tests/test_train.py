@@ -251,6 +251,23 @@ def test_without_fold_the_split_is_stratified_by_val_fraction(dataset: Path, tmp
     assert val_labels == set(training_set.labels)
 
 
+def test_noise_bank_supplies_bird_free_negatives_to_training_only(dataset: Path, tmp_path: Path) -> None:
+    from dawnchorus.audio import write_audio
+
+    bank = tmp_path / "noise"
+    write_audio(bank / "rain.wav", np.random.default_rng(0).normal(0, 0.1, 32000 * 8), 32000)
+    training_set = load_training_set(dataset)
+    cache = AudioCache(tmp_path / "cache", 32000)
+    config = fast_config({"augment.noise_dir": str(bank), "augment.background_only_p": 0.5})
+    train_set, val_set, *_ = build_datasets(training_set, config, cache)
+    assert train_set.background_only_p == 0.5 and val_set.background_only_p == 0.0
+    targets = np.stack([train_set[0]["target"].numpy() for _ in range(60)])
+    negatives = (targets.sum(axis=1) == 0).mean()
+    assert 0.3 < negatives < 0.7
+    without_bank, *_ = build_datasets(training_set, fast_config({"augment.background_only_p": 0.5}), cache)
+    assert without_bank.background_only_p == 0.0  # no noise folder, no negatives
+
+
 # --- imbalance options ------------------------------------------------------------------------------
 
 

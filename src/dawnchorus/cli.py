@@ -224,8 +224,12 @@ def predict(
         Path | None, typer.Option("--config", help="YAML settings; its cluster: section sets up SLURM jobs.")
     ] = None,
     engine: Annotated[
-        str, typer.Option(help="torch, or onnx (exported once and cached beside the model; extra 'onnx').")
-    ] = "torch",
+        str,
+        typer.Option(
+            help="auto (onnx on CPU when the 'onnx' extra is installed, else torch), torch, or onnx "
+            "(exported once and cached beside the model)."
+        ),
+    ] = "auto",
 ) -> None:
     """Predict species per window in long recordings; resumable, bad files reported and skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -283,7 +287,8 @@ def predict(
                 from dawnchorus.distributed import run_distributed_prediction
 
                 summary = run_distributed_prediction(
-                    model_path, inputs, out, cluster=cluster, chunk_s=chunk, slurm=slurm, **options
+                    model_path, inputs, out, cluster=cluster, chunk_s=chunk, slurm=slurm, engine=engine,
+                    **options,
                 )
         except PredictionError as exc:
             fail(str(exc))

@@ -56,6 +56,11 @@ class AugmentSettings(_Section):
     noise_dir: Path | None = Field(None, description="Folder of background recordings to mix in.")
     noise_p: float = Field(0.6, ge=0, le=1)
     noise_snr_db: tuple[float, float] = (0.0, 20.0)
+    background_only_p: float = Field(
+        0.1, ge=0, lt=1,
+        description="Share of training items replaced by a bird-free clip from the noise bank with "
+        "all-zero targets (needs noise_dir), so the model learns that background alone is no bird.",
+    )
     colored_noise_p: float = Field(0.3, ge=0, le=1)
     colored_noise_snr_db: tuple[float, float] = (5.0, 40.0)
     gain_p: float = Field(0.5, ge=0, le=1)

@@ -690,6 +690,8 @@ class AudioCache:
 
 
 WaveformTransform = Callable[[np.ndarray, int], np.ndarray]
+# (length, rng) -> `length` samples of bird-free background, e.g. NoiseBank.random_segment.
+BackgroundSource = Callable[[int, np.random.Generator], np.ndarray]
 
 
 class ClipDataset(Dataset):
@@ -700,7 +702,9 @@ class ClipDataset(Dataset):
     (calls are usually at the start of a focal recording), zero-padded, untransformed. Each item is
     ``{"audio": (clip_samples,) float32, "target": (C,) float32, "weight": () float32, "index": int}``.
     Randomness comes from a numpy Generator seeded by ``seed`` and ``torch.initial_seed()``, created
-    lazily in each worker, so workers and epochs draw differently.
+    lazily in each worker, so workers and epochs draw differently. With a ``background_source``, a
+    share ``background_only_p`` of training items is replaced by bird-free background with an all-zero
+    target (then transformed like any clip): the model must learn that noise alone is no bird.
     """
 
     def __init__(
@@ -714,6 +718,8 @@ class ClipDataset(Dataset):
         waveform_transform: WaveformTransform | None = None,
         weights: np.ndarray | None = None,
         seed: int = 0,
+        background_source: BackgroundSource | None = None,
+        background_only_p: float = 0.0,
     ) -> None:
         targets = np.asarray(targets, dtype=np.float32)
         if targets.ndim != 2 or len(targets) != len(paths):
@@ -722,6 +728,8 @@ class ClipDataset(Dataset):
             raise ValueError(f"weights has {len(weights)} entries for {len(paths)} clips")
         if sample_rate <= 0 or clip_samples <= 0:
             raise ValueError("sample_rate and clip_samples must be positive")
+        if not 0.0 <= background_only_p < 1.0:
+            raise ValueError(f"background_only_p must be in [0, 1), got {background_only_p}")
         self.paths = [str(p) for p in paths]
         self.targets = targets
         self.sample_rate = int(sample_rate)
@@ -731,6 +739,8 @@ class ClipDataset(Dataset):
         self.waveform_transform = waveform_transform
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
         self.seed = seed
+        self.background_source = background_source
+        self.background_only_p = background_only_p if background_source is not None else 0.0
         self._rng: np.random.Generator | None = None
         self._rng_torch_seed: int | None = None
 
@@ -747,7 +757,12 @@ class ClipDataset(Dataset):
         return self._rng
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        samples = self._clip(self.paths[index])
+        target = self.targets[index].copy()
+        if self.train and self.background_only_p and self.rng.random() < self.background_only_p:
+            samples = self._background_only()
+            target[:] = 0.0
+        else:
+            samples = self._clip(self.paths[index])
         if self.train and self.waveform_transform is not None:
             samples = self.waveform_transform(samples, self.sample_rate)
             # Length-changing transforms (time stretch) are brought back to the clip length.
@@ -756,10 +771,20 @@ class ClipDataset(Dataset):
         weight = 1.0 if self.weights is None else float(self.weights[index])
         return {
             "audio": torch.from_numpy(np.array(samples, dtype=np.float32)),
-            "target": torch.from_numpy(self.targets[index].copy()),
+            "target": torch.from_numpy(target),
             "weight": torch.tensor(weight, dtype=torch.float32),
             "index": int(index),
         }
+
+    def _background_only(self) -> np.ndarray:
+        """A bird-free stretch of background (a negative example: every target 0)."""
+        assert self.background_source is not None
+        samples = np.asarray(self.background_source(self.clip_samples, self.rng), dtype=np.float32)
+        if samples.shape != (self.clip_samples,):
+            raise ValueError(
+                f"background source returned shape {samples.shape}, expected ({self.clip_samples},)"
+            )
+        return samples.copy()
 
     def _clip(self, path: str) -> np.ndarray:
         """``clip_samples`` samples of ``path``: a random crop when training, else the start."""

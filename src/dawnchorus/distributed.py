@@ -21,7 +21,6 @@ dask.distributed and dask-jobqueue.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import queue
@@ -54,8 +53,10 @@ from dawnchorus.infer import (
     _write_recording,
     expand_inputs,
     recording_key,
+    reuse_large_allocations,
     torch_batch_function,
 )
+from dawnchorus.outputs import remove_stale_temporaries
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -386,6 +387,7 @@ class TaskOptions:
     merge: bool
     device: str | None
     torch_threads: int | None
+    engine: str = "torch"  # resolved: torch or onnx (its graph exported by the client beforehand)
 
 
 @dataclass
@@ -440,25 +442,6 @@ def _worker_device(requested: str | None) -> str | None:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-# glibc malloc: blocks below this come from the heap and are reused, and free heap is kept. Dask
-# workers start with MALLOC_TRIM_THRESHOLD_=65536, which also fixes the mmap threshold at 128 KiB:
-# every batch buffer (20 MB of audio, an 80 MB STFT) is then mmapped, page-faulted and unmapped
-# again. Measured here (efficientnet_b0, 5 min of audio): 3.2 CPU-s per task -> 1.9 CPU-s.
-MALLOC_THRESHOLD_BYTES = 256 << 20
-
-
-def reuse_large_allocations() -> bool:
-    """Let glibc keep and reuse batch-sized blocks (``mallopt``); False where that is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        trim, mmap = -1, -3  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD in malloc.h
-        return bool(libc.mallopt(mmap, MALLOC_THRESHOLD_BYTES)) and bool(
-            libc.mallopt(trim, MALLOC_THRESHOLD_BYTES)
-        )
-    except (OSError, AttributeError):  # not glibc (macOS, musl): leave the allocator alone
-        return False
-
-
 def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
     """This process's copy of the model and its batch function, loaded on first use only."""
     key = (options.model_path, options.model_stamp, options.device)
@@ -473,9 +456,19 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
             reuse_large_allocations()
             _MODEL_CACHE.clear()  # a new model file replaces the old one
             model = load_model(options.model_path)
-            _MODEL_CACHE[key] = (model, torch_batch_function(model, _worker_device(options.device)))
+            _MODEL_CACHE[key] = (model, _worker_batch_function(model, options))
             _MODEL_LOADS[options.model_path] += 1
         return _MODEL_CACHE[key]
+
+
+def _worker_batch_function(model: LoadedModel, options: TaskOptions) -> BatchFunction:
+    device = _worker_device(options.device)
+    if options.engine == "torch":
+        return torch_batch_function(model, device)
+    from dawnchorus.export import batch_function_for
+
+    # One lane: the worker's threads already share the cores with the other workers.
+    return batch_function_for(model, "onnx", device=device, threads=options.torch_threads, lanes=1)
 
 
 @dataclass
@@ -693,6 +686,19 @@ def _model_stamp(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def _prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> str:
+    """Resolve ``auto`` and export the ONNX graph the workers will load (once, before they start)."""
+    from dawnchorus.export import ExportError, cached_onnx_path, resolve_engine
+
+    try:
+        resolved = resolve_engine(engine, device)
+        if resolved == "onnx":
+            cached_onnx_path(model_path, model, include_frontend=False)
+    except ExportError as exc:
+        raise PredictionError(str(exc)) from exc
+    return resolved
+
+
 def run_distributed_prediction(
     model_path: str | Path,
     inputs: Sequence[str | Path],
@@ -708,6 +714,7 @@ def run_distributed_prediction(
     slurm: Mapping[str, Any] | None = None,
     device: str | None = None,
     retries: int = 1,
+    engine: str = "torch",
 ) -> DistributedSummary:
     """Predict every recording on a dask cluster; write the files :func:`infer.run_prediction` writes.
 
@@ -717,6 +724,8 @@ def run_distributed_prediction(
     called as each recording completes (``result.frame`` is None: the table is already on disk;
     ``result.duration_s`` counts audio done). ``retries`` reruns a task that raised; a task whose worker
     died is rerun by the scheduler (up to its ``allowed-failures``) whatever ``retries`` is.
+    ``engine`` is ``torch``, ``onnx`` or ``auto`` (see :func:`dawnchorus.export.resolve_engine`); the
+    ONNX graph is exported here once, beside the model file, before any task starts.
     """
     from dawnchorus.train import load_model
 
@@ -730,8 +739,10 @@ def run_distributed_prediction(
     if batch_size < 1:
         raise PredictionError(f"batch size must be at least 1, got {batch_size}")
     parse_cluster(cluster)  # a bad value fails before any header is read
+    engine = _prepare_engine(engine, device, model_path, model)
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir / "parts")  # left by a run killed mid-write
     recordings = expand_inputs(inputs)
     if not recordings:
         raise PredictionError("no recordings found in the given inputs")
@@ -761,6 +772,7 @@ def run_distributed_prediction(
                 merge=merge_detections,
                 device=device,
                 torch_threads=torch_threads,
+                engine=engine,
             )
             final, tasks = _submit(client, plans, options, retries)
             finished = _collect(final, progress, len(unreadable), len(todo))

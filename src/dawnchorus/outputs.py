@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -74,6 +75,19 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporary files a killed :func:`atomic_write` left in ``folder``; returns how many.
+
+    Call it before a run starts writing into ``folder``, never while another writer is active.
+    """
+    removed = 0
+    for stale in Path(folder).glob(".*.*.tmp*"):
+        if re.fullmatch(r"\..+\.[0-9a-f]{12}\.tmp(\.\w+)?", stale.name) and stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _write_text(path: str | Path, text: str) -> Path:

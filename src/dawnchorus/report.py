@@ -837,7 +837,7 @@ def _clean_vs_noisy(builder: _Builder) -> Section:
     image = builder.save(_clean_vs_noisy_figure(pair), "clean_vs_noisy", "headline scores, clean vs noisy")
     body = (
         "<p>The same held-out soundscapes scored twice: as recorded (calls in wind, insects and "
-        "coloured noise) and as clean copies holding only the calls.</p>"
+        "coloured noise) and as clean copies holding only the calls over a faint recorder floor.</p>"
         f"{image}<p>{_clean_vs_noisy_reading(pair)}</p>"
     )
     return Section(title, body)
@@ -855,10 +855,9 @@ def _clean_vs_noisy_reading(pair: dict[str, dict[str, Any]]) -> str:
             "costs after noise augmentation."
         )
     return (
-        f"Here the clean copies score lower ({scores}). Between the calls they hold digital silence, "
-        "which no real recording and no training clip contains: per-window normalisation turns a silent "
-        "window into an image the model has never seen, and its scores there are arbitrary. Domain "
-        "shift cuts both ways: a model is reliable only on audio like what it was trained on."
+        f"Here the clean copies score lower ({scores}). The model was trained on clips and noise "
+        "unlike this quiet audio: a model is reliable only on audio like what it was trained on, so "
+        "add recordings like these to the noise bank or to the training set."
     )
 
 

@@ -45,6 +45,7 @@ SOUNDSCAPE_RATE = 32000
 WINDOW_S = 5.0
 MIN_CLIP_S, MAX_CLIP_S = 1.0, 30.0
 SNR_DB_RANGE = (-5.0, 15.0)
+CLEAN_FLOOR_DB = -40.0  # the clean copies' recorder self-noise, relative to the field background
 # A call labels a window when it overlaps it by this much, or lies entirely inside it.
 MIN_LABEL_OVERLAP_S = 0.5
 CALLS_PER_WINDOW_WEIGHTS = (0.3, 0.35, 0.25, 0.1)  # P(0, 1, 2, 3 calls start in a window)
@@ -618,6 +619,13 @@ def _place_calls(
     return calls, events
 
 
+def _recorder_floor(n: int, background_rms: float, task: _SoundscapeTask) -> np.ndarray:
+    """The faint self-noise of a recorder in a silent place, ``CLEAN_FLOOR_DB`` under the field
+    background: "clean" means no environment, not digital silence, which no microphone records."""
+    rng = _rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 2)
+    return _clip_noise(n, SOUNDSCAPE_RATE, rng) * background_rms * 10 ** (CLEAN_FLOOR_DB / 20)
+
+
 def _write_soundscape(task: _SoundscapeTask) -> tuple[list[CallEvent], int]:
     """Render and write one soundscape (and its clean copy); returns its calls and bytes written."""
     n = int(round(task.duration_s * SOUNDSCAPE_RATE))
@@ -632,7 +640,8 @@ def _write_soundscape(task: _SoundscapeTask) -> tuple[list[CallEvent], int]:
     write_audio(task.path, (mix * gain).astype(np.float32), SOUNDSCAPE_RATE)
     written = task.path.stat().st_size
     if task.clean_path is not None:
-        write_audio(task.clean_path, (calls * gain).astype(np.float32), SOUNDSCAPE_RATE)
+        clean = calls + _recorder_floor(n, _rms(background), task)
+        write_audio(task.clean_path, (clean * gain).astype(np.float32), SOUNDSCAPE_RATE)
         written += task.clean_path.stat().st_size
     return events, written
 
@@ -843,10 +852,11 @@ def make_dataset(
     ``clips_per_species`` bounds the long-tailed (Zipf-like) clip counts; ``total_clips`` fixes
     their sum instead of letting the commonest species reach the maximum. ``noise_dir`` adds real
     background recordings to the soundscapes; ``clean_copies`` also writes each soundscape without
-    background (``test_soundscapes_clean/``). ``progress(stage, done, total)`` is called as files
-    are written. ``workers`` processes render in parallel (default: all cores); the output is the
-    same for a seed whatever their number. Refuses a folder that already holds a data set unless
-    ``overwrite`` (which deletes only the files this function writes).
+    background (``test_soundscapes_clean/``, over a faint recorder floor 40 dB below the background).
+    ``progress(stage, done, total)`` is called as files are written. ``workers`` processes render in
+    parallel (default: all cores); the output is the same for a seed whatever their number. Refuses
+    a folder that already holds a data set unless ``overwrite`` (which deletes only the files this
+    function writes).
     """
     started = time.perf_counter()
     out = Path(out)

@@ -32,10 +32,11 @@ from torchvision.ops import sigmoid_focal_loss
 
 from dawnchorus import __version__
 from dawnchorus.audio import crop_or_pad
-from dawnchorus.augment import BatchAugment, WaveformAugment
+from dawnchorus.augment import BatchAugment, NoiseBank, WaveformAugment
 from dawnchorus.config import Config
 from dawnchorus.dataset import (
     AudioCache,
+    BackgroundSource,
     ClipDataset,
     TrainingSet,
     encode_targets,
@@ -469,6 +470,13 @@ def _train_sampler(primary: Sequence[str], config: Config, num_samples: int):
     return None
 
 
+def _background_source(config: Config) -> BackgroundSource | None:
+    """Bird-free negatives come from the background-noise bank, when there is one."""
+    if config.augment.noise_dir is None or config.augment.background_only_p == 0:
+        return None
+    return NoiseBank.cached(config.augment.noise_dir, config.audio.sample_rate).random_segment
+
+
 def build_datasets(
     training_set: TrainingSet, config: Config, cache: AudioCache
 ) -> tuple[ClipDataset, ClipDataset, Dataset | None, np.ndarray, np.ndarray]:
@@ -498,6 +506,8 @@ def build_datasets(
         waveform_transform=WaveformAugment(config.augment, config.audio.sample_rate),
         weights=None if weights is None else weights[train_idx],
         seed=config.train.seed,
+        background_source=_background_source(config),
+        background_only_p=config.augment.background_only_p,
         **common,
     )
     val_set = ClipDataset(paths[val_idx], targets[val_idx], train=False, **common)
