@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from dawnchorus.train import LoadedModel
+    from dawnchorus.modelfile import LoadedModel
 
 
 def load_model(path: Any, device: str = "cpu") -> LoadedModel:
     """Restore a model file written by ``dawnchorus train`` with no other input."""
-    from dawnchorus.train import load_model as _load
+    from dawnchorus.modelfile import load_model as _load
 
     return _load(path, device=device)
 

@@ -188,11 +188,11 @@ def augment_preview(
 
 
 def _load_model_or_fail(path: Path):
-    from dawnchorus.train import TrainingError, load_model
+    from dawnchorus.modelfile import ModelFileError, load_model
 
     try:
         return load_model(path)
-    except (FileNotFoundError, TrainingError) as exc:
+    except (FileNotFoundError, ModelFileError) as exc:
         fail(str(exc))
 
 

@@ -49,7 +49,8 @@ from dawnchorus.report import REPORT_NAME, build_report, format_metric, render_e
 from dawnchorus.synth import coloured_noise, make_dataset
 
 if TYPE_CHECKING:
-    from dawnchorus.train import LoadedModel, TrainResult
+    from dawnchorus.modelfile import LoadedModel
+    from dawnchorus.train import TrainResult
 
 AMBIENCE_S = 30.0
 AMBIENCE_RATE = 32000
@@ -533,7 +534,7 @@ def _train(data_dir: Path, run_dir: Path, config: Config, console: Console) -> T
 
 def _tune(model_path: Path, data_dir: Path, console: Console) -> tuple[LoadedModel, dict[str, Any]]:
     from dawnchorus.infer import tune_model_thresholds
-    from dawnchorus.train import load_model
+    from dawnchorus.modelfile import load_model
 
     model = load_model(model_path)
     model.thresholds = {"global": 0.5, "per_class": None}

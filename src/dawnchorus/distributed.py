@@ -61,7 +61,7 @@ from dawnchorus.outputs import remove_stale_temporaries
 if TYPE_CHECKING:
     from distributed import Client
 
-    from dawnchorus.train import LoadedModel
+    from dawnchorus.modelfile import LoadedModel
 
 # A recording longer than this is split into chunks of whole windows predicted in parallel.
 DEFAULT_CHUNK_S = 600.0
@@ -449,7 +449,7 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
         if key not in _MODEL_CACHE:
             import torch
 
-            from dawnchorus.train import load_model
+            from dawnchorus.modelfile import load_model
 
             if options.torch_threads:
                 torch.set_num_threads(options.torch_threads)
@@ -727,7 +727,7 @@ def run_distributed_prediction(
     ``engine`` is ``torch``, ``onnx`` or ``auto`` (see :func:`dawnchorus.export.resolve_engine`); the
     ONNX graph is exported here once, beside the model file, before any task starts.
     """
-    from dawnchorus.train import load_model
+    from dawnchorus.modelfile import load_model
 
     wanted = _parse_formats(formats)
     model_path = Path(model_path)

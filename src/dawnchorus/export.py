@@ -32,7 +32,7 @@ from dawnchorus import __version__
 from dawnchorus.infer import DEFAULT_BATCH_SIZE, BatchFunction, StagedBatchFunction, torch_batch_function
 
 if TYPE_CHECKING:
-    from dawnchorus.train import LoadedModel
+    from dawnchorus.modelfile import LoadedModel
 
 Engine = Literal["auto", "torch", "onnx"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
@@ -252,7 +252,7 @@ def cached_onnx_path(
         if _cache_is_current(candidate, model_path, sha256, include_frontend):
             return candidate
     if model is None:
-        from dawnchorus.train import load_model
+        from dawnchorus.modelfile import load_model
 
         model = load_model(model_path)
     if folder_is_writable(beside.parent):

@@ -32,7 +32,7 @@ import torch
 from dawnchorus.audio import AUDIO_EXTENSIONS, AudioError, info, iter_windows
 
 if TYPE_CHECKING:
-    from dawnchorus.train import LoadedModel
+    from dawnchorus.modelfile import LoadedModel
 
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from dawnchorus.config import AugmentSettings
     from dawnchorus.dataset import TrainingSet
-    from dawnchorus.train import LoadedModel
+    from dawnchorus.modelfile import LoadedModel
 
 REPORT_NAME = "report.html"
 IMAGES_DIR = "report_files"
@@ -535,11 +535,11 @@ def build_report(run_dir: Path) -> Path:
         old.unlink()
     builder = _Builder(folder, images_dir)
     if folder.model_path is not None:
-        from dawnchorus.train import TrainingError, load_model
+        from dawnchorus.modelfile import ModelFileError, load_model
 
         try:
             builder.model = load_model(folder.model_path)
-        except TrainingError as exc:
+        except ModelFileError as exc:
             raise ReportError(str(exc)) from None
     if folder.evaluation_path is not None:
         builder.evaluation = _conditions(_read_json(folder.evaluation_path), str(folder.evaluation_path))
