@@ -282,6 +282,10 @@ def test_colored_noise_default_draws_stay_between_brown_and_white():
         augment.apply_step("colored_noise", tone(SR // 4), SR)
         decays.append(augment.step("colored_noise").parameters["f_decay"])
     assert all(-6.02 <= d <= 0.0 for d in decays)
+    pink_only = only("colored_noise_p", colored_noise_decay_db_per_octave=(-3.0, -3.0))
+    pink = WaveformAugment(pink_only, SR, seed=0)
+    pink.apply_step("colored_noise", tone(SR // 4), SR)
+    assert pink.step("colored_noise").parameters["f_decay"] == pytest.approx(-3.0)
 
 
 # --- noise bank ----------------------------------------------------------------------------------

@@ -97,6 +97,11 @@ def test_gem_pooling_head():
     assert model(spectrograms()).shape == (2, NUM_CLASSES)
 
 
+def test_pooling_is_chosen_in_the_config():
+    assert isinstance(build_model(settings(pooling="gem"), NUM_CLASSES).head.pool, GeM)
+    assert not isinstance(build_model(settings(), NUM_CLASSES).head.pool, GeM)
+
+
 def test_gem_with_p_one_is_the_average():
     features = torch.rand(2, 4, 3, 5) + 0.1
     torch.testing.assert_close(GeM(p=1.0)(features), features.mean(dim=(-2, -1)))

@@ -40,9 +40,6 @@ from torch.utils.data import get_worker_info
 from dawnchorus.audio import AUDIO_EXTENSIONS, AudioError, crop_or_pad, find_audio_files, load
 from dawnchorus.config import AugmentSettings, FrontendSettings
 
-# Natural broadband noise (wind, rain, streams, traffic, microphone hiss) runs from white (0 dB per
-# octave) to brown (-6 dB per octave); rising "blue" spectra are rare outdoors, so are not drawn.
-COLORED_NOISE_DECAY_DB_PER_OCTAVE = (-6.02, 0.0)
 # Length of the colouring filter. audiomentations' default (128) leaves a ~3 dB ripple across mel
 # bands (visible stripes in the spectrogram); 2048 taps measured 0.7 dB, and run faster here.
 COLORED_NOISE_FILTER_TAPS = 2048
@@ -282,8 +279,8 @@ def build_waveform_steps(
         ("colored_noise", AddColorNoise(
             min_snr_db=settings.colored_noise_snr_db[0],
             max_snr_db=settings.colored_noise_snr_db[1],
-            min_f_decay=COLORED_NOISE_DECAY_DB_PER_OCTAVE[0],
-            max_f_decay=COLORED_NOISE_DECAY_DB_PER_OCTAVE[1],
+            min_f_decay=settings.colored_noise_decay_db_per_octave[0],
+            max_f_decay=settings.colored_noise_decay_db_per_octave[1],
             n_fft=COLORED_NOISE_FILTER_TAPS,
             p=settings.colored_noise_p,
         )),
@@ -692,7 +689,6 @@ def preview_augmentations(
 
 
 __all__ = [
-    "COLORED_NOISE_DECAY_DB_PER_OCTAVE",
     "BackgroundNoise",
     "BatchAugment",
     "NoiseBank",

@@ -63,6 +63,11 @@ class AugmentSettings(_Section):
     )
     colored_noise_p: float = Field(0.3, ge=0, le=1)
     colored_noise_snr_db: tuple[float, float] = (5.0, 40.0)
+    # Natural broadband noise (wind, rain, streams, microphone hiss) runs from white (0 dB per octave)
+    # to brown (-6 dB per octave); rising "blue" spectra are rare outdoors, so are not drawn by default.
+    colored_noise_decay_db_per_octave: tuple[float, float] = Field(
+        (-6.02, 0.0), description="Spectral slope range in dB per octave: -6 brown, -3 pink, 0 white."
+    )
     gain_p: float = Field(0.5, ge=0, le=1)
     gain_db: tuple[float, float] = (-12.0, 12.0)
     shift_p: float = Field(0.5, ge=0, le=1)
@@ -81,7 +86,8 @@ class AugmentSettings(_Section):
     freq_mask_fraction: float = Field(0.1, ge=0, le=1)
 
     @field_validator(
-        "noise_snr_db", "colored_noise_snr_db", "gain_db", "pitch_semitones", "time_stretch_rate"
+        "noise_snr_db", "colored_noise_snr_db", "colored_noise_decay_db_per_octave", "gain_db",
+        "pitch_semitones", "time_stretch_rate",
     )
     @classmethod
     def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -119,6 +125,9 @@ class ModelSettings(_Section):
     weights: Path | None = Field(None, description="Local pretrained-weights file for the backbone.")
     in_chans: Literal[1, 3] = 1
     head: Literal["linear", "sed"] = "linear"
+    pooling: Literal["avgmax", "gem"] = Field(
+        "avgmax", description="Global pooling of the linear head: mean of average and max, or GeM."
+    )
     drop_rate: float = Field(0.2, ge=0, lt=1)
 
     @field_validator("backbone")

@@ -48,13 +48,13 @@ from dawnchorus.infer import (
     PredictionError,
     PredictionSummary,
     RecordingResult,
-    _parse_formats,
-    _write_combined,
-    _write_recording,
     expand_inputs,
+    parse_formats,
     recording_key,
     reuse_large_allocations,
     torch_batch_function,
+    write_combined,
+    write_recording,
 )
 from dawnchorus.outputs import remove_stale_temporaries
 
@@ -597,7 +597,7 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
     frame = pd.concat([c.frame for c in chunks], ignore_index=True)
     result = RecordingResult(plan.source, frame, plan.duration_s)
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
-    _write_recording(result, model, thresholds, Path(options.out_dir), list(options.formats), options.merge)
+    write_recording(result, model, thresholds, Path(options.out_dir), list(options.formats), options.merge)
     return RecordingDone(str(plan.path), plan.duration_s, len(frame), None, loads)
 
 
@@ -729,7 +729,7 @@ def run_distributed_prediction(
     """
     from dawnchorus.modelfile import load_model
 
-    wanted = _parse_formats(formats)
+    wanted = parse_formats(formats)
     model_path = Path(model_path)
     model = load_model(model_path)
     audio = model.config.audio
@@ -783,7 +783,7 @@ def run_distributed_prediction(
             model_loads[worker] = max(model_loads.get(worker, 0), loads)
     wall = time.perf_counter() - started
     failed = [(str(p), failures[str(p)]) for p in todo if str(p) in failures]
-    written = _write_combined(model, recordings, out_dir, thresholds, wanted)
+    written = write_combined(model, recordings, out_dir, thresholds, wanted)
     error_file = out_dir / "errors.csv"
     from dawnchorus import outputs
 

@@ -438,7 +438,9 @@ class PredictionSummary:
         return self.audio_seconds / max(self.wall_seconds, 1e-9)
 
 
-def _parse_formats(formats: Sequence[str] | str) -> list[str]:
+def parse_formats(formats: Sequence[str] | str) -> list[str]:
+    """Output format names from a list or a comma-separated string; unknown names raise
+    :class:`PredictionError`."""
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
@@ -470,7 +472,7 @@ def run_prediction(
     """
     from dawnchorus import outputs
 
-    wanted = _parse_formats(formats)
+    wanted = parse_formats(formats)
     out_dir = Path(out_dir)
     parts_dir = out_dir / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
@@ -497,12 +499,12 @@ def run_prediction(
             if result.error is not None:
                 failed.append((str(result.path), result.error))
             else:
-                _write_recording(result, model, thresholds, out_dir, wanted, merge_detections)
+                write_recording(result, model, thresholds, out_dir, wanted, merge_detections)
                 audio_seconds += result.duration_s
                 windows += len(result.frame)
             if progress is not None:
                 progress(result, done, len(todo))
-    written = _write_combined(model, recordings, out_dir, thresholds, wanted)
+    written = write_combined(model, recordings, out_dir, thresholds, wanted)
     error_file = out_dir / "errors.csv"
     outputs.atomic_write(
         error_file, lambda tmp: pd.DataFrame(failed, columns=["file", "error"]).to_csv(tmp, index=False)
@@ -522,7 +524,7 @@ def run_prediction(
     )
 
 
-def _write_recording(
+def write_recording(
     result: RecordingResult,
     model: LoadedModel,
     thresholds: np.ndarray,
@@ -530,6 +532,7 @@ def _write_recording(
     formats: list[str],
     merge: bool,
 ) -> None:
+    """Write one recording's files: Raven/Audacity detections, then its part (which marks it done)."""
     from dawnchorus import outputs
 
     key = recording_key(result.path)
@@ -543,9 +546,10 @@ def _write_recording(
     outputs.write_probabilities_parquet(result.frame, out_dir / "parts" / f"{key}.parquet")
 
 
-def _write_combined(
+def write_combined(
     model: LoadedModel, recordings: Sequence[Path], out_dir: Path, thresholds: np.ndarray, formats: list[str]
 ) -> dict[str, Path]:
+    """Rebuild the combined tables (CSV, Parquet, BirdCLEF submissions) from the parts of ``recordings``."""
     from dawnchorus import outputs
 
     parts = [out_dir / "parts" / f"{recording_key(p)}.parquet" for p in recordings]

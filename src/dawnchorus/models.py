@@ -309,6 +309,7 @@ def build_model(settings: ModelSettings, num_classes: int) -> BirdClassifier:
         head=settings.head,
         in_chans=settings.in_chans,
         drop_rate=settings.drop_rate,
+        pooling=settings.pooling,
     )
 
 
