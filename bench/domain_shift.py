@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dawnchorus.config import AugmentSettings, Config, build_config, load_config
+from dawnchorus.config import Config, build_config, load_config
 from dawnchorus.metrics import align_predictions, evaluate, read_birdclef_labels, tune_thresholds
 from dawnchorus.synth import make_dataset
 from dawnchorus.train import LoadedModel, load_model, train
@@ -75,9 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--noise-p", type=float, default=0.8,
                         help="noise probability of the 2nd and 3rd models")
-    parser.add_argument("--background-only-p", type=float,
-                        default=AugmentSettings.model_fields["background_only_p"].default,
-                        help="share of bird-free negative items of the 3rd model (default: the config's)")
+    parser.add_argument("--background-only-p", type=float, default=0.1,
+                        help="share of bird-free negative items of the 3rd model (default 0.1)")
     parser.add_argument("--snr", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="SNR range (dB) of the noise augmentation (default: the config's)")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds (0..N-1) to average over")

@@ -56,8 +56,10 @@ class AugmentSettings(_Section):
     noise_dir: Path | None = Field(None, description="Folder of background recordings to mix in.")
     noise_p: float = Field(0.6, ge=0, le=1)
     noise_snr_db: tuple[float, float] = (0.0, 20.0)
+    # Off by default: in bench/domain_shift.py (5 seeds) 0.1 raised scores on quiet audio (clean
+    # soundscape copies, ROC-AUC 0.810 -> 0.831) but not on noisy soundscapes (0.798 -> 0.791).
     background_only_p: float = Field(
-        0.1, ge=0, lt=1,
+        0.0, ge=0, lt=1,
         description="Share of training items replaced by a bird-free clip from the noise bank with "
         "all-zero targets (needs noise_dir), so the model learns that background alone is no bird.",
     )

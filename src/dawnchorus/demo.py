@@ -139,9 +139,8 @@ class DemoResult:
 
 def demo_config(noise_dir: Path, seed: int = 0, settings: DemoSettings | None = None) -> Config:
     """Training settings of the demo: a small CNN trained from scratch (no download) with the
-    domain-shift and imbalance defaults: background-noise mixing from ``noise_dir`` and bird-free
-    negatives drawn from it, coloured noise, gain, time shift, mixup and SpecAugment; rare species
-    oversampled. The checkpoint kept is the
+    domain-shift and imbalance defaults: background-noise mixing from ``noise_dir``, coloured noise,
+    gain, time shift, mixup and SpecAugment; rare species oversampled. The checkpoint kept is the
     one with the best padded cmAP on the tuning soundscapes."""
     settings = settings or DemoSettings()
     return build_config(
@@ -309,8 +308,7 @@ STAGE_EXPLANATIONS = {
     "recordings (soundscapes) to find the species in, labelled per 5-s window.",
     "train": "{backbone} (trained from scratch) learns from log-mel spectrograms for {epochs} "
     "epoch{epochs_plural}. Each clip gets background noise, coloured noise, gain and a time shift, each "
-    "batch mixup and SpecAugment; some items are background alone, with no bird to find; rare "
-    "species are oversampled to {min_clips_per_class} clips per epoch. "
+    "batch mixup and SpecAugment; rare species are oversampled to {min_clips_per_class} clips per epoch. "
     "The checkpoint kept is the one scoring best on the tuning soundscapes.",
     "tune": "A species is reported in a window when its probability reaches its threshold; the "
     "thresholds maximising F1 are chosen on the tuning soundscapes.",
