@@ -198,3 +198,115 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     assert table["file"].nunique() == count
     assert not [p.name for p in parts.iterdir() if p.name.startswith(".")]  # no temporaries left
     shutil.rmtree(folder)
+
+
+# --- long recordings are checkpointed in segments ------------------------------------------------------
+
+
+class FirstSamples:
+    """A stand-in engine whose 'probabilities' are samples 1000-1002 of each window (so every row can
+    be checked against its own window); counts the windows it classified."""
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        self.windows += len(audio)
+        return audio[:, 1000:1003].copy()
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def long_recordings(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "long"
+    write_audio(folder / "long_32k.flac", rng.uniform(-0.5, 0.5, int(32000 * 62)), 32000)
+    write_audio(folder / "long_44k.wav", rng.uniform(-0.5, 0.5, int(44100 * 47)), 44100)
+    write_audio(folder / "short.ogg", rng.uniform(-0.5, 0.5, 32000 * 12), 32000)
+    model = random_model_file(tmp_path / "model.pt", backbone="test_efficientnet")
+    return {"folder": folder, "model": model}
+
+
+def predicted(out: Path) -> pd.DataFrame:
+    table = pd.read_parquet(out / "predictions.parquet")
+    return table.sort_values(["file", "start_s"]).reset_index(drop=True)
+
+
+def test_segmented_prediction_equals_the_whole_recording_run(
+    long_recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    from dawnchorus.infer import run_prediction
+
+    model = load_model(long_recordings["model"])
+    folder = long_recordings["folder"]
+    whole = run_prediction(model, [folder], tmp_path / "whole", batch_function=FirstSamples())
+    segmented = run_prediction(
+        model, [long_recordings["folder"]], tmp_path / "seg", batch_function=FirstSamples(), checkpoint_s=20.0
+    )
+    assert segmented.predicted == whole.predicted == 3 and segmented.windows == whole.windows == 13 + 10 + 3
+    assert segmented.audio_seconds == pytest.approx(whole.audio_seconds)
+    expected, found = predicted(tmp_path / "whole"), predicted(tmp_path / "seg")
+    pd.testing.assert_frame_equal(found[["file", "start_s", "end_s"]], expected[["file", "start_s", "end_s"]])
+    np.testing.assert_allclose(found[["aaa", "bbb", "ccc"]], expected[["aaa", "bbb", "ccc"]], atol=1e-6)
+    assert expected[["aaa", "bbb", "ccc"]].to_numpy().std() > 0.1  # real samples, not constants
+    assert not list((tmp_path / "seg" / "parts").glob("*.seg*"))  # segments removed once assembled
+
+
+def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
+    long_recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    from dawnchorus.infer import run_prediction
+
+    model = load_model(long_recordings["model"])
+    reference = tmp_path / "reference"
+    run_prediction(model, [long_recordings["folder"]], reference, batch_function=FirstSamples())
+    out = tmp_path / "out"
+    seen: list[int] = []
+
+    def stop_after_two_segments(result, done: int, total: int) -> None:
+        if result.segment is not None and result.path.name == "long_32k.flac":
+            seen.append(result.segment.index)
+            if len(seen) == 2:
+                raise Interrupted
+
+    first = FirstSamples()
+    with pytest.raises(Interrupted):
+        run_prediction(model, [long_recordings["folder"] / "long_32k.flac"], out, batch_function=first,
+                       checkpoint_s=20.0, progress=stop_after_two_segments)
+    saved = sorted(p.name for p in (out / "parts").glob("*.seg*"))
+    assert len(saved) == 2 and saved[0].endswith(".seg0000.parquet") and saved[1].endswith(".seg0001.parquet")
+    again = FirstSamples()
+    summary = run_prediction(model, [long_recordings["folder"]], out, batch_function=again, checkpoint_s=20.0)
+    assert again.windows == (13 - 8) + 10 + 3  # the two saved segments (4 windows each) are not redone
+    assert summary.predicted == 3
+    pd.testing.assert_frame_equal(predicted(out), predicted(reference), atol=1e-6)
+    assert not list((out / "parts").glob("*.seg*"))
+
+
+def test_a_recording_with_every_segment_saved_is_only_assembled(
+    long_recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    from dawnchorus import outputs
+    from dawnchorus.infer import recording_key, run_prediction
+
+    model = load_model(long_recordings["model"])
+    recording = long_recordings["folder"] / "long_32k.flac"
+    out = tmp_path / "out"
+    run_prediction(model, [recording], out, batch_function=FirstSamples())
+    part = out / "parts" / f"{recording_key(recording)}.parquet"
+    expected = outputs.read_probabilities(part)
+    for index, start in enumerate(range(0, 13, 4)):  # what a run killed before assembling leaves
+        rows = expected.iloc[start : start + 4].reset_index(drop=True)
+        outputs.write_probabilities_parquet(rows, part.with_name(f"{part.stem}.seg{index:04d}.parquet"))
+    part.unlink()
+
+    def no_engine(audio: np.ndarray) -> np.ndarray:
+        raise AssertionError("nothing is left to compute")
+
+    summary = run_prediction(model, [recording], out, batch_function=no_engine, checkpoint_s=20.0)
+    assert summary.predicted == 1 and not summary.failed
+    pd.testing.assert_frame_equal(outputs.read_probabilities(part), expected)
+    assert not list((out / "parts").glob("*.seg*"))

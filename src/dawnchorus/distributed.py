@@ -41,18 +41,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dawnchorus.audio import AudioError, info, iter_windows, window_count
+from dawnchorus.audio import AudioError, iter_windows
 from dawnchorus.infer import (
     OUTPUT_FORMATS,
     BatchFunction,
     PredictionError,
     PredictionSummary,
     RecordingResult,
+    chunk_ranges,
     expand_inputs,
     parse_formats,
     recording_key,
     reuse_large_allocations,
     torch_batch_function,
+    windows_in,
     write_combined,
     write_recording,
 )
@@ -311,25 +313,15 @@ class RecordingPlan:
     chunks: tuple[tuple[int, int | None], ...]  # (first window, window count; None: to the end)
 
 
-def chunk_ranges(windows: int, windows_per_chunk: int) -> tuple[tuple[int, int | None], ...]:
-    """Split ``windows`` windows into consecutive ranges; the last one runs to the end of the file."""
-    if windows_per_chunk < 1:
-        raise ValueError(f"windows_per_chunk must be >= 1, got {windows_per_chunk}")
-    firsts = list(range(0, max(windows, 1), windows_per_chunk))
-    return tuple((first, windows_per_chunk) for first in firsts[:-1]) + ((firsts[-1], None),)
-
-
 def _plan_one(
     path: Path, sample_rate: int, clip_s: float, hop_s: float, windows_per_chunk: int
 ) -> RecordingPlan:
-    header = info(path)
-    expected = int(round(header.frames * sample_rate / header.sample_rate))
-    windows = window_count(expected, int(round(clip_s * sample_rate)), int(round(hop_s * sample_rate)))
+    windows, duration_s = windows_in(path, sample_rate, clip_s, hop_s)
     return RecordingPlan(
         path=path,
         source=path.resolve(),
         key=recording_key(path),
-        duration_s=header.duration_s,
+        duration_s=duration_s,
         windows=windows,
         chunks=chunk_ranges(windows, windows_per_chunk),
     )

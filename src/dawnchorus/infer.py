@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dawnchorus.audio import AUDIO_EXTENSIONS, AudioError, info, iter_windows
+from dawnchorus.audio import AUDIO_EXTENSIONS, AudioError, info, iter_windows, window_count
 
 if TYPE_CHECKING:
     from dawnchorus.modelfile import LoadedModel
@@ -80,6 +80,22 @@ def recording_key(path: Path) -> str:
     """A file-system-safe, collision-free name for a recording's outputs."""
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     return f"{path.stem}-{digest}"
+
+
+def chunk_ranges(windows: int, windows_per_chunk: int) -> tuple[tuple[int, int | None], ...]:
+    """Split ``windows`` windows into consecutive ranges; the last one runs to the end of the file."""
+    if windows_per_chunk < 1:
+        raise ValueError(f"windows_per_chunk must be >= 1, got {windows_per_chunk}")
+    firsts = list(range(0, max(windows, 1), windows_per_chunk))
+    return tuple((first, windows_per_chunk) for first in firsts[:-1]) + ((firsts[-1], None),)
+
+
+def windows_in(path: Path, sample_rate: int, clip_s: float, hop_s: float) -> tuple[int, float]:
+    """(windows a run over ``path`` yields, its duration in seconds), from the header alone."""
+    header = info(path)
+    expected = int(round(header.frames * sample_rate / header.sample_rate))
+    windows = window_count(expected, int(round(clip_s * sample_rate)), int(round(hop_s * sample_rate)))
+    return windows, header.duration_s
 
 
 # --- the batch engine -----------------------------------------------------------------------------
@@ -180,11 +196,24 @@ def torch_threads_kept() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@dataclass
-class _Chunk:
-    """A batch of windows of one recording, or the end/failure of that recording."""
+@dataclass(frozen=True)
+class Segment:
+    """Windows ``first_window`` .. ``first_window + max_windows - 1`` of a recording (``max_windows``
+    None: to its end); segment ``index`` of the ``count`` a long recording is checkpointed in."""
 
     path: Path
+    first_window: int = 0
+    max_windows: int | None = None
+    index: int = 0
+    count: int = 1
+
+
+@dataclass
+class _Chunk:
+    """A batch of windows of one recording segment, or the end/failure of that segment."""
+
+    path: Path
+    segment: Segment
     starts: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
     audio: Any = None  # the batch: audio (B, T), or what a StagedBatchFunction prepared from it
@@ -199,7 +228,7 @@ class _PrepareFailed(Exception):
 
 
 def _produce(
-    paths: Iterable[Path],
+    segments: Iterable[Segment],
     sample_rate: int,
     clip_s: float,
     hop_s: float,
@@ -208,7 +237,7 @@ def _produce(
     stop: threading.Event,
     prepare: Callable[[np.ndarray], Any] | None = None,
 ) -> None:
-    """Decode, window and batch each recording (and ``prepare`` each batch), in a thread of its own."""
+    """Decode, window and batch each segment (and ``prepare`` each batch), in a thread of its own."""
 
     def batch(pieces: list[np.ndarray]) -> Any:
         stacked = np.stack(pieces)
@@ -219,29 +248,39 @@ def _produce(
         except Exception as exc:
             raise _PrepareFailed(str(exc)) from exc
 
-    for path in paths:
+    for segment in segments:
         if stop.is_set():
             break
+        path = segment.path
         try:
-            duration = info(path).duration_s
+            duration = _segment_seconds(segment, info(path).duration_s, hop_s)
             starts, ends, pieces = [], [], []
-            for window in iter_windows(path, sample_rate, clip_s, hop_s):
+            windows = iter_windows(path, sample_rate, clip_s, hop_s, first_window=segment.first_window,
+                                   max_windows=segment.max_windows)
+            for window in windows:
                 starts.append(round(window.start_s, 3))
                 ends.append(round(window.end_s, 3))
                 pieces.append(window.samples)
                 if len(pieces) == batch_size:
-                    out.put(_Chunk(path, starts, ends, batch(pieces)))
+                    out.put(_Chunk(path, segment, starts, ends, batch(pieces)))
                     starts, ends, pieces = [], [], []
             audio = batch(pieces) if pieces else None
-            out.put(_Chunk(path, starts, ends, audio, last=True, duration_s=duration))
+            out.put(_Chunk(path, segment, starts, ends, audio, last=True, duration_s=duration))
         except _PrepareFailed as exc:
-            out.put(_Chunk(path, last=True, fatal=exc.__cause__))
+            out.put(_Chunk(path, segment, last=True, fatal=exc.__cause__))
             return
         except AudioError as exc:
-            out.put(_Chunk(path, last=True, error=exc.reason))
+            out.put(_Chunk(path, segment, last=True, error=exc.reason))
         except Exception as exc:  # noqa: BLE001 - one bad file must not end a long run
-            out.put(_Chunk(path, last=True, error=f"{type(exc).__name__}: {exc}"))
+            out.put(_Chunk(path, segment, last=True, error=f"{type(exc).__name__}: {exc}"))
     out.put(None)
+
+
+def _segment_seconds(segment: Segment, duration_s: float, hop_s: float) -> float:
+    """Seconds of the recording whose windows start in ``segment``."""
+    start = segment.first_window * hop_s
+    end = duration_s if segment.max_windows is None else (segment.first_window + segment.max_windows) * hop_s
+    return max(0.0, min(end, duration_s) - min(start, duration_s))
 
 
 @dataclass
@@ -252,6 +291,7 @@ class RecordingResult:
     frame: pd.DataFrame | None
     duration_s: float
     error: str | None = None
+    segment: Segment | None = None  # set when the result covers one checkpointed segment only
 
 
 def iter_predictions(
@@ -270,6 +310,24 @@ def iter_predictions(
     :class:`StagedBatchFunction` is pipelined as its docstring says. Memory stays bounded by the
     batches in flight whatever the recording length.
     """
+    segments = [Segment(Path(path)) for path in paths]
+    yield from iter_segment_predictions(
+        segments, batch_function, labels, sample_rate, clip_s, hop_s, batch_size, prefetch
+    )
+
+
+def iter_segment_predictions(
+    segments: Sequence[Segment],
+    batch_function: BatchFunction,
+    labels: Sequence[str],
+    sample_rate: int,
+    clip_s: float,
+    hop_s: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    prefetch: int = 4,
+) -> Iterator[RecordingResult]:
+    """:func:`iter_predictions` over recording segments: one result per segment, in order (a whole
+    recording's result has ``segment`` None)."""
     hop_s = clip_s if hop_s is None else hop_s
     if hop_s <= 0:
         raise PredictionError(f"hop must be positive, got {hop_s}")
@@ -286,7 +344,7 @@ def iter_predictions(
     stop = threading.Event()
     producer = threading.Thread(
         target=_produce,
-        args=(paths, sample_rate, clip_s, hop_s, batch_size, chunks, stop, prepare_while_decoding),
+        args=(segments, sample_rate, clip_s, hop_s, batch_size, chunks, stop, prepare_while_decoding),
         daemon=True,
         name="dawnchorus-decoder",
     )
@@ -296,9 +354,10 @@ def iter_predictions(
     probs: list[np.ndarray] = []
     try:
         for chunk, chunk_probs in _classify_in_order(_drain(chunks), stages):
+            part_of = None if chunk.segment.count == 1 else chunk.segment
             if chunk.error is not None:
                 starts, ends, probs = [], [], []
-                yield RecordingResult(chunk.path, None, 0.0, chunk.error)
+                yield RecordingResult(chunk.path, None, 0.0, chunk.error, segment=part_of)
                 continue
             if chunk_probs is not None:
                 probs.append(chunk_probs)
@@ -307,7 +366,7 @@ def iter_predictions(
             if chunk.last:
                 frame = _window_frame(chunk.path, starts, ends, probs, labels)
                 starts, ends, probs = [], [], []
-                yield RecordingResult(chunk.path, frame, chunk.duration_s)
+                yield RecordingResult(chunk.path, frame, chunk.duration_s, segment=part_of)
     finally:
         stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue
@@ -451,6 +510,68 @@ def parse_formats(formats: Sequence[str] | str) -> list[str]:
     return list(formats)
 
 
+# Long recordings are predicted in segments of this many seconds, each saved as soon as it is done.
+CHECKPOINT_S = 3600.0
+
+
+@dataclass
+class _SegmentPlan:
+    path: Path
+    count: int  # segments of the recording (1: predicted whole)
+    to_run: list[Segment]
+    duration_s: float
+
+
+def _segment_part(parts_dir: Path, path: Path, index: int) -> Path:
+    return parts_dir / f"{recording_key(path)}.seg{index:04d}.parquet"
+
+
+def _plan_segments(
+    path: Path, parts_dir: Path, sample_rate: int, clip_s: float, hop_s: float, checkpoint_s: float,
+    batch_size: int,
+) -> _SegmentPlan:
+    """The segments of ``path`` still to predict (segment lengths are whole batches, so the batches,
+    and the probabilities, are those of an uninterrupted run)."""
+    try:
+        windows, duration = windows_in(path, sample_rate, clip_s, hop_s)
+    except AudioError:
+        return _SegmentPlan(path, 1, [Segment(path)], 0.0)  # decoding reports the error, named
+    per_segment = max(1, int(checkpoint_s // hop_s))
+    if per_segment >= batch_size:
+        per_segment -= per_segment % batch_size
+    ranges = chunk_ranges(windows, per_segment)
+    if len(ranges) == 1:
+        return _SegmentPlan(path, 1, [Segment(path)], duration)
+    segments = [
+        Segment(path, first, count, index, len(ranges)) for index, (first, count) in enumerate(ranges)
+    ]
+    to_run = [s for s in segments if not _segment_part(parts_dir, path, s.index).is_file()]
+    return _SegmentPlan(path, len(ranges), to_run, duration)
+
+
+def _save_segment(result: RecordingResult, parts_dir: Path) -> None:
+    from dawnchorus import outputs
+
+    assert result.segment is not None and result.frame is not None
+    target = _segment_part(parts_dir, result.path, result.segment.index)
+    outputs.write_probabilities_parquet(result.frame, target)
+
+
+def _assemble(plan: _SegmentPlan, parts_dir: Path, labels: Sequence[str]) -> RecordingResult:
+    """The whole recording's result from its saved segments (which are then removed)."""
+    from dawnchorus import outputs
+
+    pieces = [_segment_part(parts_dir, plan.path, index) for index in range(plan.count)]
+    frame = pd.concat([outputs.read_probabilities(piece) for piece in pieces], ignore_index=True)
+    return RecordingResult(plan.path, frame, plan.duration_s)
+
+
+def _remove_segments(plan: _SegmentPlan, parts_dir: Path) -> None:
+    """Called once the whole part exists: until then a re-run still finds every saved segment."""
+    for index in range(plan.count if plan.count > 1 else 0):
+        _segment_part(parts_dir, plan.path, index).unlink(missing_ok=True)
+
+
 def run_prediction(
     model: LoadedModel,
     inputs: Sequence[str | Path],
@@ -463,12 +584,17 @@ def run_prediction(
     batch_function: BatchFunction | None = None,
     device: str | None = None,
     progress: Callable[[RecordingResult, int, int], None] | None = None,
+    checkpoint_s: float = CHECKPOINT_S,
 ) -> PredictionSummary:
     """Predict every recording and write the requested outputs under ``out_dir``.
 
     Each recording's window table goes to ``out_dir/parts/<key>.parquet`` (atomically) the moment
-    it is done, with its Raven/Audacity files; recordings with a part are skipped on a re-run. The
-    combined tables (CSV, Parquet, BirdCLEF submissions) are rebuilt from the parts at the end.
+    it is done, with its Raven/Audacity files; recordings with a part are skipped on a re-run. A
+    recording longer than ``checkpoint_s`` is predicted in segments of that length, each saved as it
+    is done (``<key>.segNNNN.parquet``), so a re-run after an interruption recomputes at most one
+    segment. The combined tables (CSV, Parquet, BirdCLEF submissions) are rebuilt from the parts at
+    the end. ``progress(result, recordings_done, recordings_total)`` is called after each recording
+    and each segment.
     """
     from dawnchorus import outputs
 
@@ -490,18 +616,48 @@ def run_prediction(
     windows = 0
     started = time.perf_counter()
     clip_s, sample_rate = model.config.audio.clip_s, model.config.audio.sample_rate
+    hop = clip_s if hop_s is None else hop_s
+    if hop <= 0:
+        raise PredictionError(f"hop must be positive, got {hop_s}")
+    if checkpoint_s <= 0:
+        raise PredictionError(f"checkpoint length must be positive, got {checkpoint_s} s")
+    plans = [_plan_segments(p, parts_dir, sample_rate, clip_s, hop, checkpoint_s, batch_size) for p in todo]
+    done = 0
+
+    def finish(result: RecordingResult, plan: _SegmentPlan) -> None:
+        nonlocal done
+        write_recording(result, model, thresholds, out_dir, wanted, merge_detections)
+        _remove_segments(plan, parts_dir)
+        done += 1
+
+    for plan in plans:  # every segment saved by an interrupted run: only the assembly is left
+        if plan.count > 1 and not plan.to_run:
+            finish(_assemble(plan, parts_dir, model.labels), plan)
     reuse_large_allocations()
     with torch_threads_kept():
         run = batch_function or default_batch_function(model, device, batch_size)
-        for done, result in enumerate(
-            iter_predictions(todo, run, model.labels, sample_rate, clip_s, hop_s, batch_size), start=1
+        segments = [segment for plan in plans for segment in plan.to_run]
+        by_path = {plan.path: plan for plan in plans}
+        failed_paths: set[Path] = set()
+        for result in iter_segment_predictions(
+            segments, run, model.labels, sample_rate, clip_s, hop, batch_size
         ):
+            if result.path in failed_paths:
+                continue  # a later segment of a recording that already failed
             if result.error is not None:
                 failed.append((str(result.path), result.error))
+                failed_paths.add(result.path)
+                done += 1
             else:
-                write_recording(result, model, thresholds, out_dir, wanted, merge_detections)
                 audio_seconds += result.duration_s
                 windows += len(result.frame)
+                plan = by_path[result.path]
+                if result.segment is None:
+                    finish(result, plan)
+                else:
+                    _save_segment(result, parts_dir)
+                    if result.segment.index == plan.to_run[-1].index:
+                        finish(_assemble(plan, parts_dir, model.labels), plan)
             if progress is not None:
                 progress(result, done, len(todo))
     written = write_combined(model, recordings, out_dir, thresholds, wanted)
