@@ -301,6 +301,48 @@ def test_cluster_slurm_submits_its_jobs_or_says_why_not(
         pass
 
 
+# --- saved chunks: an interrupted run does not recompute them -----------------------------------------
+
+
+def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
+    recordings: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dawnchorus import distributed as dist
+    from dawnchorus.outputs import read_probabilities
+
+    model = load_model(recordings["model"])
+    long_file = recordings["folder"] / "long_32k.wav"
+    (plan,), _ = plan_recordings([long_file], 32000, 5.0, 5.0, chunk_s=CHUNK_S, batch_size=4)
+    assert len(plan.chunks) == 4
+    options = dist.TaskOptions(
+        model_path=str(recordings["model"]), model_stamp=dist._model_stamp(recordings["model"]),
+        hop_s=5.0, batch_size=4, thresholds=tuple(model.class_thresholds.tolist()),
+        out_dir=str(tmp_path), formats=("csv",), merge=False, device="cpu", torch_threads=1,
+    )
+    (tmp_path / "parts").mkdir()
+    first = dist.predict_chunk(plan, *plan.chunks[0], options)  # what a run killed later leaves
+    saved = dist.chunk_part(plan, *plan.chunks[0], tmp_path)
+    pd.testing.assert_frame_equal(read_probabilities(saved), first.frame)
+
+    computed: list[int] = []
+    real_window_table = dist._window_table
+
+    def counting_window_table(model, run, plan, first, count, options):
+        computed.append(first)
+        return real_window_table(model, run, plan, first, count, options)
+
+    monkeypatch.setattr(dist, "_window_table", counting_window_table)
+    chunks = [dist.predict_chunk(plan, start, count, options) for start, count in plan.chunks]
+    assert computed == [start for start, _ in plan.chunks[1:]]  # the saved chunk is read, not redone
+    done = dist.finish_recording(plan, options, *chunks)
+    assert done.error is None and done.windows == 13
+    expected = read_probabilities(recordings["reference"] / "parts" / f"{plan.key}.parquet")
+    found = read_probabilities(tmp_path / "parts" / f"{plan.key}.parquet")
+    pd.testing.assert_frame_equal(found[KEYS], expected[KEYS])
+    np.testing.assert_allclose(found[LABELS], expected[LABELS], atol=SAMPLE_TOLERANCE)
+    assert not list((tmp_path / "parts").glob("*.chunk*"))
+
+
 # --- whole runs on a local cluster ---------------------------------------------------------------------
 
 

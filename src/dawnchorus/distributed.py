@@ -58,7 +58,7 @@ from dawnchorus.infer import (
     write_combined,
     write_recording,
 )
-from dawnchorus.outputs import remove_stale_temporaries
+from dawnchorus.outputs import read_probabilities, remove_stale_temporaries, write_probabilities_parquet
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -560,8 +560,20 @@ def _window_table(
     return frame
 
 
+def chunk_part(plan: RecordingPlan, first: int, count: int | None, out_dir: str | Path) -> Path:
+    """Where a chunk of a split recording is saved until the recording's part is written."""
+    span = "end" if count is None else str(count)
+    return Path(out_dir) / "parts" / f"{plan.key}.chunk{first:07d}-{span}.parquet"
+
+
 def predict_chunk(plan: RecordingPlan, first: int, count: int | None, options: TaskOptions) -> ChunkResult:
-    """Worker task: the window table of one chunk; a bad recording is an error value, not a raise."""
+    """Worker task: the window table of one chunk; a bad recording is an error value, not a raise.
+
+    A chunk of a split recording is saved as soon as it is computed, and read back instead of
+    computed again when an interrupted run is resumed."""
+    saved = chunk_part(plan, first, count, options.out_dir) if len(plan.chunks) > 1 else None
+    if saved is not None and saved.is_file():
+        return ChunkResult(read_probabilities(saved), None, _worker_name(), _MODEL_LOADS[options.model_path])
     model, run = worker_model(options)
     worker, loads = _worker_name(), _MODEL_LOADS[options.model_path]
     try:
@@ -570,6 +582,8 @@ def predict_chunk(plan: RecordingPlan, first: int, count: int | None, options: T
         return ChunkResult(None, exc.reason, worker, loads)
     except Exception as exc:  # noqa: BLE001 - one bad file must not end a long run
         return ChunkResult(None, f"{type(exc).__name__}: {exc}", worker, loads)
+    if saved is not None:
+        write_probabilities_parquet(frame, saved)
     return ChunkResult(frame, None, worker, loads)
 
 
@@ -590,6 +604,9 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
     result = RecordingResult(plan.source, frame, plan.duration_s)
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
     write_recording(result, model, thresholds, Path(options.out_dir), list(options.formats), options.merge)
+    if len(plan.chunks) > 1:  # the recording's part now exists: its saved chunks are not needed
+        for first, count in plan.chunks:
+            chunk_part(plan, first, count, options.out_dir).unlink(missing_ok=True)
     return RecordingDone(str(plan.path), plan.duration_s, len(frame), None, loads)
 
 
