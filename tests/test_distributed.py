@@ -343,6 +343,36 @@ def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
     assert not list((tmp_path / "parts").glob("*.chunk*"))
 
 
+def test_workers_resolve_the_auto_engine_for_their_own_device(
+    recordings: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dawnchorus import distributed as dist
+    from dawnchorus import export
+    from dawnchorus.infer import PredictionError
+
+    monkeypatch.setattr(export, "_cuda_available", lambda: False)
+    model_path = tmp_path / "model.pt"
+    model_path.write_bytes(recordings["model"].read_bytes())
+    model = load_model(model_path)
+    dist._prepare_engine("auto", None, model_path, model)
+    assert model_path.with_suffix(".cnn.onnx").is_file()  # exported once, before the workers start
+    with pytest.raises(PredictionError, match="unknown engine 'tensorrt'"):
+        dist._prepare_engine("tensorrt", None, model_path, model)
+
+    def options(engine: str) -> dist.TaskOptions:
+        return dist.TaskOptions(
+            model_path=str(model_path), model_stamp=dist._model_stamp(model_path), hop_s=5.0, batch_size=4,
+            thresholds=(0.5,) * 3, out_dir=str(tmp_path), formats=("csv",), merge=False, device=None,
+            torch_threads=1, engine=engine,
+        )
+
+    assert export.describe_engine(dist._worker_batch_function(model, options("auto")))["engine"] == "onnx"
+    assert export.describe_engine(dist._worker_batch_function(model, options("torch")))["engine"] == "torch"
+    monkeypatch.setattr(dist, "_worker_device", lambda requested: "cuda:0")  # a GPU worker
+    monkeypatch.setattr(dist, "torch_batch_function", lambda model, device: ("torch on", device))
+    assert dist._worker_batch_function(model, options("auto")) == ("torch on", "cuda:0")
+
+
 # --- whole runs on a local cluster ---------------------------------------------------------------------
 
 

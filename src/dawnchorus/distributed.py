@@ -379,7 +379,7 @@ class TaskOptions:
     merge: bool
     device: str | None
     torch_threads: int | None
-    engine: str = "torch"  # resolved: torch or onnx (its graph exported by the client beforehand)
+    engine: str = "torch"  # torch, onnx or auto (resolved by each worker for its device)
 
 
 @dataclass
@@ -454,10 +454,12 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
 
 
 def _worker_batch_function(model: LoadedModel, options: TaskOptions) -> BatchFunction:
+    from dawnchorus.export import batch_function_for, resolve_engine
+
     device = _worker_device(options.device)
-    if options.engine == "torch":
+    # ``auto`` is resolved here, where the device is known: a GPU worker runs torch, a CPU one onnx.
+    if resolve_engine(options.engine, device) == "torch":
         return torch_batch_function(model, device)
-    from dawnchorus.export import batch_function_for
 
     # One lane: the worker's threads already share the cores with the other workers.
     return batch_function_for(model, "onnx", device=device, threads=options.torch_threads, lanes=1)
@@ -695,17 +697,21 @@ def _model_stamp(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> str:
-    """Resolve ``auto`` and export the ONNX graph the workers will load (once, before they start)."""
-    from dawnchorus.export import ExportError, cached_onnx_path, resolve_engine
+def _prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> None:
+    """Check ``engine`` and export the ONNX graph CPU workers will load (once, before they start).
 
+    ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs."""
+    from dawnchorus.export import ENGINES, ExportError, cached_onnx_path, onnx_available
+
+    if engine not in ENGINES:
+        raise PredictionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    wanted = engine == "onnx" or (engine == "auto" and onnx_available())
+    if not wanted or (device is not None and device.startswith("cuda")):
+        return
     try:
-        resolved = resolve_engine(engine, device)
-        if resolved == "onnx":
-            cached_onnx_path(model_path, model, include_frontend=False)
+        cached_onnx_path(model_path, model, include_frontend=False)
     except ExportError as exc:
         raise PredictionError(str(exc)) from exc
-    return resolved
 
 
 def run_distributed_prediction(
@@ -748,7 +754,7 @@ def run_distributed_prediction(
     if batch_size < 1:
         raise PredictionError(f"batch size must be at least 1, got {batch_size}")
     parse_cluster(cluster)  # a bad value fails before any header is read
-    engine = _prepare_engine(engine, device, model_path, model)
+    _prepare_engine(engine, device, model_path, model)
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir / "parts")  # left by a run killed mid-write
