@@ -26,10 +26,11 @@ import torch
 from dawnchorus.audio import write_audio
 from dawnchorus.config import build_config
 from dawnchorus.distributed import run_distributed_prediction, usable_cores
+from dawnchorus.export import ENGINES, batch_function_for
 from dawnchorus.features import LogMel
-from dawnchorus.infer import run_prediction
+from dawnchorus.infer import DEFAULT_BATCH_SIZE, run_prediction
+from dawnchorus.modelfile import SpectrogramClassifier, load_model, save_model_file
 from dawnchorus.models import build_model
-from dawnchorus.train import SpectrogramClassifier, load_model, save_model_file
 
 SAMPLE_RATE = 32000
 
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="efficientnet_b0", help="timm backbone name")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="local worker counts to try")
     parser.add_argument("--chunk-s", type=float, default=300.0, help="chunk length for long recordings")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--engine", default="auto", choices=ENGINES, help="as predict --engine")
     return parser.parse_args(argv)
 
 
@@ -105,16 +107,19 @@ def main(argv: list[str] | None = None) -> None:
             write_audio(folder / f"scape{index:02d}.ogg", soundscape(args.minutes * 60, index), SAMPLE_RATE)
         model_path = calibrated_model(root / "model.pt", args.backbone)
         print(
-            f"{args.files} x {args.minutes:g} min 32 kHz OGG, {args.backbone}, batch {args.batch_size}, "
+            f"{args.files} x {args.minutes:g} min 32 kHz OGG, {args.backbone}, engine {args.engine}, "
+            f"batch {args.batch_size}, "
             f"chunks of {args.chunk_s:g} s; {usable_cores()} cores; torch {torch.__version__}"
         )
         print("| run                    | audio h |  wall s | x realtime | steady x rt |")
         print("|------------------------|---------|---------|------------|-------------|")
         timeline = Timeline()
         started = time.perf_counter()
+        model = load_model(model_path)
+        engine = batch_function_for(model, args.engine, batch_size=args.batch_size)
         single = run_prediction(
-            load_model(model_path), [folder], root / "single", batch_size=args.batch_size,
-            progress=timeline,
+            model, [folder], root / "single", batch_size=args.batch_size, progress=timeline,
+            batch_function=engine,
         )
         wall = time.perf_counter() - started
         print(row("single process", single.audio_seconds, wall, timeline.steady_rate()), flush=True)
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             summary = run_distributed_prediction(
                 model_path, [folder], root / f"local{workers}", cluster=f"local:{workers}",
-                batch_size=args.batch_size, chunk_s=args.chunk_s, progress=timeline,
+                batch_size=args.batch_size, chunk_s=args.chunk_s, progress=timeline, engine=args.engine,
             )
             wall = time.perf_counter() - started
             name = f"--cluster local:{workers}"
