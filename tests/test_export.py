@@ -511,6 +511,7 @@ def test_cli_export_and_predict_with_the_onnx_engine(tmp_path: Path) -> None:
             ],
         )
         assert result.exit_code == 0, result.output
+        assert f"engine: {engine}" in result.output  # the user is told what ran
         tables[engine] = pd.read_csv(out / "predictions.csv")
     assert len(tables["onnx"]) == len(tables["torch"]) == 2
     np.testing.assert_allclose(

@@ -196,6 +196,16 @@ def _load_model_or_fail(path: Path):
         fail(str(exc))
 
 
+def _engine_line(described: dict) -> str:
+    """'engine: onnx (model.cnn.onnx, log-mel in torch), 2 lanes x 1 thread' for the user."""
+    if described["engine"] == "onnx":
+        what = f"onnx ({Path(described['graph']).name}, log-mel in {described['frontend']})"
+    else:
+        what = "torch"
+    threads = described["threads_per_lane"]
+    return f"engine: {what}, {described['lanes']} lane(s) x {threads} thread{'s' if threads > 1 else ''}"
+
+
 @app.command()
 def predict(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file written by train.")],
@@ -276,12 +286,13 @@ def predict(
         }
         try:
             if cluster is None:
-                from dawnchorus.export import ExportError, batch_function_for
+                from dawnchorus.export import ExportError, batch_function_for, describe_engine
 
                 try:
                     batch_function = batch_function_for(model, engine, device=device, batch_size=batch_size)
                 except ExportError as exc:
                     fail(str(exc))
+                progress.console.print(_engine_line(describe_engine(batch_function)), highlight=False)
                 summary = run_prediction(model, inputs, out, batch_function=batch_function, **options)
             else:
                 from dawnchorus.distributed import run_distributed_prediction
