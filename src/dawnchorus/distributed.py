@@ -55,6 +55,7 @@ from dawnchorus.infer import (
     reuse_large_allocations,
     torch_batch_function,
     windows_in,
+    windows_per_chunk,
     write_combined,
     write_recording,
 )
@@ -314,7 +315,7 @@ class RecordingPlan:
 
 
 def _plan_one(
-    path: Path, sample_rate: int, clip_s: float, hop_s: float, windows_per_chunk: int
+    path: Path, sample_rate: int, clip_s: float, hop_s: float, per_chunk: int
 ) -> RecordingPlan:
     windows, duration_s = windows_in(path, sample_rate, clip_s, hop_s)
     return RecordingPlan(
@@ -323,7 +324,7 @@ def _plan_one(
         key=recording_key(path),
         duration_s=duration_s,
         windows=windows,
-        chunks=chunk_ranges(windows, windows_per_chunk),
+        chunks=chunk_ranges(windows, per_chunk),
     )
 
 
@@ -345,13 +346,11 @@ def plan_recordings(
     """
     if chunk_s <= 0:
         raise PredictionError(f"chunk length must be positive, got {chunk_s} s")
-    windows_per_chunk = max(1, int(chunk_s // hop_s))
-    if windows_per_chunk >= batch_size:
-        windows_per_chunk -= windows_per_chunk % batch_size
+    per_chunk = windows_per_chunk(chunk_s, hop_s, batch_size)
 
     def plan(path: Path) -> RecordingPlan | tuple[Path, str]:
         try:
-            return _plan_one(path, sample_rate, clip_s, hop_s, windows_per_chunk)
+            return _plan_one(path, sample_rate, clip_s, hop_s, per_chunk)
         except AudioError as exc:
             return path, exc.reason
 

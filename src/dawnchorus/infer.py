@@ -90,6 +90,14 @@ def chunk_ranges(windows: int, windows_per_chunk: int) -> tuple[tuple[int, int |
     return tuple((first, windows_per_chunk) for first in firsts[:-1]) + ((firsts[-1], None),)
 
 
+def windows_per_chunk(chunk_s: float, hop_s: float, batch_size: int) -> int:
+    """Window starts in ``chunk_s`` seconds, rounded down to whole batches when there is more than
+    one: every batch then holds the windows an unsplit run batches together, so the probabilities
+    are bit-for-bit the same (no resampling involved)."""
+    count = max(1, int(chunk_s // hop_s))
+    return count - count % batch_size if count >= batch_size else count
+
+
 def windows_in(path: Path, sample_rate: int, clip_s: float, hop_s: float) -> tuple[int, float]:
     """(windows a run over ``path`` yields, its duration in seconds), from the header alone."""
     header = info(path)
@@ -212,7 +220,6 @@ class Segment:
 class _Chunk:
     """A batch of windows of one recording segment, or the end/failure of that segment."""
 
-    path: Path
     segment: Segment
     starts: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
@@ -221,6 +228,10 @@ class _Chunk:
     error: str | None = None
     duration_s: float = 0.0
     fatal: BaseException | None = None  # a failure of the engine, not of the recording: ends the run
+
+    @property
+    def path(self) -> Path:
+        return self.segment.path
 
 
 class _PrepareFailed(Exception):
@@ -262,17 +273,17 @@ def _produce(
                 ends.append(round(window.end_s, 3))
                 pieces.append(window.samples)
                 if len(pieces) == batch_size:
-                    out.put(_Chunk(path, segment, starts, ends, batch(pieces)))
+                    out.put(_Chunk(segment, starts, ends, batch(pieces)))
                     starts, ends, pieces = [], [], []
             audio = batch(pieces) if pieces else None
-            out.put(_Chunk(path, segment, starts, ends, audio, last=True, duration_s=duration))
+            out.put(_Chunk(segment, starts, ends, audio, last=True, duration_s=duration))
         except _PrepareFailed as exc:
-            out.put(_Chunk(path, segment, last=True, fatal=exc.__cause__))
+            out.put(_Chunk(segment, last=True, fatal=exc.__cause__))
             return
         except AudioError as exc:
-            out.put(_Chunk(path, segment, last=True, error=exc.reason))
+            out.put(_Chunk(segment, last=True, error=exc.reason))
         except Exception as exc:  # noqa: BLE001 - one bad file must not end a long run
-            out.put(_Chunk(path, segment, last=True, error=f"{type(exc).__name__}: {exc}"))
+            out.put(_Chunk(segment, last=True, error=f"{type(exc).__name__}: {exc}"))
     out.put(None)
 
 
@@ -530,16 +541,12 @@ def _plan_segments(
     path: Path, parts_dir: Path, sample_rate: int, clip_s: float, hop_s: float, checkpoint_s: float,
     batch_size: int,
 ) -> _SegmentPlan:
-    """The segments of ``path`` still to predict (segment lengths are whole batches, so the batches,
-    and the probabilities, are those of an uninterrupted run)."""
+    """The segments of ``path`` still to predict (see :func:`windows_per_chunk` for their length)."""
     try:
         windows, duration = windows_in(path, sample_rate, clip_s, hop_s)
     except AudioError:
         return _SegmentPlan(path, 1, [Segment(path)], 0.0)  # decoding reports the error, named
-    per_segment = max(1, int(checkpoint_s // hop_s))
-    if per_segment >= batch_size:
-        per_segment -= per_segment % batch_size
-    ranges = chunk_ranges(windows, per_segment)
+    ranges = chunk_ranges(windows, windows_per_chunk(checkpoint_s, hop_s, batch_size))
     if len(ranges) == 1:
         return _SegmentPlan(path, 1, [Segment(path)], duration)
     segments = [
@@ -557,8 +564,8 @@ def _save_segment(result: RecordingResult, parts_dir: Path) -> None:
     outputs.write_probabilities_parquet(result.frame, target)
 
 
-def _assemble(plan: _SegmentPlan, parts_dir: Path, labels: Sequence[str]) -> RecordingResult:
-    """The whole recording's result from its saved segments (which are then removed)."""
+def _assemble(plan: _SegmentPlan, parts_dir: Path) -> RecordingResult:
+    """The whole recording's result from its saved segments."""
     from dawnchorus import outputs
 
     pieces = [_segment_part(parts_dir, plan.path, index) for index in range(plan.count)]
@@ -632,7 +639,7 @@ def run_prediction(
 
     for plan in plans:  # every segment saved by an interrupted run: only the assembly is left
         if plan.count > 1 and not plan.to_run:
-            finish(_assemble(plan, parts_dir, model.labels), plan)
+            finish(_assemble(plan, parts_dir), plan)
     reuse_large_allocations()
     with torch_threads_kept():
         run = batch_function or default_batch_function(model, device, batch_size)
@@ -657,7 +664,7 @@ def run_prediction(
                 else:
                     _save_segment(result, parts_dir)
                     if result.segment.index == plan.to_run[-1].index:
-                        finish(_assemble(plan, parts_dir, model.labels), plan)
+                        finish(_assemble(plan, parts_dir), plan)
             if progress is not None:
                 progress(result, done, len(todo))
     written = write_combined(model, recordings, out_dir, thresholds, wanted)
