@@ -81,7 +81,7 @@ def onnx_available() -> bool:
 
 
 def resolve_engine(engine: str, device: str | None = None) -> Literal["torch", "onnx"]:
-    """The engine ``auto`` stands for: onnx on CPU when the extra is installed (measured here ~1.35x
+    """The engine ``auto`` stands for: onnx on CPU when the extra is installed (measured here ~1.4x
     the throughput of eager torch at parity), else torch; ``torch`` and ``onnx`` stand for themselves."""
     if engine not in ENGINES:
         raise ExportError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
