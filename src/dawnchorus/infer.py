@@ -306,7 +306,7 @@ class RecordingResult:
 
 
 def iter_predictions(
-    paths: Sequence[Path],
+    paths: Sequence[Path | Segment],
     batch_function: BatchFunction,
     labels: Sequence[str],
     sample_rate: int,
@@ -319,26 +319,10 @@ def iter_predictions(
 
     Decoding runs in a background thread, at most ``prefetch`` batches ahead; a
     :class:`StagedBatchFunction` is pipelined as its docstring says. Memory stays bounded by the
-    batches in flight whatever the recording length.
+    batches in flight whatever the recording length. A :class:`Segment` among ``paths`` yields the
+    table of its windows only, with ``result.segment`` set when it is one part of several.
     """
-    segments = [Segment(Path(path)) for path in paths]
-    yield from iter_segment_predictions(
-        segments, batch_function, labels, sample_rate, clip_s, hop_s, batch_size, prefetch
-    )
-
-
-def iter_segment_predictions(
-    segments: Sequence[Segment],
-    batch_function: BatchFunction,
-    labels: Sequence[str],
-    sample_rate: int,
-    clip_s: float,
-    hop_s: float | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    prefetch: int = 4,
-) -> Iterator[RecordingResult]:
-    """:func:`iter_predictions` over recording segments: one result per segment, in order (a whole
-    recording's result has ``segment`` None)."""
+    segments = [item if isinstance(item, Segment) else Segment(Path(item)) for item in paths]
     hop_s = clip_s if hop_s is None else hop_s
     if hop_s <= 0:
         raise PredictionError(f"hop must be positive, got {hop_s}")
@@ -646,9 +630,7 @@ def run_prediction(
         segments = [segment for plan in plans for segment in plan.to_run]
         by_path = {plan.path: plan for plan in plans}
         failed_paths: set[Path] = set()
-        for result in iter_segment_predictions(
-            segments, run, model.labels, sample_rate, clip_s, hop, batch_size
-        ):
+        for result in iter_predictions(segments, run, model.labels, sample_rate, clip_s, hop, batch_size):
             if result.path in failed_paths:
                 continue  # a later segment of a recording that already failed
             if result.error is not None:
