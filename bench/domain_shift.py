@@ -39,13 +39,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import run_in_work_dir
 
 from dawnchorus.config import Config, build_config, load_config
 from dawnchorus.metrics import align_predictions, evaluate, read_birdclef_labels, tune_thresholds
@@ -326,13 +326,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.work_dir is not None:
-        run(args, args.work_dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="dawnchorus_domain_shift_") as work:
-        run(args, Path(work))
+    run_in_work_dir(run, parse_args(argv), prefix="dawnchorus_domain_shift_")
 
 
 if __name__ == "__main__":

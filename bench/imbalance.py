@@ -27,8 +27,6 @@ means over ``--seeds`` training seeds.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 # The sibling bench holds the shared scoring protocol (tune on one half, score the other).
+from common import run_in_work_dir
 from domain_shift import (
     SoundscapeSplit,
     describe_time,
@@ -184,13 +183,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.work_dir is not None:
-        run(args, args.work_dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="dawnchorus_imbalance_") as work:
-        run(args, Path(work))
+    run_in_work_dir(run, parse_args(argv), prefix="dawnchorus_imbalance_")
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import run_in_work_dir
 from torch.utils.data import DataLoader
 
 from dawnchorus.config import Config, build_config
@@ -119,13 +119,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.work_dir is not None:
-        run(args, args.work_dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="dawnchorus_throughput_") as work:
-        run(args, Path(work))
+    run_in_work_dir(run, parse_args(argv), prefix="dawnchorus_throughput_")
 
 
 if __name__ == "__main__":
