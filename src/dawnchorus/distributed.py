@@ -53,6 +53,7 @@ from dawnchorus.infer import (
     parse_formats,
     recording_key,
     reuse_large_allocations,
+    stop_producer,
     torch_batch_function,
     windows_in,
     windows_per_chunk,
@@ -521,12 +522,7 @@ def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
                 raise item
             yield item
     finally:
-        stop.set()
-        while producer.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                pending.get_nowait()
-            except queue.Empty:
-                producer.join(timeout=0.05)
+        stop_producer(producer, pending, stop)
 
 
 def _window_table(

@@ -363,12 +363,17 @@ def iter_predictions(
                 starts, ends, probs = [], [], []
                 yield RecordingResult(chunk.path, frame, chunk.duration_s, segment=part_of)
     finally:
-        stop.set()
-        while producer.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                chunks.get_nowait()
-            except queue.Empty:
-                producer.join(timeout=0.05)
+        stop_producer(producer, chunks, stop)
+
+
+def stop_producer(producer: threading.Thread, items: queue.Queue, stop: threading.Event) -> None:
+    """Ask a producer thread to stop, and drain its queue until it has (it may be blocked on a put)."""
+    stop.set()
+    while producer.is_alive():
+        try:
+            items.get_nowait()
+        except queue.Empty:
+            producer.join(timeout=0.05)
 
 
 def _drain(chunks: queue.Queue) -> Iterator[_Chunk]:
