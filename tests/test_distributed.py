@@ -321,7 +321,7 @@ def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
     )
     (tmp_path / "parts").mkdir()
     first = dist.predict_chunk(plan, *plan.chunks[0], options)  # what a run killed later leaves
-    saved = dist.chunk_part(plan, *plan.chunks[0], tmp_path)
+    saved = dist.chunk_part(plan, *plan.chunks[0], options)
     pd.testing.assert_frame_equal(read_probabilities(saved), first.frame)
 
     computed: list[int] = []
@@ -340,7 +340,7 @@ def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
     found = read_probabilities(tmp_path / "parts" / f"{plan.key}.parquet")
     pd.testing.assert_frame_equal(found[KEYS], expected[KEYS])
     np.testing.assert_allclose(found[LABELS], expected[LABELS], atol=SAMPLE_TOLERANCE)
-    assert not list((tmp_path / "parts").glob("*.chunk*"))
+    assert not list((tmp_path / "parts").glob("*.windows-*"))
 
 
 def test_workers_resolve_the_auto_engine_for_their_own_device(

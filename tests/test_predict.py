@@ -252,7 +252,7 @@ def test_segmented_prediction_equals_the_whole_recording_run(
     pd.testing.assert_frame_equal(found[["file", "start_s", "end_s"]], expected[["file", "start_s", "end_s"]])
     np.testing.assert_allclose(found[["aaa", "bbb", "ccc"]], expected[["aaa", "bbb", "ccc"]], atol=1e-6)
     assert expected[["aaa", "bbb", "ccc"]].to_numpy().std() > 0.1  # real samples, not constants
-    assert not list((tmp_path / "seg" / "parts").glob("*.seg*"))  # segments removed once assembled
+    assert not list((tmp_path / "seg" / "parts").glob("*.windows-*"))  # removed once assembled
 
 
 def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
@@ -276,21 +276,22 @@ def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
     with pytest.raises(Interrupted):
         run_prediction(model, [long_recordings["folder"] / "long_32k.flac"], out, batch_function=first,
                        checkpoint_s=20.0, progress=stop_after_two_segments)
-    saved = sorted(p.name for p in (out / "parts").glob("*.seg*"))
-    assert len(saved) == 2 and saved[0].endswith(".seg0000.parquet") and saved[1].endswith(".seg0001.parquet")
+    saved = sorted(p.name for p in (out / "parts").glob("*.windows-*"))
+    ranges = [name.split(".")[-2] for name in saved]
+    assert ranges == ["windows-hop5000ms-0000000-4", "windows-hop5000ms-0000004-4"]
     again = FirstSamples()
     summary = run_prediction(model, [long_recordings["folder"]], out, batch_function=again, checkpoint_s=20.0)
     assert again.windows == (13 - 8) + 10 + 3  # the two saved segments (4 windows each) are not redone
     assert summary.predicted == 3
     pd.testing.assert_frame_equal(predicted(out), predicted(reference), atol=1e-6)
-    assert not list((out / "parts").glob("*.seg*"))
+    assert not list((out / "parts").glob("*.windows-*"))
 
 
 def test_a_recording_with_every_segment_saved_is_only_assembled(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
     from dawnchorus import outputs
-    from dawnchorus.infer import recording_key, run_prediction
+    from dawnchorus.infer import recording_key, run_prediction, saved_windows_path
 
     model = load_model(long_recordings["model"])
     recording = long_recordings["folder"] / "long_32k.flac"
@@ -298,9 +299,11 @@ def test_a_recording_with_every_segment_saved_is_only_assembled(
     run_prediction(model, [recording], out, batch_function=FirstSamples())
     part = out / "parts" / f"{recording_key(recording)}.parquet"
     expected = outputs.read_probabilities(part)
-    for index, start in enumerate(range(0, 13, 4)):  # what a run killed before assembling leaves
+    for start in range(0, 13, 4):  # what a run killed before assembling leaves
         rows = expected.iloc[start : start + 4].reset_index(drop=True)
-        outputs.write_probabilities_parquet(rows, part.with_name(f"{part.stem}.seg{index:04d}.parquet"))
+        count = 4 if start + 4 < 13 else None
+        saved = saved_windows_path(part.parent, recording_key(recording), 5.0, start, count)
+        outputs.write_probabilities_parquet(rows, saved)
     part.unlink()
 
     def no_engine(audio: np.ndarray) -> np.ndarray:
@@ -309,4 +312,28 @@ def test_a_recording_with_every_segment_saved_is_only_assembled(
     summary = run_prediction(model, [recording], out, batch_function=no_engine, checkpoint_s=20.0)
     assert summary.predicted == 1 and not summary.failed
     pd.testing.assert_frame_equal(outputs.read_probabilities(part), expected)
-    assert not list((out / "parts").glob("*.seg*"))
+    assert not list((out / "parts").glob("*.windows-*"))
+
+
+def test_a_resume_with_other_settings_never_mixes_saved_windows(
+    long_recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    from dawnchorus.infer import run_prediction
+
+    model = load_model(long_recordings["model"])
+    recording = long_recordings["folder"] / "long_32k.flac"
+    reference = tmp_path / "reference"
+    run_prediction(model, [recording], reference, batch_function=FirstSamples())
+    out = tmp_path / "out"
+
+    def stop_after_one_segment(result, done: int, total: int) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):  # segments of 4 windows (batch 4), one saved
+        run_prediction(model, [recording], out, batch_function=FirstSamples(), checkpoint_s=20.0,
+                       progress=stop_after_one_segment)
+    again = FirstSamples()  # batch 3: segments of 3 windows, none of which was saved
+    run_prediction(model, [recording], out, batch_function=again, checkpoint_s=20.0, batch_size=3)
+    assert again.windows == 13
+    pd.testing.assert_frame_equal(predicted(out), predicted(reference), atol=1e-6)
+    assert not list((out / "parts").glob("*.windows-*"))  # the old run's saved windows too

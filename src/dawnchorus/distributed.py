@@ -52,7 +52,9 @@ from dawnchorus.infer import (
     expand_inputs,
     parse_formats,
     recording_key,
+    remove_saved_windows,
     reuse_large_allocations,
+    saved_windows_path,
     stop_producer,
     torch_batch_function,
     windows_in,
@@ -557,10 +559,9 @@ def _window_table(
     return frame
 
 
-def chunk_part(plan: RecordingPlan, first: int, count: int | None, out_dir: str | Path) -> Path:
+def chunk_part(plan: RecordingPlan, first: int, count: int | None, options: TaskOptions) -> Path:
     """Where a chunk of a split recording is saved until the recording's part is written."""
-    span = "end" if count is None else str(count)
-    return Path(out_dir) / "parts" / f"{plan.key}.chunk{first:07d}-{span}.parquet"
+    return saved_windows_path(Path(options.out_dir) / "parts", plan.key, options.hop_s, first, count)
 
 
 def predict_chunk(plan: RecordingPlan, first: int, count: int | None, options: TaskOptions) -> ChunkResult:
@@ -568,7 +569,7 @@ def predict_chunk(plan: RecordingPlan, first: int, count: int | None, options: T
 
     A chunk of a split recording is saved as soon as it is computed, and read back instead of
     computed again when an interrupted run is resumed."""
-    saved = chunk_part(plan, first, count, options.out_dir) if len(plan.chunks) > 1 else None
+    saved = chunk_part(plan, first, count, options) if len(plan.chunks) > 1 else None
     if saved is not None and saved.is_file():
         return ChunkResult(read_probabilities(saved), None, _worker_name(), _MODEL_LOADS[options.model_path])
     model, run = worker_model(options)
@@ -602,8 +603,7 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
     write_recording(result, model, thresholds, Path(options.out_dir), list(options.formats), options.merge)
     if len(plan.chunks) > 1:  # the recording's part now exists: its saved chunks are not needed
-        for first, count in plan.chunks:
-            chunk_part(plan, first, count, options.out_dir).unlink(missing_ok=True)
+        remove_saved_windows(Path(options.out_dir) / "parts", plan.key)
     return RecordingDone(str(plan.path), plan.duration_s, len(frame), None, loads)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import glob
 import hashlib
 import queue
 import threading
@@ -514,16 +515,33 @@ def parse_formats(formats: Sequence[str] | str) -> list[str]:
 CHECKPOINT_S = 3600.0
 
 
+def saved_windows_path(parts_dir: Path, key: str, hop_s: float, first: int, count: int | None) -> Path:
+    """Where windows ``first`` .. ``first + count - 1`` of recording ``key`` wait for the rest of it.
+
+    The name holds the hop and the range, so a run resumed with other settings (hop, batch size,
+    checkpoint or chunk length) never mixes its windows with these: it computes its own.
+    """
+    span = "end" if count is None else str(count)
+    return parts_dir / f"{key}.windows-hop{round(hop_s * 1000)}ms-{first:07d}-{span}.parquet"
+
+
+def remove_saved_windows(parts_dir: Path, key: str) -> None:
+    """Called once the recording's part exists: until then a re-run still finds its saved windows."""
+    for saved in parts_dir.glob(f"{glob.escape(key)}.windows-hop*ms-*.parquet"):
+        saved.unlink(missing_ok=True)
+
+
 @dataclass
 class _SegmentPlan:
     path: Path
-    count: int  # segments of the recording (1: predicted whole)
+    hop_s: float
+    segments: list[Segment]  # one whole-recording segment, or the checkpointed ones
     to_run: list[Segment]
     duration_s: float
 
-
-def _segment_part(parts_dir: Path, path: Path, index: int) -> Path:
-    return parts_dir / f"{recording_key(path)}.seg{index:04d}.parquet"
+    def saved(self, parts_dir: Path, segment: Segment) -> Path:
+        key = recording_key(self.path)
+        return saved_windows_path(parts_dir, key, self.hop_s, segment.first_window, segment.max_windows)
 
 
 def _plan_segments(
@@ -534,38 +552,24 @@ def _plan_segments(
     try:
         windows, duration = windows_in(path, sample_rate, clip_s, hop_s)
     except AudioError:
-        return _SegmentPlan(path, 1, [Segment(path)], 0.0)  # decoding reports the error, named
+        return _SegmentPlan(path, hop_s, [Segment(path)], [Segment(path)], 0.0)  # decoding names it
     ranges = chunk_ranges(windows, windows_per_chunk(checkpoint_s, hop_s, batch_size))
     if len(ranges) == 1:
-        return _SegmentPlan(path, 1, [Segment(path)], duration)
+        return _SegmentPlan(path, hop_s, [Segment(path)], [Segment(path)], duration)
     segments = [
         Segment(path, first, count, index, len(ranges)) for index, (first, count) in enumerate(ranges)
     ]
-    to_run = [s for s in segments if not _segment_part(parts_dir, path, s.index).is_file()]
-    return _SegmentPlan(path, len(ranges), to_run, duration)
-
-
-def _save_segment(result: RecordingResult, parts_dir: Path) -> None:
-    from dawnchorus import outputs
-
-    assert result.segment is not None and result.frame is not None
-    target = _segment_part(parts_dir, result.path, result.segment.index)
-    outputs.write_probabilities_parquet(result.frame, target)
+    plan = _SegmentPlan(path, hop_s, segments, [], duration)
+    plan.to_run = [s for s in segments if not plan.saved(parts_dir, s).is_file()]
+    return plan
 
 
 def _assemble(plan: _SegmentPlan, parts_dir: Path) -> RecordingResult:
     """The whole recording's result from its saved segments."""
     from dawnchorus import outputs
 
-    pieces = [_segment_part(parts_dir, plan.path, index) for index in range(plan.count)]
-    frame = pd.concat([outputs.read_probabilities(piece) for piece in pieces], ignore_index=True)
-    return RecordingResult(plan.path, frame, plan.duration_s)
-
-
-def _remove_segments(plan: _SegmentPlan, parts_dir: Path) -> None:
-    """Called once the whole part exists: until then a re-run still finds every saved segment."""
-    for index in range(plan.count if plan.count > 1 else 0):
-        _segment_part(parts_dir, plan.path, index).unlink(missing_ok=True)
+    pieces = [outputs.read_probabilities(plan.saved(parts_dir, s)) for s in plan.segments]
+    return RecordingResult(plan.path, pd.concat(pieces, ignore_index=True), plan.duration_s)
 
 
 def run_prediction(
@@ -587,7 +591,7 @@ def run_prediction(
     Each recording's window table goes to ``out_dir/parts/<key>.parquet`` (atomically) the moment
     it is done, with its Raven/Audacity files; recordings with a part are skipped on a re-run. A
     recording longer than ``checkpoint_s`` is predicted in segments of that length, each saved as it
-    is done (``<key>.segNNNN.parquet``), so a re-run after an interruption recomputes at most one
+    is done (see :func:`saved_windows_path`), so a re-run after an interruption recomputes at most one
     segment. The combined tables (CSV, Parquet, BirdCLEF submissions) are rebuilt from the parts at
     the end. ``progress(result, recordings_done, recordings_total)`` is called after each recording
     and each segment.
@@ -623,11 +627,12 @@ def run_prediction(
     def finish(result: RecordingResult, plan: _SegmentPlan) -> None:
         nonlocal done
         write_recording(result, model, thresholds, out_dir, wanted, merge_detections)
-        _remove_segments(plan, parts_dir)
+        if len(plan.segments) > 1:
+            remove_saved_windows(parts_dir, recording_key(result.path))
         done += 1
 
     for plan in plans:  # every segment saved by an interrupted run: only the assembly is left
-        if plan.count > 1 and not plan.to_run:
+        if not plan.to_run:
             finish(_assemble(plan, parts_dir), plan)
     reuse_large_allocations()
     with torch_threads_kept():
@@ -649,7 +654,7 @@ def run_prediction(
                 if result.segment is None:
                     finish(result, plan)
                 else:
-                    _save_segment(result, parts_dir)
+                    outputs.write_probabilities_parquet(result.frame, plan.saved(parts_dir, result.segment))
                     if result.segment.index == plan.to_run[-1].index:
                         finish(_assemble(plan, parts_dir), plan)
             if progress is not None:
