@@ -277,6 +277,17 @@ def test_auto_engine_is_onnx_on_cpu_when_installed_else_torch(monkeypatch: pytes
         export.resolve_engine("tensorrt")
 
 
+def test_default_batch_is_small_on_cpu_and_large_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dawnchorus.infer import DEFAULT_BATCH_SIZE
+
+    assert export.default_batch_size("cpu") == DEFAULT_BATCH_SIZE == 4
+    assert export.default_batch_size("cuda:0") == export.GPU_BATCH_SIZE == 64
+    monkeypatch.setattr(export, "_cuda_available", lambda: True)
+    assert export.default_batch_size() == 64
+    monkeypatch.setattr(export, "_cuda_available", lambda: False)
+    assert export.default_batch_size() == 4
+
+
 # --- the cache beside the model file ------------------------------------------------------------------
 
 

@@ -214,7 +214,9 @@ def predict(
     hop: Annotated[
         float | None, typer.Option(help="Seconds between window starts (default: clip length).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 32,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Windows per batch (default: 4 on CPU, 64 on a GPU).")
+    ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Detection threshold (default: the model's per-class ones).")
     ] = None,
@@ -247,6 +249,10 @@ def predict(
     from dawnchorus.infer import PredictionError, expand_inputs, run_prediction
 
     model = _load_model_or_fail(model_path)
+    if batch_size is None:
+        from dawnchorus.export import default_batch_size
+
+        batch_size = default_batch_size(device)
     slurm = None
     if config_path is not None:
         from dawnchorus.config import ConfigError, load_config

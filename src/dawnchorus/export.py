@@ -90,6 +90,15 @@ def resolve_engine(engine: str, device: str | None = None) -> Literal["torch", "
     return "onnx" if not _wants_gpu(device) and onnx_available() else "torch"
 
 
+GPU_BATCH_SIZE = 64  # a GPU is fed best by large batches (the CPU default is infer.DEFAULT_BATCH_SIZE)
+
+
+def default_batch_size(device: str | None = None) -> int:
+    """Windows per batch when the user gives none: small on CPU (activations stay in cache), large
+    on a GPU."""
+    return GPU_BATCH_SIZE if _wants_gpu(device) else DEFAULT_BATCH_SIZE
+
+
 def _wants_gpu(device: str | None) -> bool:
     return (device is not None and device.startswith("cuda")) or (device is None and _cuda_available())
 
