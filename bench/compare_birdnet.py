@@ -38,7 +38,7 @@ from infer_throughput import (
     run_engine,
 )
 
-from dawnchorus.infer import DEFAULT_BATCH_SIZE
+from dawnchorus.inference.run import DEFAULT_BATCH_SIZE
 
 DEFAULT_BIRDNET_PYTHON = Path(tempfile.gettempdir()) / "birdnet-venv" / "bin" / "python"
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_birdnet_venv(args.birdnet_python)
     if args.inputs is not None:
-        from dawnchorus.infer import expand_inputs
+        from dawnchorus.inference.run import expand_inputs
 
         inputs = expand_inputs([args.inputs])
     else:

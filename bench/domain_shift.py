@@ -47,10 +47,11 @@ import numpy as np
 import pandas as pd
 from common import run_in_work_dir
 
+import dawnchorus
 from dawnchorus.config import Config, build_config, load_config
-from dawnchorus.metrics import align_predictions, evaluate, read_birdclef_labels, tune_thresholds
-from dawnchorus.synth import make_dataset
-from dawnchorus.train import LoadedModel, load_model, train
+from dawnchorus.evaluate.metrics import align_predictions, evaluate, read_birdclef_labels, tune_thresholds
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.run import LoadedModel, load_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Bird-free real backgrounds split so that each bank holds rain, wind and running water.
@@ -159,7 +160,7 @@ def _rows_of(frame: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
 
 def predict_soundscapes(model: LoadedModel, folder: Path) -> pd.DataFrame:
     """Window probabilities (file, start_s, end_s, labels...) of every soundscape in ``folder``."""
-    return model.predict(sorted(folder.glob("*.ogg"))).reset_index()
+    return dawnchorus.predict(model, sorted(folder.glob("*.ogg"))).reset_index()
 
 
 def score_predictions(
@@ -170,7 +171,7 @@ def score_predictions(
     scored_labels: list[str] | None = None,
 ) -> dict[str, float]:
     """Tune one global threshold on ``split.tune`` (macro F1 over all ``labels``), then return
-    :func:`~dawnchorus.metrics.evaluate` over ``scored_labels`` on ``split.test``."""
+    :func:`~dawnchorus.evaluate.metrics.evaluate` over ``scored_labels`` on ``split.test``."""
     truth = read_birdclef_labels(labels_csv, labels=labels)
     aligned, tune_truth = align_predictions(predictions, _rows_of(truth, split.tune))
     y_true = tune_truth[labels].to_numpy(dtype=np.int64)

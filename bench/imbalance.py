@@ -45,8 +45,8 @@ from domain_shift import (
 )
 
 from dawnchorus.config import Config, build_config
-from dawnchorus.metrics import evaluate, read_birdclef_labels
-from dawnchorus.synth import make_dataset
+from dawnchorus.evaluate.metrics import evaluate, read_birdclef_labels
+from dawnchorus.synth.soundscapes import make_dataset
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from dawnchorus.infer import DEFAULT_BATCH_SIZE
+from dawnchorus.inference.run import DEFAULT_BATCH_SIZE
 
 SAMPLE_RATE = 32000
 ENGINES = {
@@ -54,7 +54,7 @@ DEFAULT_DATA = Path(tempfile.gettempdir()) / "dawnchorus-bench"
 
 def noise_bank() -> list[np.ndarray]:
     """Real bird-free field backgrounds (rain, wind, streams) at 32 kHz, when the shared set is here."""
-    from dawnchorus.audio import load
+    from dawnchorus.io.audio import load
 
     beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
     root = Path(os.environ.get("DAWNCHORUS_REAL_DATA", beside_repo))
@@ -70,7 +70,7 @@ def noise_bank() -> list[np.ndarray]:
 
 def minute_blocks(count: int, seed: int) -> list[np.ndarray]:
     """``count`` distinct one-minute field backgrounds with bird-like whistles (float32, 32 kHz)."""
-    from dawnchorus.synth import soundscape_background
+    from dawnchorus.synth.soundscapes import soundscape_background
 
     bank = noise_bank()
     rng = np.random.default_rng(seed)
@@ -124,11 +124,11 @@ def ensure_model(path: Path, calibration_files: list[Path], backbone: str = "eff
         return path
     import torch
 
-    from dawnchorus.audio import iter_windows
     from dawnchorus.config import build_config
-    from dawnchorus.features import LogMel
-    from dawnchorus.models import build_model
-    from dawnchorus.train import SpectrogramClassifier, save_model_file
+    from dawnchorus.io.audio import iter_windows
+    from dawnchorus.models.classifier import build_model
+    from dawnchorus.models.features import LogMel
+    from dawnchorus.training.run import SpectrogramClassifier, save_model_file
 
     config = build_config({"model": {"backbone": backbone, "pretrained": False}})
     torch.manual_seed(0)
@@ -198,9 +198,9 @@ def measure(
     """Run one engine over ``inputs`` writing every output format; time only the prediction run."""
     import torch
 
-    from dawnchorus.export import batch_function_for, describe_engine
-    from dawnchorus.infer import run_prediction
-    from dawnchorus.train import load_model
+    from dawnchorus.inference.export import batch_function_for, describe_engine
+    from dawnchorus.inference.run import run_prediction
+    from dawnchorus.training.run import load_model
 
     setup_started = time.perf_counter()
     torch.set_num_threads(threads)
@@ -284,7 +284,7 @@ def run_engine(
 
 def prepare_onnx(model: Path, engines: list[str]) -> dict[str, str]:
     """Export the ONNX graphs (or find them cached) before timing; says what happened per engine."""
-    from dawnchorus.export import cached_onnx_path, onnx_path_beside
+    from dawnchorus.inference.export import cached_onnx_path, onnx_path_beside
 
     done = {}
     for engine in engines:
@@ -388,7 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def benchmark_inputs(args: argparse.Namespace) -> list[Path]:
     if args.inputs is None:
         return ensure_soundscapes(args.data_dir / "soundscapes", args.hours, args.file_minutes)
-    from dawnchorus.infer import expand_inputs
+    from dawnchorus.inference.run import expand_inputs
 
     found = expand_inputs([args.inputs])
     if not found:

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dawnchorus.audio import write_audio
 from dawnchorus.config import build_config
-from dawnchorus.distributed import run_distributed_prediction, usable_cores
-from dawnchorus.export import ENGINES, batch_function_for
-from dawnchorus.features import LogMel
-from dawnchorus.infer import DEFAULT_BATCH_SIZE, run_prediction
-from dawnchorus.modelfile import SpectrogramClassifier, load_model, save_model_file
-from dawnchorus.models import build_model
+from dawnchorus.inference.distributed import run_distributed_prediction, usable_cores
+from dawnchorus.inference.export import ENGINES, batch_function_for
+from dawnchorus.inference.run import DEFAULT_BATCH_SIZE, run_prediction
+from dawnchorus.io.audio import write_audio
+from dawnchorus.models.classifier import build_model
+from dawnchorus.models.features import LogMel
+from dawnchorus.models.modelfile import SpectrogramClassifier, load_model, save_model_file
 
 SAMPLE_RATE = 32000
 

@@ -1,6 +1,7 @@
 """How fast is the synthetic data set generator at BirdCLEF size?
 
-Writes a data set with ``dawnchorus.synth.make_dataset`` (152 species, ~15,000 clips by default, the
+Writes a data set with ``dawnchorus.synth.soundscapes.make_dataset`` (152 species, ~15,000 clips by
+default, the
 size of the BirdCLEF 2022 training set) and prints species, clips, hours of audio, bytes written,
 wall seconds and clips per second. The output folder is a temporary one, deleted afterwards, unless
 ``--out`` is given.
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dawnchorus.synth import default_workers, make_dataset
+from dawnchorus.synth.soundscapes import default_workers, make_dataset
 
 QUICK = {"species": 20, "clips": 500}
 

@@ -3,10 +3,10 @@
 Writes a synthetic training set (clips of 1-30 s at 22.05-48 kHz, as OGG/Vorbis: decoding and
 resampling to 32 kHz is real work), then:
 
-1. **data only**: the training DataLoader of ``dawnchorus.train`` (random crops, waveform
+1. **data only**: the training DataLoader of ``dawnchorus.training.run`` (random crops, waveform
    augmentation, the configured workers) iterated twice over a fresh decode cache, no model: the
    first pass decodes, resamples and fills the cache, the second reads memory-mapped arrays;
-2. **training**: ``dawnchorus.train.train`` for a few epochs with the default configuration
+2. **training**: ``dawnchorus.training.run.train`` for a few epochs with the default configuration
    (efficientnet_b0, random weights since tests and benches never download). Clips/s per epoch as
    logged by the run (``train/clips_per_s``; the epoch's wall time includes its validation pass).
 
@@ -28,9 +28,9 @@ from common import run_in_work_dir
 from torch.utils.data import DataLoader
 
 from dawnchorus.config import Config, build_config
-from dawnchorus.dataset import AudioCache, load_training_set
-from dawnchorus.synth import make_dataset
-from dawnchorus.train import build_datasets, train
+from dawnchorus.data.datasets import AudioCache, load_training_set
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.run import build_datasets, train
 
 QUICK = {"clips": 64, "epochs": 2}
 FULL = {"clips": 320, "epochs": 3}

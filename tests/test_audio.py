@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from dawnchorus import audio
-from dawnchorus.audio import (
+from dawnchorus.io import audio
+from dawnchorus.io.audio import (
     AudioDecodeError,
     AudioEmptyError,
     AudioError,

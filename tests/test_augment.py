@@ -15,8 +15,7 @@ import torch
 from scipy.signal import welch
 from torch.utils.data import DataLoader, Dataset
 
-from dawnchorus.audio import write_audio
-from dawnchorus.augment import (
+from dawnchorus.augment.waveform import (
     BackgroundNoise,
     BatchAugment,
     NoiseBank,
@@ -28,6 +27,7 @@ from dawnchorus.augment import (
     spec_augment,
 )
 from dawnchorus.config import AugmentSettings, FrontendSettings
+from dawnchorus.io.audio import write_audio
 
 SR = 16000
 CLIP = 2 * SR

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from dawnchorus.cli import app
+from dawnchorus.cli.app import app
 
 runner = CliRunner()
 

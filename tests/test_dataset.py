@@ -15,8 +15,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from dawnchorus import audio
-from dawnchorus.dataset import (
+from dawnchorus.data.datasets import (
     AudioCache,
     ClipDataset,
     DatasetError,
@@ -34,6 +33,7 @@ from dawnchorus.dataset import (
     stratified_split,
     summarize,
 )
+from dawnchorus.io import audio
 
 RATE = 16000
 CLIP = RATE // 2

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from dawnchorus.synth import make_dataset
-from dawnchorus.train import first_of_each_index, load_model
+import dawnchorus
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.run import first_of_each_index, load_model
 
 
 def test_first_of_each_index_scores_every_item_once() -> None:
@@ -66,7 +67,7 @@ def test_two_process_ddp_training_writes_a_model_that_loads_and_predicts(tmp_pat
     assert scored.tolist() == [val_clips]  # gathered from both ranks, the repeat dropped
 
     soundscape = next((data / "test_soundscapes").glob("*.ogg"))
-    frame = model.predict(soundscape)
+    frame = dawnchorus.predict(model, soundscape)
     assert frame.shape == (12, len(model.labels))  # 60 s in 5-s windows
     values = frame.to_numpy()
     assert np.isfinite(values).all() and ((values >= 0) & (values <= 1)).all()

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from dawnchorus.audio import info, load
 from dawnchorus.demo import (
     DemoError,
     DemoResult,
@@ -21,8 +20,9 @@ from dawnchorus.demo import (
     split_soundscape_labels,
     write_synthetic_ambience,
 )
-from dawnchorus.report import format_metric
-from dawnchorus.train import load_model
+from dawnchorus.io.audio import info, load
+from dawnchorus.report.html import format_metric
+from dawnchorus.training.run import load_model
 from tests.browser_check import open_in_chromium, require_browser
 from tests.report_checks import check_report
 

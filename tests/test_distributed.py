@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dawnchorus.audio import AudioError, iter_windows, write_audio
 from dawnchorus.config import build_config
-from dawnchorus.distributed import (
+from dawnchorus.inference.distributed import (
     ClusterError,
     ClusterSpec,
     chunk_ranges,
@@ -28,11 +27,12 @@ from dawnchorus.distributed import (
     slurm_cluster,
     slurm_settings,
 )
-from dawnchorus.features import LogMel
-from dawnchorus.infer import run_prediction
-from dawnchorus.models import build_model
-from dawnchorus.outputs import read_audacity_labels, read_raven_table
-from dawnchorus.train import SpectrogramClassifier, load_model, save_model_file
+from dawnchorus.inference.run import run_prediction
+from dawnchorus.io.audio import AudioError, iter_windows, write_audio
+from dawnchorus.io.outputs import read_audacity_labels, read_raven_table
+from dawnchorus.models.classifier import build_model
+from dawnchorus.models.features import LogMel
+from dawnchorus.training.run import SpectrogramClassifier, load_model, save_model_file
 
 distributed = pytest.importorskip("distributed", reason="needs the 'distributed' extra (dask.distributed)")
 
@@ -307,8 +307,8 @@ def test_cluster_slurm_submits_its_jobs_or_says_why_not(
 def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
     recordings: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dawnchorus import distributed as dist
-    from dawnchorus.outputs import read_probabilities
+    from dawnchorus.inference import distributed as dist
+    from dawnchorus.io.outputs import read_probabilities
 
     model = load_model(recordings["model"])
     long_file = recordings["folder"] / "long_32k.wav"
@@ -346,9 +346,9 @@ def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
 def test_workers_resolve_the_auto_engine_for_their_own_device(
     recordings: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dawnchorus import distributed as dist
-    from dawnchorus import export
-    from dawnchorus.infer import PredictionError
+    from dawnchorus.inference import distributed as dist
+    from dawnchorus.inference import export
+    from dawnchorus.inference.run import PredictionError
 
     monkeypatch.setattr(export, "_cuda_available", lambda: False)
     model_path = tmp_path / "model.pt"
@@ -420,7 +420,7 @@ def test_predict_command_with_cluster_local_2_and_onnx_matches_the_single_proces
     """The CLI's default engine on CPU is onnx: exported once by the client, run by each worker."""
     from typer.testing import CliRunner
 
-    from dawnchorus.cli import app
+    from dawnchorus.cli.app import app
 
     runner = CliRunner()
     if "--cluster" not in runner.invoke(app, ["predict", "--help"]).output:

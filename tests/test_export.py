@@ -19,10 +19,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dawnchorus import export
-from dawnchorus.audio import iter_windows, load, write_audio
 from dawnchorus.config import build_config
-from dawnchorus.export import (
+from dawnchorus.inference import export
+from dawnchorus.inference.export import (
     ExportError,
     OnnxRunner,
     batch_function_for,
@@ -33,8 +32,7 @@ from dawnchorus.export import (
     onnx_path_beside,
     read_onnx_metadata,
 )
-from dawnchorus.features import LogMel
-from dawnchorus.infer import (
+from dawnchorus.inference.run import (
     PredictionError,
     StagedBatchFunction,
     iter_predictions,
@@ -42,9 +40,11 @@ from dawnchorus.infer import (
     run_prediction,
     torch_batch_function,
 )
-from dawnchorus.models import build_model
-from dawnchorus.synth import coloured_noise
-from dawnchorus.train import LoadedModel, SpectrogramClassifier, load_model, save_model_file
+from dawnchorus.io.audio import iter_windows, load, write_audio
+from dawnchorus.models.classifier import build_model
+from dawnchorus.models.features import LogMel
+from dawnchorus.synth.soundscapes import coloured_noise
+from dawnchorus.training.run import LoadedModel, SpectrogramClassifier, load_model, save_model_file
 from tests.conftest import real_data_dir
 
 
@@ -278,7 +278,7 @@ def test_auto_engine_is_onnx_on_cpu_when_installed_else_torch(monkeypatch: pytes
 
 
 def test_default_batch_is_small_on_cpu_and_large_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dawnchorus.infer import DEFAULT_BATCH_SIZE
+    from dawnchorus.inference.run import DEFAULT_BATCH_SIZE
 
     assert export.default_batch_size("cpu") == DEFAULT_BATCH_SIZE == 4
     assert export.default_batch_size("cuda:0") == export.GPU_BATCH_SIZE == 64
@@ -491,8 +491,8 @@ def test_an_engine_failure_ends_the_run_instead_of_failing_each_file(
 def test_cli_export_and_predict_with_the_onnx_engine(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from dawnchorus.audio import write_audio
-    from dawnchorus.cli import app
+    from dawnchorus.cli.app import app
+    from dawnchorus.io.audio import write_audio
     from tests.test_predict import random_model_file
 
     model_path = random_model_file(tmp_path / "model.pt", backbone="test_efficientnet")

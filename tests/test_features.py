@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dawnchorus.audio import load
 from dawnchorus.config import AudioSettings, FrontendSettings
-from dawnchorus.features import LogMel
+from dawnchorus.io.audio import load
+from dawnchorus.models.features import LogMel
 
 SR = 32000
 # Largest allowed |ours - librosa| in dB. float32 STFT rounding gives ~2e-3 dB at 80 dB below the

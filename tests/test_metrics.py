@@ -15,8 +15,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from dawnchorus import metrics
-from dawnchorus.metrics import EvaluationError
+from dawnchorus.evaluate import metrics
+from dawnchorus.evaluate.metrics import EvaluationError
 
 # Hand example: class "a" has one positive, class "b" none.
 HAND_TRUTH = np.array([[1, 0], [0, 0], [0, 0]])

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dawnchorus.config import ModelSettings
-from dawnchorus.models import (
+from dawnchorus.models.classifier import (
     BirdClassifier,
     GeM,
     ModelError,

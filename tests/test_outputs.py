@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dawnchorus import metrics, outputs
-from dawnchorus.outputs import OutputError
+from dawnchorus.evaluate import metrics
+from dawnchorus.io import outputs
+from dawnchorus.io.outputs import OutputError
 
 LABELS = ["gretit1", "eurstp1", "benfin1"]
 

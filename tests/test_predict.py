@@ -18,15 +18,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import dawnchorus
 from dawnchorus import load_model
-from dawnchorus.audio import write_audio
-from dawnchorus.cli import app
+from dawnchorus.cli.app import app
 from dawnchorus.config import build_config
-from dawnchorus.features import LogMel
-from dawnchorus.models import build_model
-from dawnchorus.outputs import read_audacity_labels, read_raven_table
-from dawnchorus.synth import make_dataset
-from dawnchorus.train import SpectrogramClassifier, save_model_file, train
+from dawnchorus.io.audio import write_audio
+from dawnchorus.io.outputs import read_audacity_labels, read_raven_table
+from dawnchorus.models.classifier import build_model
+from dawnchorus.models.features import LogMel
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.run import SpectrogramClassifier, save_model_file, train
 
 runner = CliRunner()
 SOUNDSCAPE_S = 60.0
@@ -119,7 +120,7 @@ def test_predict_every_format_then_evaluate(trained: dict[str, Path], tmp_path: 
 def test_python_api_predict_and_tune_thresholds(trained: dict[str, Path], tmp_path: Path) -> None:
     model = load_model(trained["model"])
     recording = sorted((trained["data"] / "test_soundscapes").glob("*.ogg"))[0]
-    frame = model.predict([recording], hop_s=2.5)
+    frame = dawnchorus.predict(model, [recording], hop_s=2.5)
     assert frame.index.names == ["file", "start_s", "end_s"]
     assert list(frame.columns) == model.labels
     assert len(frame) == 23  # 60 s at a 2.5 s hop: every window adds new audio
@@ -238,7 +239,7 @@ def predicted(out: Path) -> pd.DataFrame:
 def test_segmented_prediction_equals_the_whole_recording_run(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.infer import run_prediction
+    from dawnchorus.inference.run import run_prediction
 
     model = load_model(long_recordings["model"])
     folder = long_recordings["folder"]
@@ -258,7 +259,7 @@ def test_segmented_prediction_equals_the_whole_recording_run(
 def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.infer import run_prediction
+    from dawnchorus.inference.run import run_prediction
 
     model = load_model(long_recordings["model"])
     reference = tmp_path / "reference"
@@ -290,8 +291,8 @@ def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
 def test_a_recording_with_every_segment_saved_is_only_assembled(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus import outputs
-    from dawnchorus.infer import recording_key, run_prediction, saved_windows_path
+    from dawnchorus.inference.run import recording_key, run_prediction, saved_windows_path
+    from dawnchorus.io import outputs
 
     model = load_model(long_recordings["model"])
     recording = long_recordings["folder"] / "long_32k.flac"
@@ -318,7 +319,7 @@ def test_a_recording_with_every_segment_saved_is_only_assembled(
 def test_a_resume_with_other_settings_never_mixes_saved_windows(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.infer import run_prediction
+    from dawnchorus.inference.run import run_prediction
 
     model = load_model(long_recordings["model"])
     recording = long_recordings["folder"] / "long_32k.flac"

@@ -6,7 +6,7 @@ import re
 
 from typer.testing import CliRunner
 
-from dawnchorus.cli import app
+from dawnchorus.cli.app import app
 from tests.conftest import REPO
 
 

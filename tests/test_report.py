@@ -16,16 +16,16 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from dawnchorus.cli import app
+from dawnchorus.cli.app import app
 from dawnchorus.config import build_config
-from dawnchorus.dataset import load_training_set
-from dawnchorus.features import LogMel
-from dawnchorus.infer import run_prediction
-from dawnchorus.metrics import evaluate_files
-from dawnchorus.models import build_model
-from dawnchorus.report import ReportError, build_report, format_metric, render_evaluation
-from dawnchorus.synth import make_dataset
-from dawnchorus.train import SpectrogramClassifier, load_model, save_model_file
+from dawnchorus.data.datasets import load_training_set
+from dawnchorus.evaluate.metrics import evaluate_files
+from dawnchorus.inference.run import run_prediction
+from dawnchorus.models.classifier import build_model
+from dawnchorus.models.features import LogMel
+from dawnchorus.report.html import ReportError, build_report, format_metric, render_evaluation
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.run import SpectrogramClassifier, load_model, save_model_file
 from tests.report_checks import check_report
 
 EPOCHS = 3

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import signal
 
-from dawnchorus.audio import AudioError, info, load
-from dawnchorus.synth import (
+from dawnchorus.io.audio import AudioError, info, load
+from dawnchorus.synth.soundscapes import (
     CALL_FAMILIES,
     CLIP_SAMPLE_RATES,
     LABEL_COLUMNS,

@@ -16,11 +16,11 @@ from torch.utils.data import WeightedRandomSampler
 from typer.testing import CliRunner
 
 import dawnchorus
-from dawnchorus.cli import app
+from dawnchorus.cli.app import app
 from dawnchorus.config import Config, build_config, load_config
-from dawnchorus.dataset import AudioCache, assign_folds, load_training_set
-from dawnchorus.synth import make_dataset
-from dawnchorus.train import (
+from dawnchorus.data.datasets import AudioCache, assign_folds, load_training_set
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.run import (
     BirdModule,
     TrainingError,
     _train_sampler,
@@ -147,7 +147,7 @@ def test_model_file_restores_with_nothing_else(
     assert payload["package_version"] == dawnchorus.__version__
 
     soundscape = sorted((dataset / "test_soundscapes").glob("*.ogg"))[0]
-    frame = model.predict([soundscape])
+    frame = dawnchorus.predict(model, [soundscape])
     assert frame.index.names == ["file", "start_s", "end_s"]
     assert list(frame.columns) == labels
     n_windows = int(SOUNDSCAPE_S / WINDOW_S)
@@ -252,7 +252,7 @@ def test_without_fold_the_split_is_stratified_by_val_fraction(dataset: Path, tmp
 
 
 def test_noise_bank_supplies_bird_free_negatives_to_training_only(dataset: Path, tmp_path: Path) -> None:
-    from dawnchorus.audio import write_audio
+    from dawnchorus.io.audio import write_audio
 
     bank = tmp_path / "noise"
     write_audio(bank / "rain.wav", np.random.default_rng(0).normal(0, 0.1, 32000 * 8), 32000)

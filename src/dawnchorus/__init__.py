@@ -1,20 +1,52 @@
-"""dawnchorus: bird-sound classifiers from short clips, species detection in long field recordings."""
+"""dawnchorus: bird-sound classifiers from short clips, species detection in long field recordings.
+
+The public API: :func:`load_model`, :func:`predict`, :func:`train` and the error classes (all on
+:class:`DawnchorusError`). Heavy imports (torch, Lightning) wait until a function is called.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dawnchorus.errors import *  # noqa: F403 - the error classes are public API
+from dawnchorus.errors import __all__ as _error_names
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from dawnchorus.modelfile import LoadedModel
+    import pandas as pd
+
+    from dawnchorus.config import Config
+    from dawnchorus.models.modelfile import LoadedModel
+    from dawnchorus.training.run import TrainResult
 
 
-def load_model(path: Any, device: str = "cpu") -> LoadedModel:
+def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Restore a model file written by ``dawnchorus train`` with no other input."""
-    from dawnchorus.modelfile import load_model as _load
+    from dawnchorus.models.modelfile import load_model as _load
 
     return _load(path, device=device)
 
 
-__all__ = ["__version__", "load_model"]
+def predict(model: LoadedModel | str | Path, paths: Any, **options: Any) -> pd.DataFrame:
+    """Per-window probabilities of ``paths`` (files, folders), indexed by (file, start_s, end_s).
+
+    ``model`` is a loaded model or a model file; ``options`` are those of
+    :func:`dawnchorus.inference.run.predict_frame` (``hop_s``, ``batch_size``, ``device``...).
+    """
+    from dawnchorus.inference.run import predict_frame
+
+    loaded = load_model(model) if isinstance(model, str | Path) else model
+    return predict_frame(loaded, paths, **options)
+
+
+def train(data: str | Path, out: str | Path, config: Config | None = None, **options: Any) -> TrainResult:
+    """Train on a data set (BirdCLEF layout or a folder per species) and write ``out/model.pt``."""
+    from dawnchorus.config import Config
+    from dawnchorus.training.run import train as _train
+
+    return _train(data, out, config or Config(), **options)
+
+
+__all__ = ["__version__", "load_model", "predict", "train", *_error_names]

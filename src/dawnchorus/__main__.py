@@ -1,5 +1,5 @@
 """``python -m dawnchorus`` runs the command line."""
 
-from dawnchorus.cli import main
+from dawnchorus.cli.app import main
 
 main()

@@ -42,15 +42,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from scipy import signal
 
-from dawnchorus.audio import find_audio_files, write_audio
 from dawnchorus.config import Config, build_config
-from dawnchorus.metrics import evaluate_files
-from dawnchorus.report import REPORT_NAME, build_report, format_metric, render_evaluation
-from dawnchorus.synth import coloured_noise, make_dataset
+from dawnchorus.errors import DemoError
+from dawnchorus.evaluate.metrics import evaluate_files
+from dawnchorus.io.audio import find_audio_files, write_audio
+from dawnchorus.report.html import REPORT_NAME, build_report, format_metric, render_evaluation
+from dawnchorus.synth.soundscapes import coloured_noise, make_dataset
 
 if TYPE_CHECKING:
-    from dawnchorus.modelfile import LoadedModel
-    from dawnchorus.train import TrainResult
+    from dawnchorus.models.modelfile import LoadedModel
+    from dawnchorus.training.run import TrainResult
 
 AMBIENCE_S = 30.0
 AMBIENCE_RATE = 32000
@@ -105,10 +106,6 @@ class DemoSettings:
         ]
         if problems:
             raise DemoError("demo settings: " + "; ".join(problems))
-
-
-class DemoError(ValueError):
-    """A demo that cannot run as asked; the message names the option or folder and the problem."""
 
 
 @dataclass
@@ -523,7 +520,7 @@ def _conditions(out: Path, data_dir: Path) -> dict[str, tuple[list[Path], Path]]
 
 
 def _train(data_dir: Path, run_dir: Path, config: Config, console: Console) -> TrainResult:
-    from dawnchorus.train import train
+    from dawnchorus.training.run import train
 
     with _quiet_lightning():
         trained = train(data_dir, run_dir, config)
@@ -533,8 +530,8 @@ def _train(data_dir: Path, run_dir: Path, config: Config, console: Console) -> T
 
 
 def _tune(model_path: Path, data_dir: Path, console: Console) -> tuple[LoadedModel, dict[str, Any]]:
-    from dawnchorus.infer import tune_model_thresholds
-    from dawnchorus.modelfile import load_model
+    from dawnchorus.inference.run import tune_model_thresholds
+    from dawnchorus.models.modelfile import load_model
 
     model = load_model(model_path)
     model.thresholds = {"global": 0.5, "per_class": None}
@@ -552,7 +549,7 @@ def _tune(model_path: Path, data_dir: Path, console: Console) -> tuple[LoadedMod
 def _predict(
     model: LoadedModel, recordings: list[Path], predictions_dir: Path, name: str, console: Console
 ) -> None:
-    from dawnchorus.infer import run_prediction
+    from dawnchorus.inference.run import run_prediction
 
     with _progress(console) as progress:
         task = progress.add_task(f"{name} soundscapes", total=len(recordings))

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dawnchorus.errors import OutputError
+
 KEY_COLUMNS = ("file", "start_s", "end_s")
 DETECTION_COLUMNS = ("file", "start_s", "end_s", "label", "confidence")
 
@@ -45,10 +47,6 @@ RAVEN_VIEW = "Spectrogram 1"
 CSV_PROBABILITY_DECIMALS = 6
 
 Thresholds = float | Sequence[float] | np.ndarray | Mapping[str, float]
-
-
-class OutputError(ValueError):
-    """A table or file that cannot be written or read; the message names it and the problem."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ every core busy without intra-op synchronisation; soundfile, soxr, torch and onn
 GIL); the caller's thread puts the batches back in order and writes outputs. Memory is bounded by
 the batches in flight whatever the recording length. :func:`run_prediction` writes each
 recording's outputs atomically as soon as it is done, so an interrupted run resumes where it
-stopped. The engines (eager torch, onnxruntime) are chosen by :func:`dawnchorus.export.batch_function_for`.
+stopped. The engines (eager torch, onnxruntime) are chosen by
+:func:`dawnchorus.inference.export.batch_function_for`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dawnchorus.audio import AUDIO_EXTENSIONS, AudioError, info, iter_windows, window_count
+from dawnchorus.errors import PredictionError
+from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, info, iter_windows, window_count
 
 if TYPE_CHECKING:
-    from dawnchorus.modelfile import LoadedModel
+    from dawnchorus.models.modelfile import LoadedModel
 
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -42,10 +44,6 @@ BatchFunction = Callable[[np.ndarray], np.ndarray]
 # are alike); a GPU wants large ones (64 or more).
 DEFAULT_BATCH_SIZE = 4
 OUTPUT_FORMATS = ("csv", "parquet", "birdclef", "raven", "audacity")
-
-
-class PredictionError(ValueError):
-    """Unusable prediction inputs or options; the message says which."""
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -190,7 +188,7 @@ def default_batch_function(
     model: LoadedModel, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> BatchFunction:
     """What prediction runs when no batch function is given: the torch engine, one lane per core."""
-    from dawnchorus.export import batch_function_for
+    from dawnchorus.inference.export import batch_function_for
 
     return batch_function_for(model, "torch", device=device, batch_size=batch_size)
 
@@ -566,7 +564,7 @@ def _plan_segments(
 
 def _assemble(plan: _SegmentPlan, parts_dir: Path) -> RecordingResult:
     """The whole recording's result from its saved segments."""
-    from dawnchorus import outputs
+    from dawnchorus.io import outputs
 
     pieces = [outputs.read_probabilities(plan.saved(parts_dir, s)) for s in plan.segments]
     return RecordingResult(plan.path, pd.concat(pieces, ignore_index=True), plan.duration_s)
@@ -596,7 +594,7 @@ def run_prediction(
     the end. ``progress(result, recordings_done, recordings_total)`` is called after each recording
     and each segment.
     """
-    from dawnchorus import outputs
+    from dawnchorus.io import outputs
 
     wanted = parse_formats(formats)
     out_dir = Path(out_dir)
@@ -688,7 +686,7 @@ def write_recording(
     merge: bool,
 ) -> None:
     """Write one recording's files: Raven/Audacity detections, then its part (which marks it done)."""
-    from dawnchorus import outputs
+    from dawnchorus.io import outputs
 
     key = recording_key(result.path)
     if "raven" in formats or "audacity" in formats:
@@ -705,7 +703,7 @@ def write_combined(
     model: LoadedModel, recordings: Sequence[Path], out_dir: Path, thresholds: np.ndarray, formats: list[str]
 ) -> dict[str, Path]:
     """Rebuild the combined tables (CSV, Parquet, BirdCLEF submissions) from the parts of ``recordings``."""
-    from dawnchorus import outputs
+    from dawnchorus.io import outputs
 
     parts = [out_dir / "parts" / f"{recording_key(p)}.parquet" for p in recordings]
     frames = [outputs.read_probabilities(p) for p in parts if p.is_file()]
@@ -779,7 +777,7 @@ def tune_model_thresholds(
 
     The caller saves the model (``model.save()``). Returns the thresholds and macro F1 before/after.
     """
-    from dawnchorus.metrics import (
+    from dawnchorus.evaluate.metrics import (
         align_predictions,
         birdclef2022_score,
         read_birdclef_labels,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawnchorus.config import ModelSettings
+from dawnchorus.errors import ModelError
 
 Head = Literal["linear", "sed"]
 Pooling = Literal["avgmax", "gem"]
@@ -33,10 +34,6 @@ PROBABILITY_EPS = 1e-6
 
 # Seed for building a backbone twice when checking that a weights file really was loaded.
 CHECK_SEED = 20220524
-
-
-class ModelError(Exception):
-    """A model that cannot be built: unknown backbone, unusable weights, weights unavailable."""
 
 
 class SedOutput(NamedTuple):

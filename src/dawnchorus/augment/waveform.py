@@ -37,8 +37,8 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.utils.data import get_worker_info
 
-from dawnchorus.audio import AUDIO_EXTENSIONS, AudioError, crop_or_pad, find_audio_files, load
 from dawnchorus.config import AugmentSettings, FrontendSettings
+from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, crop_or_pad, find_audio_files, load
 
 # Length of the colouring filter. audiomentations' default (128) leaves a ~3 dB ripple across mel
 # bands (visible stripes in the spectrogram); 2048 taps measured 0.7 dB, and run faster here.

@@ -7,7 +7,7 @@ works opened from disk. It reads what it finds and skips, with a one-line note, 
 - ``model.pt`` (in ``RUN_DIR`` or ``RUN_DIR/run``): labels, settings, thresholds, and the training
   set it was trained on (``metadata["trained_on"]``) for the class distribution and an example clip;
 - ``logs/metrics.csv`` beside the model (Lightning's CSVLogger): training curves;
-- ``evaluation.json`` in ``RUN_DIR``: one result of :func:`dawnchorus.metrics.evaluate_files`, or
+- ``evaluation.json`` in ``RUN_DIR``: one result of :func:`dawnchorus.evaluate.metrics.evaluate_files`, or
   ``{"noisy": result, "clean": result}`` as the demo writes it. Its ``predictions_path`` and
   ``labels_path`` give the precision-recall curves and the detection timelines;
 - ``demo.json`` (demo folders): the demo's settings and stage times.
@@ -32,12 +32,14 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from dawnchorus.errors import ReportError
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from dawnchorus.config import AugmentSettings
-    from dawnchorus.dataset import TrainingSet
-    from dawnchorus.modelfile import LoadedModel
+    from dawnchorus.data.datasets import TrainingSet
+    from dawnchorus.models.modelfile import LoadedModel
 
 REPORT_NAME = "report.html"
 IMAGES_DIR = "report_files"
@@ -63,10 +65,6 @@ PER_CLASS_COLUMNS = {
     "threshold": "threshold",
 }
 CONDITION_TITLES = {"noisy": "noisy soundscapes", "clean": "clean copies (no background)"}
-
-
-class ReportError(ValueError):
-    """A folder the report cannot be built from; the message names the file and the problem."""
 
 
 # --- numbers ------------------------------------------------------------------------------------
@@ -106,7 +104,7 @@ def _conditions(result: dict[str, Any], source: str) -> dict[str, dict[str, Any]
 
 
 def render_evaluation(result: dict[str, Any], console: Console, title: str | None = None) -> None:
-    """Print an evaluation result (:func:`dawnchorus.metrics.evaluate_files`) as rich tables: the
+    """Print an evaluation result (:func:`dawnchorus.evaluate.metrics.evaluate_files`) as rich tables: the
     headline scores, then one row per scored class. A ``{"noisy": ..., "clean": ...}`` mapping of
     results prints each in turn."""
     for name, single in _conditions(result, "evaluation result").items():
@@ -477,7 +475,7 @@ class _Builder:
     @cached_property
     def training_set(self) -> tuple[TrainingSet | None, str]:
         """The training set the model was trained on, or None and why it is not available."""
-        from dawnchorus.dataset import DatasetError, load_training_set
+        from dawnchorus.data.datasets import DatasetError, load_training_set
 
         if self.model is None:
             return None, "no model.pt in this folder, so the training set is unknown."
@@ -493,8 +491,8 @@ class _Builder:
     @cached_property
     def aligned(self) -> _Aligned | str:
         """The main evaluation's predictions and labels aligned by window, or why they are not."""
-        from dawnchorus.metrics import EvaluationError, align_predictions, load_truth
-        from dawnchorus.outputs import OutputError, read_probabilities
+        from dawnchorus.evaluate.metrics import EvaluationError, align_predictions, load_truth
+        from dawnchorus.io.outputs import OutputError, read_probabilities
 
         if self.main_condition is None:
             return "no evaluation.json, so no labelled predictions to show."
@@ -535,7 +533,7 @@ def build_report(run_dir: Path) -> Path:
         old.unlink()
     builder = _Builder(folder, images_dir)
     if folder.model_path is not None:
-        from dawnchorus.modelfile import ModelFileError, load_model
+        from dawnchorus.models.modelfile import ModelFileError, load_model
 
         try:
             builder.model = load_model(folder.model_path)
@@ -642,7 +640,7 @@ def _class_distribution(builder: _Builder) -> Section:
 
 
 def _example_clip(builder: _Builder) -> Section:
-    from dawnchorus.audio import AudioError, load
+    from dawnchorus.io.audio import AudioError, load
 
     title = "Augmentation: one clip, and the same clip under each augmentation"
     training_set, missing = builder.training_set
@@ -673,8 +671,8 @@ def _example_clip(builder: _Builder) -> Section:
 
 def _augmentation_grid(builder: _Builder, clip: Path) -> str:
     """The clip under each augmentation alone (augment.preview_augmentations), with its caption."""
-    from dawnchorus.audio import AudioError
-    from dawnchorus.augment import preview_augmentations
+    from dawnchorus.augment.waveform import preview_augmentations
+    from dawnchorus.io.audio import AudioError
 
     config = builder.model.config
     augment = _augment_settings(builder)
@@ -803,7 +801,7 @@ def _timelines(builder: _Builder) -> Section:
 
 def _timeline(builder: _Builder, aligned: _Aligned, file: str, index: int) -> str:
     """One recording's timeline image (its first MAX_TIMELINE_S seconds), or a note why not."""
-    from dawnchorus.audio import AudioError, load
+    from dawnchorus.io.audio import AudioError, load
 
     rate = builder.model.config.audio.sample_rate if builder.model is not None else 32000
     try:

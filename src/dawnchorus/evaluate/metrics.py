@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from dawnchorus.audio import window_count
-from dawnchorus.outputs import (
+from dawnchorus.errors import EvaluationError
+from dawnchorus.io.audio import window_count
+from dawnchorus.io.outputs import (
     KEY_COLUMNS,
     Thresholds,
     read_raven_table,
@@ -43,10 +44,6 @@ NOCALL = "nocall"
 # Window end times are matched after rounding to this many decimals (float noise in CSVs).
 TIME_DECIMALS = 3
 RAVEN_LABEL_COLUMNS = ("Species", "Species Code", "Annotation", "Label", "Class", "Common Name")
-
-
-class EvaluationError(ValueError):
-    """Inputs that cannot be scored; the message names the table or file and the problem."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,7 +627,7 @@ def evaluate_files(
     length; without it the labels are the prediction columns and the threshold is ``threshold``
     (0.5 by default). The result records which files and thresholds were used.
     """
-    from dawnchorus.outputs import label_columns, read_probabilities
+    from dawnchorus.io.outputs import label_columns, read_probabilities
 
     predictions = read_probabilities(predictions_path)
     labels = list(model.labels) if model is not None else label_columns(predictions)

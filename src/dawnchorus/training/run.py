@@ -3,7 +3,7 @@
 ``train(data, out, config)`` reads a BirdCLEF-layout or folder-per-class set, splits it, trains a timm
 classifier on log-mel spectrograms with the configured augmentation and imbalance handling, keeps the
 best checkpoint by the chosen validation metric and writes ``out/model.pt``: one file with weights,
-labels, settings, thresholds and the package version (see :mod:`dawnchorus.modelfile`), restored by
+labels, settings, thresholds and the package version (see :mod:`dawnchorus.models.modelfile`), restored by
 :func:`load_model`.
 """
 
@@ -29,10 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import sigmoid_focal_loss
 
-from dawnchorus.audio import crop_or_pad
-from dawnchorus.augment import BatchAugment, NoiseBank, WaveformAugment
+from dawnchorus.augment.waveform import BatchAugment, NoiseBank, WaveformAugment
 from dawnchorus.config import Config
-from dawnchorus.dataset import (
+from dawnchorus.data.datasets import (
     AudioCache,
     BackgroundSource,
     ClipDataset,
@@ -44,9 +43,12 @@ from dawnchorus.dataset import (
     oversample,
     stratified_split,
 )
-from dawnchorus.features import LogMel
-from dawnchorus.metrics import macro_roc_auc, padded_cmap, read_birdclef_labels, tune_thresholds
-from dawnchorus.modelfile import (  # noqa: F401 - re-exported: the model file API lived here first
+from dawnchorus.errors import TrainingError
+from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap, read_birdclef_labels, tune_thresholds
+from dawnchorus.io.audio import crop_or_pad
+from dawnchorus.models.classifier import build_model
+from dawnchorus.models.features import LogMel
+from dawnchorus.models.modelfile import (  # noqa: F401 - re-exported: the model file API lived here first
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
     LoadedModel,
@@ -55,12 +57,6 @@ from dawnchorus.modelfile import (  # noqa: F401 - re-exported: the model file A
     load_model,
     save_model_file,
 )
-from dawnchorus.models import build_model
-
-
-class TrainingError(RuntimeError):
-    """A training run that cannot start or finish; the message says why."""
-
 
 # --- windows of labelled soundscapes, for validation on the data that matters -------------------
 

@@ -1,6 +1,6 @@
 """Prediction scaled out with dask.distributed: a local cluster, a running scheduler, or SLURM.
 
-:func:`run_distributed_prediction` writes exactly the files :func:`dawnchorus.infer.run_prediction`
+:func:`run_distributed_prediction` writes exactly the files :func:`dawnchorus.inference.run.run_prediction`
 writes, with the work spread over dask workers:
 
 - work is split per recording, and a recording longer than ``chunk_s`` into chunks of whole windows;
@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dawnchorus.audio import AudioError, iter_windows
-from dawnchorus.infer import (
+from dawnchorus.errors import ClusterError
+from dawnchorus.inference.run import (
     OUTPUT_FORMATS,
     BatchFunction,
     PredictionError,
@@ -62,12 +62,13 @@ from dawnchorus.infer import (
     write_combined,
     write_recording,
 )
-from dawnchorus.outputs import read_probabilities, remove_stale_temporaries, write_probabilities_parquet
+from dawnchorus.io.audio import AudioError, iter_windows
+from dawnchorus.io.outputs import read_probabilities, remove_stale_temporaries, write_probabilities_parquet
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from dawnchorus.modelfile import LoadedModel
+    from dawnchorus.models.modelfile import LoadedModel
 
 # A recording longer than this is split into chunks of whole windows predicted in parallel.
 DEFAULT_CHUNK_S = 600.0
@@ -89,10 +90,6 @@ SLURM_DEFAULTS: dict[str, Any] = {
 }
 
 ProgressCallback = Callable[[RecordingResult, int, int], None]
-
-
-class ClusterError(PredictionError):
-    """A cluster that cannot be started or reached, or unusable cluster settings."""
 
 
 # --- where to run ---------------------------------------------------------------------------------
@@ -443,7 +440,7 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
         if key not in _MODEL_CACHE:
             import torch
 
-            from dawnchorus.modelfile import load_model
+            from dawnchorus.models.modelfile import load_model
 
             if options.torch_threads:
                 torch.set_num_threads(options.torch_threads)
@@ -456,7 +453,7 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
 
 
 def _worker_batch_function(model: LoadedModel, options: TaskOptions) -> BatchFunction:
-    from dawnchorus.export import batch_function_for, resolve_engine
+    from dawnchorus.inference.export import batch_function_for, resolve_engine
 
     device = _worker_device(options.device)
     # ``auto`` is resolved here, where the device is known: a GPU worker runs torch, a CPU one onnx.
@@ -696,7 +693,7 @@ def _prepare_engine(engine: str, device: str | None, model_path: Path, model: Lo
     """Check ``engine`` and export the ONNX graph CPU workers will load (once, before they start).
 
     ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs."""
-    from dawnchorus.export import ENGINES, ExportError, cached_onnx_path, onnx_available
+    from dawnchorus.inference.export import ENGINES, ExportError, cached_onnx_path, onnx_available
 
     if engine not in ENGINES:
         raise PredictionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -734,10 +731,11 @@ def run_distributed_prediction(
     called as each recording completes (``result.frame`` is None: the table is already on disk;
     ``result.duration_s`` counts audio done). ``retries`` reruns a task that raised; a task whose worker
     died is rerun by the scheduler (up to its ``allowed-failures``) whatever ``retries`` is.
-    ``engine`` is ``torch``, ``onnx`` or ``auto`` (see :func:`dawnchorus.export.resolve_engine`); the
+    ``engine`` is ``torch``, ``onnx`` or ``auto`` (see
+    :func:`dawnchorus.inference.export.resolve_engine`); the
     ONNX graph is exported here once, beside the model file, before any task starts.
     """
-    from dawnchorus.modelfile import load_model
+    from dawnchorus.models.modelfile import load_model
 
     wanted = parse_formats(formats)
     model_path = Path(model_path)
@@ -795,7 +793,7 @@ def run_distributed_prediction(
     failed = [(str(p), failures[str(p)]) for p in todo if str(p) in failures]
     written = write_combined(model, recordings, out_dir, thresholds, wanted)
     error_file = out_dir / "errors.csv"
-    from dawnchorus import outputs
+    from dawnchorus.io import outputs
 
     outputs.atomic_write(
         error_file, lambda tmp: pd.DataFrame(failed, columns=["file", "error"]).to_csv(tmp, index=False)

@@ -18,39 +18,19 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from dawnchorus.errors import (
+    AudioDecodeError,
+    AudioEmptyError,
+    AudioError,
+    AudioFileNotFoundError,
+    AudioNonFiniteError,
+    AudioTruncatedError,
+)
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 
 # Seconds of audio decoded per read when streaming; bounds memory for any file length.
 STREAM_BLOCK_S = 30.0
-
-
-class AudioError(Exception):
-    """A recording that cannot be used. The message names the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-class AudioFileNotFoundError(AudioError):
-    """The path does not exist or is not a file."""
-
-
-class AudioDecodeError(AudioError):
-    """The file is not audio libsndfile can decode (corrupt, wrong format, unreadable)."""
-
-
-class AudioEmptyError(AudioError):
-    """The file is 0 bytes, or decodes to zero samples."""
-
-
-class AudioTruncatedError(AudioError):
-    """The file ends before the length its header declares."""
-
-
-class AudioNonFiniteError(AudioError):
-    """The decoded samples contain NaN or infinity."""
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,16 @@ import torch
 from torch import nn
 
 from dawnchorus import __version__
-from dawnchorus.infer import DEFAULT_BATCH_SIZE, BatchFunction, StagedBatchFunction, torch_batch_function
+from dawnchorus.errors import ExportError
+from dawnchorus.inference.run import (
+    DEFAULT_BATCH_SIZE,
+    BatchFunction,
+    StagedBatchFunction,
+    torch_batch_function,
+)
 
 if TYPE_CHECKING:
-    from dawnchorus.modelfile import LoadedModel
+    from dawnchorus.models.modelfile import LoadedModel
 
 Engine = Literal["auto", "torch", "onnx"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
@@ -51,10 +57,6 @@ Provider = str | tuple[str, dict[str, Any]]
 AUDIO_INPUT = "audio"
 SPECTROGRAM_INPUT = "spectrogram"
 OUTPUT = "probabilities"
-
-
-class ExportError(RuntimeError):
-    """An ONNX export or ONNX engine that cannot be used; the message says why and what to do."""
 
 
 # --- optional dependencies -----------------------------------------------------------------------
@@ -261,7 +263,7 @@ def cached_onnx_path(
         if _cache_is_current(candidate, model_path, sha256, include_frontend):
             return candidate
     if model is None:
-        from dawnchorus.modelfile import load_model
+        from dawnchorus.models.modelfile import load_model
 
         model = load_model(model_path)
     if folder_is_writable(beside.parent):
@@ -382,7 +384,7 @@ def onnx_batch_function(
     ``onnx_path`` is an exported graph (default: the cached export of ``model.path``, or a temporary
     export when the model has no file). With the frontend kept in torch, the model's torch frontend
     computes the log-mel and only the CNN runs in onnxruntime. The result is a
-    :class:`~dawnchorus.infer.StagedBatchFunction` with ``lanes`` lanes, each session call using
+    :class:`~dawnchorus.inference.run.StagedBatchFunction` with ``lanes`` lanes, each session call using
     ``threads`` intra-op threads, so prediction overlaps decoding, log-mel and CNN.
     """
     if onnx_path is None:

@@ -37,7 +37,8 @@ import pandas as pd
 from scipy import fft as sfft
 from scipy import signal
 
-from dawnchorus.audio import find_audio_files, info, load, write_audio
+from dawnchorus.errors import SynthError
+from dawnchorus.io.audio import find_audio_files, info, load, write_audio
 
 CLIP_SAMPLE_RATES = (22050, 32000, 44100, 48000)
 CLIP_SAMPLE_RATE_WEIGHTS = (0.2, 0.4, 0.25, 0.15)
@@ -128,10 +129,6 @@ _TYPES_BY_FAMILY = {
     "buzz": (("call",), ("song",), ("call", "song")),
     "sweep": (("call",), ("flight call",), ("call", "song")),
 }
-
-
-class SynthError(ValueError):
-    """A request :func:`make_dataset` cannot fulfil; the message names the parameter and problem."""
 
 
 @dataclass(frozen=True)

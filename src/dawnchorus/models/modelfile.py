@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from dawnchorus import __version__
 from dawnchorus.config import Config
-from dawnchorus.features import LogMel
-from dawnchorus.models import BirdClassifier, build_model
+from dawnchorus.errors import ModelFileError
+from dawnchorus.models.classifier import BirdClassifier, build_model
+from dawnchorus.models.features import LogMel
 
 MODEL_FORMAT = "dawnchorus-model"
 MODEL_FORMAT_VERSION = 1
-
-
-class ModelFileError(ValueError):
-    """A file that is not a readable dawnchorus model file; the message names it and says why."""
 
 
 # --- the network used for prediction: frontend + classifier --------------------------------------
@@ -74,12 +69,6 @@ class LoadedModel:
         if per_class is not None:
             return np.asarray(per_class, dtype=np.float32)
         return np.full(len(self.labels), float(self.thresholds.get("global", 0.5)), dtype=np.float32)
-
-    def predict(self, paths: Sequence[str | Path] | str | Path, **options: Any) -> pd.DataFrame:
-        """Per-window probabilities indexed by (file, start_s, end_s), one column per label."""
-        from dawnchorus.infer import predict_frame
-
-        return predict_frame(self, paths, **options)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the model file (atomically)."""

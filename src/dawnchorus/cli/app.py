@@ -26,7 +26,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> None:
     """Print a clear error and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -46,8 +46,8 @@ def synth(
     """Write a synthetic data set in the BirdCLEF 2022 layout."""
     from rich.progress import Progress
 
-    from dawnchorus.audio import AudioError
-    from dawnchorus.synth import SynthError, make_dataset
+    from dawnchorus.io.audio import AudioError
+    from dawnchorus.synth.soundscapes import SynthError, make_dataset
 
     if noise_dir is not None and not noise_dir.is_dir():
         fail(f"--noise-dir {noise_dir}: folder not found")
@@ -85,7 +85,7 @@ def data_check(
     root: Annotated[Path, typer.Argument(help="BirdCLEF layout (train_metadata.csv) or folder per class.")],
 ) -> None:
     """Summarise a training set and list every problem; exits 1 when there are problems."""
-    from dawnchorus.dataset import DatasetError, load_training_set, render_summary, summarize
+    from dawnchorus.data.datasets import DatasetError, load_training_set, render_summary, summarize
 
     if not root.exists():
         fail(f"{root}: not found")
@@ -122,7 +122,7 @@ def train(
 ) -> None:
     """Train a multi-label classifier and write one self-contained model file."""
     from dawnchorus.config import ConfigError, load_config
-    from dawnchorus.dataset import DatasetError
+    from dawnchorus.data.datasets import DatasetError
 
     overrides = {
         "model.backbone": backbone,
@@ -142,8 +142,8 @@ def train(
         fail(str(exc))
     if not data.exists():
         fail(f"{data}: training data not found")
-    from dawnchorus.train import TrainingError
-    from dawnchorus.train import train as run_training
+    from dawnchorus.training.run import TrainingError
+    from dawnchorus.training.run import train as run_training
 
     try:
         result = run_training(data, out, settings, resume=resume)
@@ -167,9 +167,9 @@ def augment_preview(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write a PNG grid of one clip under each augmentation."""
-    from dawnchorus.audio import AudioError
-    from dawnchorus.augment import preview_augmentations
+    from dawnchorus.augment.waveform import preview_augmentations
     from dawnchorus.config import ConfigError, load_config
+    from dawnchorus.io.audio import AudioError
 
     try:
         settings = load_config(config, {"augment.noise_dir": str(noise_dir) if noise_dir else None})
@@ -188,7 +188,7 @@ def augment_preview(
 
 
 def _load_model_or_fail(path: Path):
-    from dawnchorus.modelfile import ModelFileError, load_model
+    from dawnchorus.models.modelfile import ModelFileError, load_model
 
     try:
         return load_model(path)
@@ -246,11 +246,11 @@ def predict(
     """Predict species per window in long recordings; resumable, bad files reported and skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dawnchorus.infer import PredictionError, expand_inputs, run_prediction
+    from dawnchorus.inference.run import PredictionError, expand_inputs, run_prediction
 
     model = _load_model_or_fail(model_path)
     if batch_size is None:
-        from dawnchorus.export import default_batch_size
+        from dawnchorus.inference.export import default_batch_size
 
         batch_size = default_batch_size(device)
     slurm = None
@@ -292,7 +292,7 @@ def predict(
         }
         try:
             if cluster is None:
-                from dawnchorus.export import ExportError, batch_function_for, describe_engine
+                from dawnchorus.inference.export import ExportError, batch_function_for, describe_engine
 
                 try:
                     batch_function = batch_function_for(model, engine, device=device, batch_size=batch_size)
@@ -301,7 +301,7 @@ def predict(
                 progress.console.print(_engine_line(describe_engine(batch_function)), highlight=False)
                 summary = run_prediction(model, inputs, out, batch_function=batch_function, **options)
             else:
-                from dawnchorus.distributed import run_distributed_prediction
+                from dawnchorus.inference.distributed import run_distributed_prediction
 
                 summary = run_distributed_prediction(
                     model_path, inputs, out, cluster=cluster, chunk_s=chunk, slurm=slurm, engine=engine,
@@ -334,8 +334,8 @@ def evaluate(
     """Score predictions against labelled soundscapes (BirdCLEF 2022, 2023 and 2024/25 metrics)."""
     import json
 
-    from dawnchorus.metrics import EvaluationError, evaluate_files
-    from dawnchorus.outputs import OutputError
+    from dawnchorus.evaluate.metrics import EvaluationError, evaluate_files
+    from dawnchorus.io.outputs import OutputError
 
     model = _load_model_or_fail(model_path) if model_path else None
     try:
@@ -348,7 +348,7 @@ def evaluate(
     if json_out:
         print(json.dumps(result, indent=2))
         return
-    from dawnchorus.report import render_evaluation
+    from dawnchorus.report.html import render_evaluation
 
     render_evaluation(result, console)
 
@@ -368,8 +368,8 @@ def tune_thresholds_command(
     ] = None,
 ) -> None:
     """Choose global and per-class thresholds maximising F1 on labelled soundscapes; store them."""
-    from dawnchorus.infer import tune_model_thresholds
-    from dawnchorus.metrics import EvaluationError
+    from dawnchorus.evaluate.metrics import EvaluationError
+    from dawnchorus.inference.run import tune_model_thresholds
 
     model = _load_model_or_fail(model_path)
     try:
@@ -394,7 +394,7 @@ def export(
     ] = True,
 ) -> None:
     """Export a model file to ONNX (input: audio windows, or log-mel with --no-frontend)."""
-    from dawnchorus.export import ExportError, export_onnx
+    from dawnchorus.inference.export import ExportError, export_onnx
 
     if export_format != "onnx":
         fail(f"unknown export format {export_format!r}; only onnx is supported")
@@ -411,7 +411,7 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A demo folder or a training run folder.")],
 ) -> None:
     """Write RUN_DIR/report.html (plots, metrics, detection timelines) with its images beside it."""
-    from dawnchorus.report import ReportError, build_report
+    from dawnchorus.report.html import ReportError, build_report
 
     try:
         written = build_report(run_dir)

@@ -39,8 +39,9 @@ from rich.text import Text
 from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from dawnchorus import audio
-from dawnchorus.audio import AUDIO_EXTENSIONS, AudioError, AudioFileNotFoundError, AudioInfo
+from dawnchorus.errors import DatasetError
+from dawnchorus.io import audio
+from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, AudioFileNotFoundError, AudioInfo
 
 METADATA_NAME = "train_metadata.csv"
 AUDIO_DIR_NAMES = ("train_audio", "train_short_audio")
@@ -80,16 +81,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
-
-
-class DatasetError(ValueError):
-    """A training set that cannot be used as it is; ``.problems`` lists every problem found."""
-
-    def __init__(self, problems: Sequence[Problem], source: str | Path = "training set") -> None:
-        self.problems = list(problems)
-        lines = [f"{len(self.problems)} problem(s) in {source}:"]
-        lines += [f"  - {problem}" for problem in self.problems]
-        super().__init__("\n".join(lines))
 
 
 @dataclass

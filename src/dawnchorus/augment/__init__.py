@@ -1,0 +1,1 @@
+"""Augmentation: waveform transforms, the background-noise bank, batch mixup and SpecAugment."""

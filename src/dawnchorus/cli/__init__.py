@@ -1,0 +1,1 @@
+"""The ``dawnchorus`` command line: parses, calls the package, prints. No logic of its own."""

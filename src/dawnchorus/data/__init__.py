@@ -1,0 +1,1 @@
+"""Training sets: layout readers and validation, splits and samplers, clip and window data sets."""

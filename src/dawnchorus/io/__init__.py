@@ -1,0 +1,1 @@
+"""Files in and out: audio decoding and streaming, annotation tables, prediction outputs. No torch."""

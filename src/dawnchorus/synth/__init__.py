@@ -1,0 +1,1 @@
+"""Synthetic data sets in the BirdCLEF layout, for tests and the demo."""
