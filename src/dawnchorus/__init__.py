@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from dawnchorus.errors import *  # noqa: F403 - the error classes are public API
 from dawnchorus.errors import __all__ as _error_names
-
-__version__ = "0.1.0"
+from dawnchorus.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd

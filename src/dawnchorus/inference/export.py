@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from dawnchorus import __version__
 from dawnchorus.errors import ExportError
 from dawnchorus.inference.run import (
     DEFAULT_BATCH_SIZE,
@@ -36,6 +35,7 @@ from dawnchorus.inference.run import (
     StagedBatchFunction,
     torch_batch_function,
 )
+from dawnchorus.version import __version__
 
 if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel

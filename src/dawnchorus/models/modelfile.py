@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dawnchorus import __version__
 from dawnchorus.config import Config
 from dawnchorus.errors import ModelFileError
 from dawnchorus.models.classifier import BirdClassifier, build_model
 from dawnchorus.models.features import LogMel
+from dawnchorus.version import __version__
 
 MODEL_FORMAT = "dawnchorus-model"
 MODEL_FORMAT_VERSION = 1

@@ -948,7 +948,7 @@ def _anchor(title: str) -> str:
 
 
 def _page(builder: _Builder, sections: Sequence[Section]) -> str:
-    from dawnchorus import __version__
+    from dawnchorus.version import __version__
 
     kind = "demo" if builder.demo else "training run"
     root = builder.folder.root
