@@ -801,6 +801,37 @@ class ClipDataset(Dataset):
         return audio.load(path, sample_rate=self.sample_rate, offset_s=offset_s, duration_s=clip_s)
 
 
+class SoundscapeWindows(Dataset):
+    """Fixed windows of labelled soundscapes (decoded once through the cache)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        starts: Sequence[int],
+        targets: np.ndarray,
+        clip_samples: int,
+        cache: AudioCache,
+    ) -> None:
+        self.paths, self.starts, self.targets = list(paths), list(starts), targets
+        self.clip_samples, self.cache = clip_samples, cache
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        samples = self.cache.get(self.paths[index])
+        start = self.starts[index]
+        window = audio.crop_or_pad(
+            np.asarray(samples[start : start + self.clip_samples]), self.clip_samples, "start"
+        )
+        return {
+            "audio": torch.from_numpy(window.copy()),
+            "target": torch.from_numpy(self.targets[index]),
+            "weight": torch.tensor(1.0),
+            "index": index,
+        }
+
+
 # ----------------------------------------------------------------------------------------------
 # Summary for `dawnchorus data check`
 # ----------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from dawnchorus.data.datasets import (
     AudioCache,
     BackgroundSource,
     ClipDataset,
+    SoundscapeWindows,
     TrainingSet,
     encode_targets,
     fold_split,
@@ -45,7 +46,6 @@ from dawnchorus.data.datasets import (
 )
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap, read_birdclef_labels, tune_thresholds
-from dawnchorus.io.audio import crop_or_pad
 from dawnchorus.models.classifier import build_model
 from dawnchorus.models.features import LogMel
 from dawnchorus.models.modelfile import (  # noqa: F401 - re-exported: the model file API lived here first
@@ -59,37 +59,6 @@ from dawnchorus.models.modelfile import (  # noqa: F401 - re-exported: the model
 )
 
 # --- windows of labelled soundscapes, for validation on the data that matters -------------------
-
-
-class SoundscapeWindows(Dataset):
-    """Fixed windows of labelled soundscapes (decoded once through the cache)."""
-
-    def __init__(
-        self,
-        paths: Sequence[str],
-        starts: Sequence[int],
-        targets: np.ndarray,
-        clip_samples: int,
-        cache: AudioCache,
-    ) -> None:
-        self.paths, self.starts, self.targets = list(paths), list(starts), targets
-        self.clip_samples, self.cache = clip_samples, cache
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        samples = self.cache.get(self.paths[index])
-        start = self.starts[index]
-        window = crop_or_pad(
-            np.asarray(samples[start : start + self.clip_samples]), self.clip_samples, "start"
-        )
-        return {
-            "audio": torch.from_numpy(window.copy()),
-            "target": torch.from_numpy(self.targets[index]),
-            "weight": torch.tensor(1.0),
-            "index": index,
-        }
 
 
 def soundscape_windows(
