@@ -1,0 +1,41 @@
+"""What every command shares: the consoles, the one way to print an error, and loading a model file.
+
+Owns the output side of the command line (stdout ``console``, stderr ``err_console``) and
+:func:`fail`. It does not catch errors: :mod:`dawnchorus.cli.app` catches every
+:class:`~dawnchorus.errors.DawnchorusError` once, for all commands, and prints it with :func:`print_error`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from dawnchorus.models.modelfile import LoadedModel
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """Print ``error: MESSAGE`` on stderr, unwrapped (long paths stay whole)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a clear error and exit non-zero (2: bad input or usage, 1: a failed run)."""
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def load_model_or_fail(path: Path) -> LoadedModel:
+    """Load a model file; a missing file is a usage error (exit 2), not a traceback."""
+    from dawnchorus.models.modelfile import load_model
+
+    try:
+        return load_model(path)
+    except FileNotFoundError as exc:  # load_model raises the builtin for a missing file
+        fail(str(exc))

@@ -1,0 +1,154 @@
+"""``dawnchorus predict`` and ``export``: parse options, show progress, print where outputs went.
+
+Prediction lives in inference/ (runners, engines, ONNX export). Errors reach the user through the one
+handler in :mod:`dawnchorus.cli.app`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dawnchorus.cli.console import console, err_console, fail, load_model_or_fail
+from dawnchorus.errors import ExportError
+
+
+def predict(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file written by train.")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="Files, folders, or .txt lists.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
+    hop: Annotated[
+        float | None, typer.Option(help="Seconds between window starts (default: clip length).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Windows per batch (default: 4 on CPU, 64 on a GPU).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Detection threshold (default: the model's per-class ones).")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="Comma-separated: csv,parquet,birdclef,raven,audacity.")
+    ] = "csv,parquet,birdclef,raven,audacity",
+    merge: Annotated[bool, typer.Option(help="Merge consecutive detections of a species.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best available).")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Run on dask: local, local:N, tcp://HOST:PORT, or slurm (see --config)."),
+    ] = None,
+    chunk: Annotated[
+        float, typer.Option(help="With --cluster: seconds per chunk that long recordings are split into.")
+    ] = 600.0,
+    config_path: Annotated[
+        Path | None, typer.Option("--config", help="YAML settings; its cluster: section sets up SLURM jobs.")
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="auto (onnx on CPU when the 'onnx' extra is installed, else torch), torch, or onnx "
+            "(exported once and cached beside the model)."
+        ),
+    ] = "auto",
+) -> None:
+    """Predict species per window in long recordings; resumable, bad files reported and skipped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dawnchorus.inference.run import expand_inputs, run_prediction
+
+    model = load_model_or_fail(model_path)
+    if batch_size is None:
+        from dawnchorus.inference.export import default_batch_size
+
+        batch_size = default_batch_size(device)
+    slurm = None
+    if config_path is not None:
+        from dawnchorus.config import load_config
+
+        slurm = load_config(config_path).cluster.model_dump()
+    total = len(expand_inputs(inputs))
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("recordings", total=total, rate="")
+        audio_s = 0.0
+        started = time.perf_counter()
+
+        def report(result, done: int, todo: int) -> None:
+            nonlocal audio_s
+            audio_s += result.duration_s
+            elapsed = time.perf_counter() - started
+            rate = f"{audio_s / 3600 / max(elapsed, 1e-9):.2f} audio-h/s"
+            progress.update(task, total=todo, completed=done, rate=rate)
+
+        options = {
+            "hop_s": hop,
+            "batch_size": batch_size,
+            "threshold": threshold,
+            "formats": output_format,
+            "merge_detections": merge,
+            "device": device,
+            "progress": report,
+        }
+        if cluster is None:
+            from dawnchorus.inference.export import batch_function_for, describe_engine
+
+            try:
+                batch_function = batch_function_for(model, engine, device=device, batch_size=batch_size)
+            except ExportError as exc:  # an engine that cannot be used here is a usage error: exit 2
+                fail(str(exc))
+            progress.console.print(_engine_line(describe_engine(batch_function)), highlight=False)
+            summary = run_prediction(model, inputs, out, batch_function=batch_function, **options)
+        else:
+            from dawnchorus.inference.distributed import run_distributed_prediction
+
+            summary = run_distributed_prediction(
+                model_path, inputs, out, cluster=cluster, chunk_s=chunk, slurm=slurm, engine=engine,
+                **options,
+            )
+    for file, reason in summary.failed:
+        err_console.print(f"[red]failed:[/] {file}: {reason}", highlight=False, soft_wrap=True)
+    console.print(
+        f"[green]done:[/] {summary.predicted} recordings predicted, {summary.skipped} already complete, "
+        f"{len(summary.failed)} failed; {summary.audio_seconds / 3600:.3f} h of audio in "
+        f"{summary.wall_seconds:.1f} s ({summary.realtime_factor:.0f}x real time)"
+    )
+    for name, path in summary.outputs.items():
+        console.print(f"  {name:13s} {path}")
+
+
+def export(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file written by train.")],
+    out: Annotated[Path, typer.Option("--out", help="ONNX file to write.")] = Path("model.onnx"),
+    export_format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    frontend: Annotated[
+        bool, typer.Option("--frontend/--no-frontend", help="Include the log-mel frontend in the graph.")
+    ] = True,
+) -> None:
+    """Export a model file to ONNX (input: audio windows, or log-mel with --no-frontend)."""
+    from dawnchorus.inference.export import export_onnx
+
+    if export_format != "onnx":
+        fail(f"unknown export format {export_format!r}; only onnx is supported")
+    model = load_model_or_fail(model_path)
+    try:
+        written = export_onnx(model, out, include_frontend=frontend)
+    except ExportError as exc:  # the command has always exited 2 here (ExportError's own code is 1)
+        fail(str(exc))
+    console.print(f"[green]exported[/] {written}")
+
+
+def _engine_line(described: dict) -> str:
+    """'engine: onnx (model.cnn.onnx, log-mel in torch), 2 lanes x 1 thread' for the user."""
+    if described["engine"] == "onnx":
+        what = f"onnx ({Path(described['graph']).name}, log-mel in {described['frontend']})"
+    else:
+        what = "torch"
+    threads = described["threads_per_lane"]
+    return f"engine: {what}, {described['lanes']} lane(s) x {threads} thread{'s' if threads > 1 else ''}"

@@ -1,0 +1,95 @@
+"""``dawnchorus train`` and ``augment-preview``: parse options into a Config and print the outcome.
+
+Training itself lives in training/, the preview in augment/. Errors reach the user through the one
+handler in :mod:`dawnchorus.cli.app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dawnchorus.cli.console import console, err_console, fail
+from dawnchorus.errors import DatasetError
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Training set: BirdCLEF layout or folder per class.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (model.pt, config.yaml, logs).")] = Path(
+        "run"
+    ),
+    config: Annotated[Path | None, typer.Option(help="YAML settings file (any subset).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="timm backbone name.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Clips per batch.")] = None,
+    fold: Annotated[int | None, typer.Option(help="Validate on fold K (K-fold).")] = None,
+    noise_dir: Annotated[Path | None, typer.Option(help="Background-noise bank folder.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local pretrained backbone weights.")] = None,
+    pretrained: Annotated[
+        bool | None, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights.")
+    ] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices per node (e.g. 2, or auto).")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node training.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.ckpt.")] = False,
+) -> None:
+    """Train a multi-label classifier and write one self-contained model file."""
+    from dawnchorus.config import load_config
+
+    overrides = {
+        "model.backbone": backbone,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.fold": fold,
+        "augment.noise_dir": str(noise_dir) if noise_dir else None,
+        "model.weights": str(weights) if weights else None,
+        "model.pretrained": pretrained,
+        "train.devices": int(devices) if devices and devices.isdigit() else devices,
+        "train.strategy": strategy,
+        "train.num_nodes": num_nodes,
+    }
+    settings = load_config(config, overrides)
+    if not data.exists():
+        fail(f"{data}: training data not found")
+    from dawnchorus.training.run import train as run_training
+
+    try:
+        result = run_training(data, out, settings, resume=resume)
+    except DatasetError as exc:  # training stops on a bad set with exit 1, as `data check` does
+        fail(str(exc), code=1)
+    for problem in result.dropped_problems:
+        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
+    score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+    console.print(
+        f"[green]model written:[/] {result.model_path}  (best {result.monitor} = {score}, "
+        f"{result.epochs_run} epochs)"
+    )
+
+
+def augment_preview(
+    clip: Annotated[Path, typer.Argument(help="An audio clip.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("augmentations.png"),
+    config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
+    noise_dir: Annotated[Path | None, typer.Option(help="Background-noise bank folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a PNG grid of one clip under each augmentation."""
+    from dawnchorus.augment.waveform import preview_augmentations
+    from dawnchorus.config import load_config
+
+    try:
+        settings = load_config(config, {"augment.noise_dir": str(noise_dir) if noise_dir else None})
+        written = preview_augmentations(
+            clip,
+            out,
+            settings.augment,
+            sample_rate=settings.audio.sample_rate,
+            clip_s=settings.audio.clip_s,
+            seed=seed,
+            frontend=settings.frontend,
+        )
+    except ValueError as exc:  # augmentations reject a bad range with a plain ValueError
+        fail(str(exc))
+    console.print(f"[green]wrote[/] {written}")
