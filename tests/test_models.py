@@ -1,6 +1,9 @@
-"""BirdClassifier: shapes for both heads, SED consistency, weight files, offline errors, learning."""
+"""BirdClassifier: shapes for both heads, the head registry, SED consistency, weight files, offline
+errors, model files this installation cannot read, learning."""
 
 from __future__ import annotations
+
+import json
 
 import huggingface_hub.constants
 import pytest
@@ -8,16 +11,26 @@ import timm
 import torch
 from torch import nn
 
-from dawnchorus.config import ModelSettings
+from dawnchorus.config import Config, ModelSettings
+from dawnchorus.errors import ModelError, ModelFileError
 from dawnchorus.models.classifier import (
     BirdClassifier,
-    GeM,
-    ModelError,
-    SedOutput,
+    SpectrogramClassifier,
     build_model,
     count_parameters,
     create_backbone,
 )
+from dawnchorus.models.features import LogMel
+from dawnchorus.models.heads import (
+    GeM,
+    LinearHead,
+    SedHead,
+    SedOutput,
+    create_head,
+    list_heads,
+    register_head,
+)
+from dawnchorus.models.modelfile import load_model, save_model_file
 
 SPEC_SHAPE = (2, 1, 64, 157)  # 64 mel bands, 157 frames (2.5 s at hop 512 / 32 kHz)
 NUM_CLASSES = 5
@@ -88,6 +101,33 @@ def test_three_channel_backbone_sees_the_mel_repeated():
 def test_one_channel_backbone_has_a_one_channel_stem():
     model = build_model(settings(in_chans=1), NUM_CLASSES)
     assert model.backbone.conv1.in_channels == 1
+
+
+def test_heads_are_built_by_their_registered_name():
+    assert {"linear", "sed"} <= set(list_heads())
+    assert isinstance(build_model(settings(head="linear"), NUM_CLASSES).head, LinearHead)
+    assert isinstance(build_model(settings(head="sed"), NUM_CLASSES).head, SedHead)
+
+
+def test_a_newly_registered_head_is_built_without_touching_the_classifier():
+    @register_head("test_mean_of_channels")
+    def mean_of_channels(num_features, num_classes, *, drop_rate, pooling):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(num_features, num_classes))
+
+    model = BirdClassifier(create_backbone("resnet18"), NUM_CLASSES, head="test_mean_of_channels").eval()
+    assert "test_mean_of_channels" in list_heads()
+    with torch.no_grad():
+        expected = model.head[2](model.features(spectrograms()).mean(dim=(-2, -1)))
+        torch.testing.assert_close(model(spectrograms()), expected)
+    with pytest.raises(ModelError, match="already registered"):
+        register_head("test_mean_of_channels")(mean_of_channels)
+
+
+def test_unknown_head_names_the_registered_ones():
+    with pytest.raises(ModelError, match=r"head must be one of .*'linear'.*'sed'.*got 'attention_nope'"):
+        create_head("attention_nope", num_features=8, num_classes=2)
+    with pytest.raises(ModelError, match="got 'attention_nope'"):
+        BirdClassifier(create_backbone("resnet18"), NUM_CLASSES, head="attention_nope")
 
 
 def test_gem_pooling_head():
@@ -169,8 +209,41 @@ def test_offline_pretrained_without_weights_names_the_backbone(monkeypatch, tmp_
         build_model(settings(backbone="efficientnet_b0", pretrained=True), NUM_CLASSES)
     message = str(raised.value)
     assert "no network to download ImageNet weights for efficientnet_b0" in message
-    assert "--weights FILE" in message
+    assert "--no-pretrained" in message and "--weights FILE" in message
     assert "model.pretrained: false" in message
+    assert "\n" not in message  # one line
+
+
+def rewritten_model_file(tmp_path, change) -> str:
+    """A model file whose stored settings were changed by ``change(settings_dict)``."""
+    config = Config(model=settings(backbone="test_efficientnet"))
+    network = SpectrogramClassifier(
+        LogMel.from_settings(config.audio, config.frontend), build_model(config.model, NUM_CLASSES)
+    )
+    path = save_model_file(tmp_path / "model.pt", network, [f"bird{i}" for i in range(NUM_CLASSES)], config)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    stored = json.loads(payload["config"])
+    change(stored)
+    payload["config"] = json.dumps(stored)
+    torch.save(payload, path)
+    return path
+
+
+def test_model_file_whose_backbone_the_installed_timm_lacks_is_named(tmp_path):
+    unknown = "birdnet_v9_from_2031"
+    path = rewritten_model_file(tmp_path, lambda stored: stored["model"].update(backbone=unknown))
+    with pytest.raises(ModelFileError) as raised:
+        load_model(path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "'birdnet_v9_from_2031'" in message
+    assert f"installed timm {timm.__version__}" in message
+
+
+def test_model_file_with_settings_this_version_cannot_read_is_named(tmp_path):
+    path = rewritten_model_file(tmp_path, lambda stored: stored["train"].update(epochs="many"))
+    with pytest.raises(ModelFileError, match=r"model\.pt: settings stored in the model file .*train\.epochs"):
+        load_model(path)
 
 
 def test_unknown_backbone_is_named():

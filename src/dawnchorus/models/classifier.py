@@ -1,12 +1,18 @@
-"""The classifier: a timm CNN backbone on the log-mel image plus a linear or SED attention head.
+"""The classifier: a timm CNN backbone on the log-mel image plus a head from the head registry.
 
-Both heads return one logit per class from :meth:`BirdClassifier.forward`, so a single
-``BCEWithLogitsLoss`` (or focal loss on logits) trains either. The SED head (the BirdCLEF 2021/2022
-"AttBlockV2" recipe) also gives framewise probabilities through :meth:`BirdClassifier.forward_frames`.
+:class:`BirdClassifier` is backbone + head; :class:`SpectrogramClassifier` puts the log-mel frontend
+in front of it (waveform in, logits out), the network that training and prediction run.
+:func:`build_model` builds a classifier from ``ModelSettings``.
+
+Every head returns one logit per class from :meth:`BirdClassifier.forward`, so a single
+``BCEWithLogitsLoss`` (or focal loss on logits) trains any of them. The SED head (the BirdCLEF
+2021/2022 "AttBlockV2" recipe) also gives framewise probabilities through
+:meth:`BirdClassifier.forward_frames`. The heads themselves live in :mod:`dawnchorus.models.heads`.
 
 Pretrained ImageNet weights come from the timm hub (online) or a local file (``weights``). Our own
-model files are restored with ``load_state_dict`` by ``train.py``, never through timm's pretrained
-machinery (that path re-creates the classifier).
+model files are restored with ``load_state_dict`` by :mod:`dawnchorus.models.modelfile`, never through
+timm's pretrained machinery (that path re-creates the classifier). This module does not read or write
+model files.
 """
 
 from __future__ import annotations
@@ -16,117 +22,26 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawnchorus.config import ModelSettings
 from dawnchorus.errors import ModelError
-
-Head = Literal["linear", "sed"]
-Pooling = Literal["avgmax", "gem"]
-
-# SED clipwise probabilities are clamped to [eps, 1 - eps] before the logit, so logits stay finite.
-PROBABILITY_EPS = 1e-6
+from dawnchorus.models.features import LogMel
+from dawnchorus.models.heads import Pooling, SedOutput, create_head
 
 # Seed for building a backbone twice when checking that a weights file really was loaded.
 CHECK_SEED = 20220524
 
 
-class SedOutput(NamedTuple):
-    """Everything the SED head computes for a batch.
-
-    ``logits``/``clipwise``: ``(B, K)``; ``framewise``/``attention``: ``(B, K, T')`` where ``T'``
-    is the number of time steps of the backbone feature map.
-    """
-
-    logits: Tensor
-    clipwise: Tensor
-    framewise: Tensor
-    attention: Tensor
-
-
-class GeM(nn.Module):
-    """Generalised-mean pooling over the spatial axes with a learnable exponent ``p``."""
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p)))
-        self.eps = eps
-
-    def forward(self, features: Tensor) -> Tensor:
-        """``(B, C, H, W)`` -> ``(B, C)``."""
-        pooled = features.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
-        return pooled.pow(1.0 / self.p)
-
-
-class AvgMaxPool(nn.Module):
-    """Mean of global average and global max pooling over the spatial axes."""
-
-    def forward(self, features: Tensor) -> Tensor:
-        """``(B, C, H, W)`` -> ``(B, C)``."""
-        return 0.5 * (features.mean(dim=(-2, -1)) + features.amax(dim=(-2, -1)))
-
-
-class LinearHead(nn.Module):
-    """Global pooling -> dropout -> linear layer: one logit per class."""
-
-    def __init__(
-        self, num_features: int, num_classes: int, drop_rate: float, pooling: Pooling = "avgmax"
-    ) -> None:
-        super().__init__()
-        self.pool = GeM() if pooling == "gem" else AvgMaxPool()
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(num_features, num_classes)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Feature map ``(B, C, H, W)`` -> logits ``(B, K)``."""
-        return self.fc(self.dropout(self.pool(features)))
-
-
-class SedHead(nn.Module):
-    """Sound-event-detection head with attention pooling over time (BirdCLEF "AttBlockV2").
-
-    The feature map is averaged over frequency, smoothed over time (max-pool + average-pool,
-    kernel 3), projected to a hidden layer, then each time step gets a class probability
-    ``sigmoid(cla)`` and an attention weight ``softmax(tanh(att))`` over time. The clip
-    probability is the attention-weighted sum of the frame probabilities, so it always lies between
-    the smallest and the largest frame probability of its class.
-    """
-
-    def __init__(self, num_features: int, num_classes: int, drop_rate: float) -> None:
-        super().__init__()
-        self.drop_rate = drop_rate
-        self.hidden = nn.Linear(num_features, num_features)
-        self.attention = nn.Conv1d(num_features, num_classes, kernel_size=1)
-        self.classifier = nn.Conv1d(num_features, num_classes, kernel_size=1)
-        for layer in (self.hidden, self.attention, self.classifier):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, features: Tensor) -> SedOutput:
-        """Feature map ``(B, C, F', T')`` (frequency, then time) -> :class:`SedOutput`."""
-        sequence = features.mean(dim=2)
-        sequence = F.max_pool1d(sequence, kernel_size=3, stride=1, padding=1) + F.avg_pool1d(
-            sequence, kernel_size=3, stride=1, padding=1
-        )
-        sequence = F.dropout(sequence, p=self.drop_rate, training=self.training)
-        sequence = F.relu(self.hidden(sequence.transpose(1, 2))).transpose(1, 2)
-        sequence = F.dropout(sequence, p=self.drop_rate, training=self.training)
-        attention = torch.softmax(torch.tanh(self.attention(sequence)).float(), dim=-1)
-        framewise = torch.sigmoid(self.classifier(sequence).float())
-        clipwise = (attention * framewise).sum(dim=-1)
-        logits = torch.logit(clipwise.clamp(PROBABILITY_EPS, 1.0 - PROBABILITY_EPS))
-        return SedOutput(logits=logits, clipwise=clipwise, framewise=framewise, attention=attention)
-
-
 class BirdClassifier(nn.Module):
     """timm backbone on a one-channel log-mel image ``(B, 1, n_mels, frames)`` plus a head.
 
-    ``forward`` returns logits ``(B, num_classes)`` for both heads. With ``in_chans=3`` the mel
+    ``head`` is a name registered in :mod:`dawnchorus.models.heads` (``linear``, ``sed``).
+    ``forward`` returns logits ``(B, num_classes)`` for every head. With ``in_chans=3`` the mel
     image is repeated over three channels inside ``forward``, so callers always pass one channel.
     """
 
@@ -134,7 +49,7 @@ class BirdClassifier(nn.Module):
         self,
         backbone: nn.Module,
         num_classes: int,
-        head: Head = "linear",
+        head: str = "linear",
         in_chans: Literal[1, 3] = 1,
         drop_rate: float = 0.2,
         pooling: Pooling = "avgmax",
@@ -142,20 +57,14 @@ class BirdClassifier(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ModelError(f"num_classes must be at least 1, got {num_classes}")
-        if head not in ("linear", "sed"):
-            raise ModelError(f"head must be 'linear' or 'sed', got {head!r}")
         if in_chans not in (1, 3):
             raise ModelError(f"in_chans must be 1 or 3, got {in_chans!r}")
         self.backbone = backbone
         self.num_classes = num_classes
-        self.head_type: Head = head
+        self.head_type = head
         self.in_chans = in_chans
         self.num_features = int(backbone.num_features)
-        self.head: nn.Module = (
-            SedHead(self.num_features, num_classes, drop_rate)
-            if head == "sed"
-            else LinearHead(self.num_features, num_classes, drop_rate, pooling)
-        )
+        self.head: nn.Module = create_head(head, self.num_features, num_classes, drop_rate, pooling)
 
     def features(self, spec: Tensor) -> Tensor:
         """Backbone feature map ``(B, C, F', T')`` of a mel batch ``(B, 1, M, F)``."""
@@ -200,6 +109,25 @@ class BirdClassifier(nn.Module):
             )
 
 
+class SpectrogramClassifier(nn.Module):
+    """Waveform batch (B, T) -> logits (B, C): the log-mel frontend followed by the CNN."""
+
+    def __init__(self, frontend: LogMel, classifier: BirdClassifier, channels_last: bool = False) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.classifier = classifier
+        self.channels_last = channels_last
+
+    def spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
+        """The classifier's input ``(B, 1, n_mels, frames)`` for a waveform batch ``(B, T)``."""
+        spec = self.frontend(audio)
+        return spec.contiguous(memory_format=torch.channels_last) if self.channels_last else spec
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` of a waveform batch ``(B, T)``."""
+        return self.classifier(self.spectrogram(audio))
+
+
 def create_backbone(
     name: str, pretrained: bool = False, weights: str | Path | None = None, in_chans: int = 1
 ) -> nn.Module:
@@ -220,9 +148,33 @@ def create_backbone(
         return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as exc:  # network, hub and cache errors come in many types
         raise ModelError(
-            f"no network to download ImageNet weights for {name}; pass --weights FILE or set "
-            f"model.pretrained: false (the hub said {type(exc).__name__}: {_first_line(exc)})"
+            f"no network to download ImageNet weights for {name}: train with --no-pretrained "
+            f"(model.pretrained: false) or --weights FILE, a local weights file (the hub said "
+            f"{type(exc).__name__}: {_first_line(exc)})"
         ) from exc
+
+
+def build_model(settings: ModelSettings, num_classes: int) -> BirdClassifier:
+    """The classifier described by ``settings`` for ``num_classes`` labels."""
+    backbone = create_backbone(
+        settings.backbone,
+        pretrained=settings.pretrained,
+        weights=settings.weights,
+        in_chans=settings.in_chans,
+    )
+    return BirdClassifier(
+        backbone,
+        num_classes=num_classes,
+        head=settings.head,
+        in_chans=settings.in_chans,
+        drop_rate=settings.drop_rate,
+        pooling=settings.pooling,
+    )
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (only those with ``requires_grad`` when asked)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def _create_from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
@@ -290,26 +242,3 @@ def _check_weights_loaded(model: nn.Module, random_init: nn.Module, name: str, p
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else "no details"
-
-
-def build_model(settings: ModelSettings, num_classes: int) -> BirdClassifier:
-    """The classifier described by ``settings`` for ``num_classes`` labels."""
-    backbone = create_backbone(
-        settings.backbone,
-        pretrained=settings.pretrained,
-        weights=settings.weights,
-        in_chans=settings.in_chans,
-    )
-    return BirdClassifier(
-        backbone,
-        num_classes=num_classes,
-        head=settings.head,
-        in_chans=settings.in_chans,
-        drop_rate=settings.drop_rate,
-        pooling=settings.pooling,
-    )
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model`` (only those with ``requires_grad`` when asked)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
