@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dawnchorus.synth.soundscapes import default_workers, make_dataset
+from dawnchorus.io.files import usable_cores
+from dawnchorus.synth.soundscapes import make_dataset
 
 QUICK = {"species": 20, "clips": 500}
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="clip cap for the commonest species (BirdCLEF 2022 used 500)")
     parser.add_argument("--soundscapes", type=int, default=8, help="60-s test soundscapes")
     parser.add_argument("--workers", type=int, default=None,
-                        help=f"processes (default: all {default_workers()} cores)")
+                        help=f"processes (default: all {usable_cores()} cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder, kept (default: a temporary folder, deleted)")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         ("hours of audio (train)", f"{summary.train_seconds / 3600:.2f}"),
         ("hours of audio (soundscapes)", f"{summary.soundscape_seconds / 3600:.2f}"),
         ("bytes written", f"{written:,} ({written / 2**30:.2f} GiB)"),
-        ("workers", f"{args.workers or default_workers()}"),
+        ("workers", f"{args.workers or usable_cores()}"),
         ("wall seconds", f"{summary.elapsed_s:.1f}"),
         ("CPU seconds (all processes)", f"{cpu:.1f}"),
         ("clips/s", f"{summary.n_clips / summary.elapsed_s:.1f}"),

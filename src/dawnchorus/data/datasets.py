@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -42,6 +41,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from dawnchorus.errors import DatasetError
 from dawnchorus.io import audio
 from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, AudioFileNotFoundError, AudioInfo
+from dawnchorus.io.files import atomic_write
 
 METADATA_NAME = "train_metadata.csv"
 AUDIO_DIR_NAMES = ("train_audio", "train_short_audio")
@@ -671,13 +671,11 @@ class AudioCache:
         return samples
 
     def _store(self, cached: Path, samples: np.ndarray) -> None:
-        temporary = cached.with_name(f".{cached.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
+        def write(temporary: Path) -> None:
             with open(temporary, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(samples, dtype=np.float32))
-            os.replace(temporary, cached)
-        finally:
-            temporary.unlink(missing_ok=True)
+
+        atomic_write(cached, write)
 
 
 WaveformTransform = Callable[[np.ndarray, int], np.ndarray]

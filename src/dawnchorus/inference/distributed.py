@@ -63,7 +63,8 @@ from dawnchorus.inference.run import (
     write_recording,
 )
 from dawnchorus.io.audio import AudioError, iter_windows
-from dawnchorus.io.outputs import read_probabilities, remove_stale_temporaries, write_probabilities_parquet
+from dawnchorus.io.files import atomic_write, remove_stale_temporaries, usable_cores
+from dawnchorus.io.outputs import read_probabilities, write_probabilities_parquet
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -120,14 +121,6 @@ def parse_cluster(text: str) -> ClusterSpec:
     raise ClusterError(
         f"--cluster {text!r} is not understood; use local, local:N, tcp://HOST:PORT or slurm"
     )
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (respects affinity masks and SLURM/cgroup pinning)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _local_cluster(workers: int | None) -> tuple[Any, int | None]:
@@ -793,9 +786,7 @@ def run_distributed_prediction(
     failed = [(str(p), failures[str(p)]) for p in todo if str(p) in failures]
     written = write_combined(model, recordings, out_dir, thresholds, wanted)
     error_file = out_dir / "errors.csv"
-    from dawnchorus.io import outputs
-
-    outputs.atomic_write(
+    atomic_write(
         error_file, lambda tmp: pd.DataFrame(failed, columns=["file", "error"]).to_csv(tmp, index=False)
     )
     written["errors"] = error_file

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from dawnchorus.inference.run import (
     StagedBatchFunction,
     torch_batch_function,
 )
+from dawnchorus.io.files import atomic_write, usable_cores
 from dawnchorus.version import __version__
 
 if TYPE_CHECKING:
@@ -164,8 +164,8 @@ def export_onnx(
     graph = _ProbabilityGraph(model, include_frontend).cpu().eval()
     example = _example_input(model, include_frontend)
     input_name = AUDIO_INPUT if include_frontend else SPECTROGRAM_INPUT
-    temporary = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+
+    def write(temporary: Path) -> None:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=UserWarning)
@@ -193,9 +193,10 @@ def export_onnx(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(temporary))
-        os.replace(temporary, out)
+
+    try:
+        atomic_write(out, write)
     except Exception as exc:
-        temporary.unlink(missing_ok=True)
         if isinstance(exc, ExportError):
             raise
         raise ExportError(f"{out}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
@@ -287,19 +288,12 @@ def _provider_name(provider: Provider) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
 
-def default_threads() -> int:
-    """Threads for inference: the CPUs this process may run on (``taskset``/cpuset aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
-
-
 class OnnxRunner:
     """An onnxruntime session over an exported graph: ``(batch, ...) float32 -> probabilities``.
 
-    ``threads`` sets the intra-op thread count (default :func:`default_threads`). Spinning of idle
-    worker threads is off: the decoding thread needs the cores between batches.
+    ``threads`` sets the intra-op thread count (default: the usable cores,
+    :func:`dawnchorus.io.files.usable_cores`). Spinning of idle worker threads is off: the decoding
+    thread needs the cores between batches.
     """
 
     def __init__(
@@ -310,7 +304,7 @@ class OnnxRunner:
         if not self.path.is_file():
             raise ExportError(f"{self.path}: ONNX file not found")
         options = ort.SessionOptions()
-        self.threads = threads or default_threads()
+        self.threads = threads or usable_cores()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -435,7 +429,7 @@ def batch_function_for(
     """The batch function ``predict`` runs for ``engine`` (``auto``, ``torch`` or ``onnx``; see
     :func:`resolve_engine`) on ``device``.
 
-    On CPU, ``threads`` (default: :func:`default_threads`, the usable CPUs) are split into ``lanes``
+    On CPU, ``threads`` (default: :func:`dawnchorus.io.files.usable_cores`) are split into ``lanes``
     (default: one per thread) that each classify a batch with ``threads // lanes`` intra-op threads:
     independent single-threaded batches use the cores better than one batch spread over them. On
     CUDA there is one lane, and ``batch_size`` sizes the pinned transfer buffer. The ONNX engine uses
@@ -455,7 +449,7 @@ def batch_function_for(
         raise ExportError(f"device {device!r} requested, but torch sees no CUDA device; use --device cpu")
     if device is not None and not on_gpu and device != "cpu":
         raise ExportError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    threads = threads or default_threads()
+    threads = threads or usable_cores()
     lanes = 1 if on_gpu else min(lanes or threads, threads)
     per_lane = max(1, threads // lanes)
     torch.set_num_threads(per_lane)

@@ -33,6 +33,7 @@ import torch
 
 from dawnchorus.errors import PredictionError
 from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, info, iter_windows, window_count
+from dawnchorus.io.files import atomic_write, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
@@ -600,7 +601,7 @@ def run_prediction(
     out_dir = Path(out_dir)
     parts_dir = out_dir / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
-    outputs.remove_stale_temporaries(parts_dir)  # left by a run killed mid-write
+    remove_stale_temporaries(parts_dir)  # left by a run killed mid-write
     recordings = expand_inputs(inputs)
     if not recordings:
         raise PredictionError("no recordings found in the given inputs")
@@ -659,7 +660,7 @@ def run_prediction(
                 progress(result, done, len(todo))
     written = write_combined(model, recordings, out_dir, thresholds, wanted)
     error_file = out_dir / "errors.csv"
-    outputs.atomic_write(
+    atomic_write(
         error_file, lambda tmp: pd.DataFrame(failed, columns=["file", "error"]).to_csv(tmp, index=False)
     )
     written["errors"] = error_file
@@ -723,8 +724,8 @@ def write_combined(
         sub23 = outputs.birdclef2023_submission(table, model.labels)
         written["birdclef2022"] = out_dir / "submission_2022.csv"
         written["birdclef2023"] = out_dir / "submission_2023.csv"
-        outputs.atomic_write(written["birdclef2022"], lambda tmp: sub22.to_csv(tmp, index=False))
-        outputs.atomic_write(written["birdclef2023"], lambda tmp: sub23.to_csv(tmp, index=False))
+        atomic_write(written["birdclef2022"], lambda tmp: sub22.to_csv(tmp, index=False))
+        atomic_write(written["birdclef2023"], lambda tmp: sub23.to_csv(tmp, index=False))
     if "raven" in formats:
         written["raven"] = out_dir / "raven"
     if "audacity" in formats:

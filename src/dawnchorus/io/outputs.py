@@ -3,8 +3,9 @@
 The canonical prediction table has one row per window: ``file, start_s, end_s`` followed by one
 ``float32`` probability column per label. From it this module derives BirdCLEF submissions
 (2022: ``row_id, target``; 2023+: one column per label), detection lists, Raven Pro selection
-tables and Audacity label files. Every file is written atomically (:func:`atomic_write`): a
-reader never sees a half-written file, and a failed write leaves no partial file behind.
+tables and Audacity label files. Every file is written atomically
+(:func:`dawnchorus.io.files.atomic_write`): a reader never sees a half-written file, and a failed
+write leaves no partial file behind.
 
 A window counts as a detection of a label when its probability is ``>= threshold``.
 """
@@ -12,16 +13,14 @@ A window counts as a detection of a label when its probability is ``>= threshold
 from __future__ import annotations
 
 import math
-import os
-import re
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dawnchorus.errors import OutputError
+from dawnchorus.io.files import atomic_write, atomic_write_text
 
 KEY_COLUMNS = ("file", "start_s", "end_s")
 DETECTION_COLUMNS = ("file", "start_s", "end_s", "label", "confidence")
@@ -47,49 +46,6 @@ RAVEN_VIEW = "Spectrogram 1"
 CSV_PROBABILITY_DECIMALS = 6
 
 Thresholds = float | Sequence[float] | np.ndarray | Mapping[str, float]
-
-
-# --------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
-    """Write ``path`` through ``write_fn(tmp_path)``, then move the result into place atomically.
-
-    The temporary file lives in the same folder (so ``os.replace`` is atomic) and keeps the
-    suffix of ``path`` (writers that pick a format by suffix still work). If ``write_fn`` raises,
-    the temporary file is removed, any existing ``path`` is left untouched, and the error
-    propagates. Returns ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        write_fn(tmp)
-        if not tmp.exists():
-            raise OutputError(f"{path}: the writer returned without creating a file")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete the temporary files a killed :func:`atomic_write` left in ``folder``; returns how many.
-
-    Call it before a run starts writing into ``folder``, never while another writer is active.
-    """
-    removed = 0
-    for stale in Path(folder).glob(".*.*.tmp*"):
-        if re.fullmatch(r"\..+\.[0-9a-f]{12}\.tmp(\.\w+)?", stale.name) and stale.is_file():
-            stale.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def _write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +317,7 @@ def write_raven_table(
             begin,
         )
         lines.append("\t".join(fields))
-    return _write_text(path, "\n".join(lines) + "\n")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _clean_field(text: str) -> str:
@@ -423,7 +379,7 @@ def write_audacity_labels(dets: pd.DataFrame, path: str | Path) -> Path:
         f"{_clean_field(str(row.label))};{float(row.confidence):.4f}"
         for row in dets.itertuples(index=False)
     ]
-    return _write_text(path, "".join(line + "\n" for line in lines))
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def read_audacity_labels(path: str | Path) -> pd.DataFrame:

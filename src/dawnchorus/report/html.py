@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dawnchorus.errors import ReportError
+from dawnchorus.io.files import atomic_write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -546,10 +547,7 @@ def build_report(run_dir: Path) -> Path:
     sections = [make(builder) for make in SECTION_BUILDERS]
     page = _page(builder, sections)
     target = folder.root / REPORT_NAME
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(target)
-    return target
+    return atomic_write_text(target, page)
 
 
 # --- sections -----------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from scipy import signal
 
 from dawnchorus.errors import SynthError
 from dawnchorus.io.audio import find_audio_files, info, load, write_audio
+from dawnchorus.io.files import usable_cores
 
 CLIP_SAMPLE_RATES = (22050, 32000, 44100, 48000)
 CLIP_SAMPLE_RATE_WEIGHTS = (0.2, 0.4, 0.25, 0.15)
@@ -794,14 +794,6 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def default_workers() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 # ----------------------------------------------------------------------------------------------
 # Running
 
@@ -870,7 +862,7 @@ def make_dataset(
     scape_tasks = _soundscape_tasks(soundscapes, soundscape_s, catalogue, noise_files, seed, out,
                                     clean_copies)
 
-    workers = min(workers or default_workers(), max(1, len(clip_tasks) + len(scape_tasks)))
+    workers = min(workers or usable_cores(), max(1, len(clip_tasks) + len(scape_tasks)))
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
     try:
         clip_results = _run(pool, _write_clip, clip_tasks, "train_audio", progress, workers)

@@ -10,7 +10,6 @@ labels, settings, thresholds and the package version (see :mod:`dawnchorus.model
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from dawnchorus.data.datasets import (
 )
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap, read_birdclef_labels, tune_thresholds
+from dawnchorus.io.files import usable_cores
 from dawnchorus.models.classifier import build_model
 from dawnchorus.models.features import LogMel
 from dawnchorus.models.modelfile import (  # noqa: F401 - re-exported: the model file API lived here first
@@ -256,7 +256,7 @@ class TrainResult:
 
 
 def _num_workers(setting: int) -> int:
-    return min(8, os.cpu_count() or 1) if setting < 0 else setting
+    return min(8, usable_cores()) if setting < 0 else setting
 
 
 def _precision(setting: str) -> str:
