@@ -28,7 +28,8 @@ from common import run_in_work_dir
 from torch.utils.data import DataLoader
 
 from dawnchorus.config import Config, build_config
-from dawnchorus.data.datasets import AudioCache, load_training_set
+from dawnchorus.data.datasets import AudioCache
+from dawnchorus.data.layouts import load_training_set
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import build_datasets, train
 

@@ -15,24 +15,18 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from dawnchorus.data.datasets import (
-    AudioCache,
-    ClipDataset,
-    DatasetError,
-    DatasetSummary,
-    Problem,
-    TrainingSet,
+from dawnchorus.data.check import DatasetSummary, render_summary, summarize
+from dawnchorus.data.datasets import AudioCache, ClipDataset, encode_targets
+from dawnchorus.data.layouts import Problem, TrainingSet, load_training_set
+from dawnchorus.data.splits import (
     assign_folds,
     class_balanced_weights,
-    encode_targets,
     fold_split,
-    load_training_set,
     make_weighted_sampler,
     oversample,
-    render_summary,
     stratified_split,
-    summarize,
 )
+from dawnchorus.errors import DatasetError
 from dawnchorus.io import audio
 
 RATE = 16000

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from dawnchorus.cli.app import app
 from dawnchorus.config import build_config
-from dawnchorus.data.datasets import load_training_set
+from dawnchorus.data.layouts import load_training_set
 from dawnchorus.evaluate.metrics import evaluate_files
 from dawnchorus.inference.run import run_prediction
 from dawnchorus.models.classifier import build_model

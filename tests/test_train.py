@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 import dawnchorus
 from dawnchorus.cli.app import app
 from dawnchorus.config import Config, build_config, load_config
-from dawnchorus.data.datasets import AudioCache, assign_folds, load_training_set
+from dawnchorus.data.datasets import AudioCache
+from dawnchorus.data.layouts import load_training_set
+from dawnchorus.data.splits import assign_folds
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import (
     BirdModule,
