@@ -1,7 +1,9 @@
 """The self-contained model file: weights, labels, settings, thresholds and the package version.
 
-:func:`save_model_file` writes it, :func:`load_model` restores it with no other input. This module
-does not import Lightning, so prediction (and every dask worker) starts without it.
+:func:`save_model_file` writes it, :func:`load_model` restores it with no other input into a
+:class:`LoadedModel`. This module owns only the file format; the network it holds is built by
+:mod:`dawnchorus.models.classifier`, and prediction lives in :mod:`dawnchorus.inference`. It does
+not import Lightning, so prediction (and every dask worker) starts without it.
 """
 
 from __future__ import annotations
@@ -13,41 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
-from torch import nn
+from pydantic import ValidationError
 
 from dawnchorus.config import Config
 from dawnchorus.errors import ModelFileError
 from dawnchorus.io.files import atomic_write
-from dawnchorus.models.classifier import BirdClassifier, build_model
+from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.features import LogMel
 from dawnchorus.version import __version__
 
 MODEL_FORMAT = "dawnchorus-model"
 MODEL_FORMAT_VERSION = 1
-
-
-# --- the network used for prediction: frontend + classifier --------------------------------------
-
-
-class SpectrogramClassifier(nn.Module):
-    """Waveform batch (B, T) -> logits (B, C): the log-mel frontend followed by the CNN."""
-
-    def __init__(self, frontend: LogMel, classifier: BirdClassifier, channels_last: bool = False) -> None:
-        super().__init__()
-        self.frontend = frontend
-        self.classifier = classifier
-        self.channels_last = channels_last
-
-    def spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
-        spec = self.frontend(audio)
-        return spec.contiguous(memory_format=torch.channels_last) if self.channels_last else spec
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.spectrogram(audio))
-
-
-# --- the model file -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -118,16 +98,6 @@ def save_model_file(
     return atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
-def _portable_config(stored: dict[str, Any]) -> Config:
-    """The stored settings, minus machine-specific paths that need not exist where the model is used."""
-    stored = json.loads(json.dumps(stored))
-    stored.setdefault("model", {}).update({"pretrained": False, "weights": None})
-    stored.setdefault("augment", {})["noise_dir"] = None
-    stored.setdefault("train", {})["cache_dir"] = None
-    stored.pop("cluster", None)
-    return Config.model_validate(stored)
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Restore a model file with no other input (weights-only unpickling: safe on untrusted files)."""
     path = Path(path)
@@ -144,7 +114,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             f"{path}: model format {payload['format_version']} is newer than this dawnchorus "
             f"({__version__}) reads; upgrade dawnchorus"
         )
-    config = _portable_config(json.loads(payload["config"]))
+    config = _portable_config(json.loads(payload["config"]), path)
     labels = list(payload["labels"])
     classifier = build_model(config.model, len(labels))
     classifier.load_state_dict(payload["state_dict"])
@@ -161,3 +131,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         metadata=json.loads(payload.get("metadata") or "{}"),
         path=path,
     )
+
+
+def _portable_config(stored: dict[str, Any], path: Path) -> Config:
+    """The stored settings, minus machine-specific paths that need not exist where the model is used.
+
+    Settings this installation cannot use raise :class:`ModelFileError` naming the file: above all a
+    backbone the installed timm does not have (a model trained with a newer timm).
+    """
+    stored = json.loads(json.dumps(stored))
+    stored.setdefault("model", {}).update({"pretrained": False, "weights": None})
+    stored.setdefault("augment", {})["noise_dir"] = None
+    stored.setdefault("train", {})["cache_dir"] = None
+    stored.pop("cluster", None)
+    backbone = stored["model"].get("backbone")
+    if isinstance(backbone, str) and not timm.is_model(backbone):
+        raise ModelFileError(
+            f"{path}: the model's backbone {backbone!r} is not in the installed timm {timm.__version__}; "
+            f"install the timm version the model was trained with (or a newer one)"
+        )
+    try:
+        return Config.model_validate(stored)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+        )
+        raise ModelFileError(
+            f"{path}: settings stored in the model file are not valid for dawnchorus {__version__}: "
+            f"{problems}"
+        ) from None
