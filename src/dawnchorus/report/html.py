@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from dawnchorus.config import AugmentSettings
-    from dawnchorus.data.datasets import TrainingSet
+    from dawnchorus.data.layouts import TrainingSet
     from dawnchorus.models.modelfile import LoadedModel
 
 REPORT_NAME = "report.html"
@@ -476,7 +476,8 @@ class _Builder:
     @cached_property
     def training_set(self) -> tuple[TrainingSet | None, str]:
         """The training set the model was trained on, or None and why it is not available."""
-        from dawnchorus.data.datasets import DatasetError, load_training_set
+        from dawnchorus.data.layouts import load_training_set
+        from dawnchorus.errors import DatasetError
 
         if self.model is None:
             return None, "no model.pt in this folder, so the training set is unknown."

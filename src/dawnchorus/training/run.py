@@ -35,14 +35,10 @@ from dawnchorus.data.datasets import (
     BackgroundSource,
     ClipDataset,
     SoundscapeWindows,
-    TrainingSet,
     encode_targets,
-    fold_split,
-    load_training_set,
-    make_weighted_sampler,
-    oversample,
-    stratified_split,
 )
+from dawnchorus.data.layouts import TrainingSet, load_training_set
+from dawnchorus.data.splits import fold_split, make_weighted_sampler, oversample, stratified_split
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap, read_birdclef_labels, tune_thresholds
 from dawnchorus.io.files import usable_cores
