@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,96 @@ def test_atomic_write_requires_the_writer_to_create_the_file(tmp_path: Path) -> 
 def test_usable_cores_counts_the_cores_this_process_may_run_on() -> None:
     expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert files.usable_cores() == expected >= 1
+
+
+# ------------------------------------------------------------------ every writer's temporary
+
+
+def _tiny_model_file(path: Path) -> Path:
+    import torch
+
+    from dawnchorus.config import build_config
+    from dawnchorus.models.classifier import SpectrogramClassifier, build_model
+    from dawnchorus.models.features import LogMel
+    from dawnchorus.models.modelfile import save_model_file
+
+    config = build_config({"model": {"backbone": "test_efficientnet", "pretrained": False}})
+    torch.manual_seed(0)
+    network = SpectrogramClassifier(
+        LogMel.from_settings(config.audio, config.frontend), build_model(config.model, 2)
+    )
+    return save_model_file(path, network, ["aaa", "bbb"], config)
+
+
+def _write_outputs(folder: Path) -> None:
+    import pandas as pd
+
+    from dawnchorus.io import outputs
+
+    table = pd.DataFrame({"file": ["a.wav"], "start_s": [0.0], "end_s": [5.0], "aaa": [0.9]})
+    outputs.write_probabilities_csv(table, folder / "predictions.csv")
+    outputs.write_probabilities_parquet(table, folder / "predictions.parquet")
+    found = outputs.detections(table, ["aaa"], 0.5)
+    outputs.write_raven_table(found, folder / "a.selections.txt")
+    outputs.write_audacity_labels(found, folder / "a.txt")
+
+
+def _write_model_file(folder: Path) -> None:
+    _tiny_model_file(folder / "model.pt")
+
+
+def _write_onnx(folder: Path) -> None:
+    pytest.importorskip("onnx")
+    from dawnchorus.inference.export import export_onnx
+    from dawnchorus.models.modelfile import load_model
+
+    model = load_model(_tiny_model_file(folder.parent / "model.pt"))
+    export_onnx(model, folder / "model.onnx")
+
+
+def _write_report(folder: Path) -> None:
+    from dawnchorus.report.html import build_report
+
+    _tiny_model_file(folder / "model.pt")
+    build_report(folder)
+
+
+def _write_audio_cache(folder: Path) -> None:
+    import numpy as np
+    import soundfile
+
+    from dawnchorus.data.datasets import AudioCache
+
+    recording = folder.parent / "call.wav"
+    soundfile.write(recording, np.zeros(3200, dtype=np.float32), 32000)
+    AudioCache(folder, sample_rate=16000).get(recording)
+
+
+@pytest.mark.parametrize(
+    "writer", [_write_outputs, _write_model_file, _write_onnx, _write_report, _write_audio_cache],
+    ids=["outputs", "model_file", "onnx", "report", "audio_cache"],
+)
+def test_every_writers_temporary_is_recognised_and_cleaned(
+    writer: Callable[[Path], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each writer's temporary, left where a kill after the write (before the rename) would leave it,
+    is removed by remove_stale_temporaries; the finished files are not."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    leftovers: list[Path] = []
+    real_replace = os.replace
+
+    def replace_then_leave_the_temporary(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        shutil.copyfile(dst, src)  # what a process killed between writing and renaming leaves
+        leftovers.append(Path(src))
+
+    monkeypatch.setattr(os, "replace", replace_then_leave_the_temporary)
+    writer(folder)
+    monkeypatch.undo()
+    ours = [path for path in leftovers if path.parent == folder]
+    assert ours, "the writer wrote nothing through a rename into the folder"
+    finished = {path for path in folder.iterdir() if path not in ours}
+    assert files.remove_stale_temporaries(folder) == len(ours)
+    assert {path for path in folder.iterdir()} == finished
+    assert all(not files.is_temporary(path.name) for path in finished)
