@@ -38,7 +38,7 @@ from infer_throughput import (
     run_engine,
 )
 
-from dawnchorus.inference.run import DEFAULT_BATCH_SIZE
+from dawnchorus.inference.engines import DEFAULT_BATCH_SIZE
 
 DEFAULT_BIRDNET_PYTHON = Path(tempfile.gettempdir()) / "birdnet-venv" / "bin" / "python"
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from dawnchorus.inference.run import DEFAULT_BATCH_SIZE
+from dawnchorus.inference.engines import DEFAULT_BATCH_SIZE
 
 SAMPLE_RATE = 32000
 ENGINES = {
@@ -198,7 +198,7 @@ def measure(
     """Run one engine over ``inputs`` writing every output format; time only the prediction run."""
     import torch
 
-    from dawnchorus.inference.export import batch_function_for, describe_engine
+    from dawnchorus.inference.engines import batch_function_for, describe_engine
     from dawnchorus.inference.run import run_prediction
     from dawnchorus.training.run import load_model
 

@@ -25,13 +25,13 @@ import torch
 
 from dawnchorus.config import build_config
 from dawnchorus.inference.distributed import run_distributed_prediction
-from dawnchorus.inference.export import ENGINES, batch_function_for
-from dawnchorus.inference.run import DEFAULT_BATCH_SIZE, run_prediction
+from dawnchorus.inference.engines import DEFAULT_BATCH_SIZE, ENGINES, batch_function_for
+from dawnchorus.inference.run import run_prediction
 from dawnchorus.io.audio import write_audio
 from dawnchorus.io.files import usable_cores
-from dawnchorus.models.classifier import build_model
+from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.features import LogMel
-from dawnchorus.models.modelfile import SpectrogramClassifier, load_model, save_model_file
+from dawnchorus.models.modelfile import load_model, save_model_file
 
 SAMPLE_RATE = 32000
 

@@ -346,11 +346,10 @@ def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
 def test_workers_resolve_the_auto_engine_for_their_own_device(
     recordings: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from dawnchorus.errors import PredictionError
     from dawnchorus.inference import distributed as dist
-    from dawnchorus.inference import export
-    from dawnchorus.inference.run import PredictionError
+    from dawnchorus.inference.engines import describe_engine
 
-    monkeypatch.setattr(export, "_cuda_available", lambda: False)
     model_path = tmp_path / "model.pt"
     model_path.write_bytes(recordings["model"].read_bytes())
     model = load_model(model_path)
@@ -366,8 +365,8 @@ def test_workers_resolve_the_auto_engine_for_their_own_device(
             torch_threads=1, engine=engine,
         )
 
-    assert export.describe_engine(dist._worker_batch_function(model, options("auto")))["engine"] == "onnx"
-    assert export.describe_engine(dist._worker_batch_function(model, options("torch")))["engine"] == "torch"
+    assert describe_engine(dist._worker_batch_function(model, options("auto")))["engine"] == "onnx"
+    assert describe_engine(dist._worker_batch_function(model, options("torch")))["engine"] == "torch"
     monkeypatch.setattr(dist, "_worker_device", lambda requested: "cuda:0")  # a GPU worker
     monkeypatch.setattr(dist, "torch_batch_function", lambda model, device: ("torch on", device))
     assert dist._worker_batch_function(model, options("auto")) == ("torch on", "cuda:0")

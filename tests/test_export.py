@@ -20,25 +20,26 @@ import pytest
 import torch
 
 from dawnchorus.config import build_config
-from dawnchorus.inference import export
-from dawnchorus.inference.export import (
-    ExportError,
+from dawnchorus.errors import ExportError, PredictionError
+from dawnchorus.inference import engines, export
+from dawnchorus.inference.engines import (
     OnnxRunner,
+    StagedBatchFunction,
     batch_function_for,
-    cached_onnx_path,
     describe_engine,
-    export_onnx,
     onnx_batch_function,
+    torch_batch_function,
+)
+from dawnchorus.inference.export import (
+    cached_onnx_path,
+    export_onnx,
     onnx_path_beside,
     read_onnx_metadata,
 )
 from dawnchorus.inference.run import (
-    PredictionError,
-    StagedBatchFunction,
     iter_predictions,
     predict_frame,
     run_prediction,
-    torch_batch_function,
 )
 from dawnchorus.io.audio import iter_windows, load, write_audio
 from dawnchorus.models.classifier import build_model
@@ -264,28 +265,28 @@ def test_missing_onnxruntime_names_the_extra(
 
 
 def test_auto_engine_is_onnx_on_cpu_when_installed_else_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert export.resolve_engine("torch", "cpu") == "torch"
-    assert export.resolve_engine("onnx", "cuda") == "onnx"
-    assert export.resolve_engine("auto", "cuda:0") == "torch"  # the GPU runs eager torch with AMP
-    assert export.resolve_engine("auto", "cpu") == ("onnx" if HAS_ONNX else "torch")
-    monkeypatch.setattr(export, "_cuda_available", lambda: False)
-    assert export.resolve_engine("auto") == ("onnx" if HAS_ONNX else "torch")
+    assert engines.resolve_engine("torch", "cpu") == "torch"
+    assert engines.resolve_engine("onnx", "cuda") == "onnx"
+    assert engines.resolve_engine("auto", "cuda:0") == "torch"  # the GPU runs eager torch with AMP
+    assert engines.resolve_engine("auto", "cpu") == ("onnx" if HAS_ONNX else "torch")
+    assert engines.resolve_engine("auto", cuda=False) == ("onnx" if HAS_ONNX else "torch")
+    assert engines.resolve_engine("auto", cuda=True) == "torch"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert not export.onnx_available()
-    assert export.resolve_engine("auto", "cpu") == "torch"
+    assert not engines.onnx_available()
+    assert engines.resolve_engine("auto", "cpu") == "torch"
     with pytest.raises(ExportError, match="unknown engine 'tensorrt'"):
-        export.resolve_engine("tensorrt")
+        engines.resolve_engine("tensorrt")
 
 
-def test_default_batch_is_small_on_cpu_and_large_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dawnchorus.inference.run import DEFAULT_BATCH_SIZE
-
-    assert export.default_batch_size("cpu") == DEFAULT_BATCH_SIZE == 4
-    assert export.default_batch_size("cuda:0") == export.GPU_BATCH_SIZE == 64
-    monkeypatch.setattr(export, "_cuda_available", lambda: True)
-    assert export.default_batch_size() == 64
-    monkeypatch.setattr(export, "_cuda_available", lambda: False)
-    assert export.default_batch_size() == 4
+def test_default_batch_is_small_on_cpu_and_large_on_a_gpu() -> None:
+    assert engines.default_batch_size("cpu") == engines.DEFAULT_BATCH_SIZE == 4
+    assert engines.default_batch_size("cuda:0") == engines.GPU_BATCH_SIZE == 64
+    assert engines.default_batch_size(cuda=True) == 64  # no device named: a GPU when there is one
+    assert engines.default_batch_size(cuda=False) == 4
+    assert engines.resolve_batch_size("auto", "cuda:1") == 64
+    assert engines.resolve_batch_size(7, "cuda:1") == 7
+    with pytest.raises(PredictionError, match="batch size must be at least 1"):
+        engines.resolve_batch_size(0)
 
 
 # --- the cache beside the model file ------------------------------------------------------------------

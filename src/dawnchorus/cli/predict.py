@@ -59,7 +59,7 @@ def predict(
 
     model = load_model_or_fail(model_path)
     if batch_size is None:
-        from dawnchorus.inference.export import default_batch_size
+        from dawnchorus.inference.engines import default_batch_size
 
         batch_size = default_batch_size(device)
     slurm = None
@@ -97,7 +97,7 @@ def predict(
             "progress": report,
         }
         if cluster is None:
-            from dawnchorus.inference.export import batch_function_for, describe_engine
+            from dawnchorus.inference.engines import batch_function_for, describe_engine
 
             try:
                 batch_function = batch_function_for(model, engine, device=device, batch_size=batch_size)

@@ -42,9 +42,16 @@ import numpy as np
 import pandas as pd
 
 from dawnchorus.errors import ClusterError
+from dawnchorus.inference.engines import (
+    ENGINES,
+    BatchFunction,
+    batch_function_for,
+    onnx_available,
+    resolve_engine,
+    torch_batch_function,
+)
 from dawnchorus.inference.run import (
     OUTPUT_FORMATS,
-    BatchFunction,
     PredictionError,
     PredictionSummary,
     RecordingResult,
@@ -56,7 +63,6 @@ from dawnchorus.inference.run import (
     reuse_large_allocations,
     saved_windows_path,
     stop_producer,
-    torch_batch_function,
     windows_in,
     windows_per_chunk,
     write_combined,
@@ -446,8 +452,6 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
 
 
 def _worker_batch_function(model: LoadedModel, options: TaskOptions) -> BatchFunction:
-    from dawnchorus.inference.export import batch_function_for, resolve_engine
-
     device = _worker_device(options.device)
     # ``auto`` is resolved here, where the device is known: a GPU worker runs torch, a CPU one onnx.
     if resolve_engine(options.engine, device) == "torch":
@@ -686,7 +690,7 @@ def _prepare_engine(engine: str, device: str | None, model_path: Path, model: Lo
     """Check ``engine`` and export the ONNX graph CPU workers will load (once, before they start).
 
     ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs."""
-    from dawnchorus.inference.export import ENGINES, ExportError, cached_onnx_path, onnx_available
+    from dawnchorus.inference.export import ExportError, cached_onnx_path
 
     if engine not in ENGINES:
         raise PredictionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -725,7 +729,7 @@ def run_distributed_prediction(
     ``result.duration_s`` counts audio done). ``retries`` reruns a task that raised; a task whose worker
     died is rerun by the scheduler (up to its ``allowed-failures``) whatever ``retries`` is.
     ``engine`` is ``torch``, ``onnx`` or ``auto`` (see
-    :func:`dawnchorus.inference.export.resolve_engine`); the
+    :func:`dawnchorus.inference.engines.resolve_engine`); the
     ONNX graph is exported here once, beside the model file, before any task starts.
     """
     from dawnchorus.models.modelfile import load_model

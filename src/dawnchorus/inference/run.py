@@ -8,7 +8,7 @@ GIL); the caller's thread puts the batches back in order and writes outputs. Mem
 the batches in flight whatever the recording length. :func:`run_prediction` writes each
 recording's outputs atomically as soon as it is done, so an interrupted run resumes where it
 stopped. The engines (eager torch, onnxruntime) are chosen by
-:func:`dawnchorus.inference.export.batch_function_for`.
+:func:`dawnchorus.inference.engines.batch_function_for`.
 """
 
 from __future__ import annotations
@@ -22,28 +22,27 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from dawnchorus.errors import PredictionError
+from dawnchorus.inference.engines import (
+    DEFAULT_BATCH_SIZE,
+    BatchFunction,
+    StagedBatchFunction,
+    batch_function_for,
+    torch_threads_kept,
+)
 from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, info, iter_windows, window_count
 from dawnchorus.io.files import atomic_write, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
 
-BatchFunction = Callable[[np.ndarray], np.ndarray]
-
-# Windows per batch. On CPU small batches are fastest (activations stay in cache; measured here with
-# two lanes: batch 4 gives ~1.4x the throughput of batch 32 with ~1 GB less memory, batches of 1-4
-# are alike); a GPU wants large ones (64 or more).
-DEFAULT_BATCH_SIZE = 4
 OUTPUT_FORMATS = ("csv", "parquet", "birdclef", "raven", "audacity")
 
 
@@ -104,104 +103,6 @@ def windows_in(path: Path, sample_rate: int, clip_s: float, hop_s: float) -> tup
     expected = int(round(header.frames * sample_rate / header.sample_rate))
     windows = window_count(expected, int(round(clip_s * sample_rate)), int(round(hop_s * sample_rate)))
     return windows, header.duration_s
-
-
-# --- the batch engine -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StagedBatchFunction:
-    """A batch function in two stages, so prediction can pipeline them over the cores.
-
-    ``prepare`` turns an audio batch ``(B, T)`` into features (e.g. log-mel spectrograms; ``None``:
-    the audio itself) and ``classify`` turns features into probabilities ``(B, C)``. ``lanes`` is how
-    many batches prediction may classify at once, each in a thread of its own (``classify`` must then
-    be thread safe; engines make it single-threaded per call, which wastes no time in synchronisation).
-    With one lane, ``prepare`` runs in the decoding thread, overlapped with ``classify``; with more,
-    each lane prepares and classifies its own batch and the decoding thread only decodes. Calling
-    the object runs both stages, so it is also a plain :data:`BatchFunction`.
-    """
-
-    prepare: Callable[[np.ndarray], Any] | None
-    classify: Callable[[Any], np.ndarray]
-    lanes: int = 1
-
-    def __post_init__(self) -> None:
-        if self.lanes < 1:
-            raise PredictionError(f"lanes must be at least 1, got {self.lanes}")
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.classify(batch if self.prepare is None else self.prepare(batch))
-
-
-def torch_batch_function(
-    model: LoadedModel,
-    device: str | torch.device | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    lanes: int = 1,
-) -> BatchFunction:
-    """Audio batch (B, T) float32 -> probabilities (B, C) with the eager torch network.
-
-    On CPU the result is a :class:`StagedBatchFunction`: the log-mel frontend is its ``prepare``
-    stage, the CNN (in channels-last layout, faster with oneDNN) its ``classify`` stage, run in
-    ``lanes`` threads (give each lane one torch thread: ``torch.set_num_threads(1)``). On CUDA the
-    audio goes through a pinned buffer of ``batch_size`` windows and the CNN runs under float16
-    autocast (the STFT stays float32).
-    """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    network = model.network.to(device).eval()
-    if device.type == "cuda":
-        return _cuda_batch_function(network, device, batch_size)
-    frontend = network.frontend
-    classifier = network.classifier.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def spectrogram(batch: np.ndarray) -> torch.Tensor:
-        return frontend(torch.from_numpy(batch)).contiguous(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def classify(spec: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(classifier(spec).float()).numpy()
-
-    return StagedBatchFunction(prepare=spectrogram, classify=classify, lanes=lanes)
-
-
-def _cuda_batch_function(network: torch.nn.Module, device: torch.device, batch_size: int) -> BatchFunction:
-    staging: dict[int, torch.Tensor] = {}
-
-    @torch.inference_mode()
-    def run(batch: np.ndarray) -> np.ndarray:
-        rows, samples = batch.shape
-        buffer = staging.get(samples)
-        if buffer is None or buffer.shape[0] < rows:
-            buffer = torch.empty((max(rows, batch_size), samples), dtype=torch.float32).pin_memory()
-            staging[samples] = buffer
-        buffer[:rows].copy_(torch.from_numpy(batch))
-        audio = buffer[:rows].to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.float16):
-            logits = network(audio)
-        return torch.sigmoid(logits.float()).cpu().numpy()
-
-    return run
-
-
-def default_batch_function(
-    model: LoadedModel, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
-) -> BatchFunction:
-    """What prediction runs when no batch function is given: the torch engine, one lane per core."""
-    from dawnchorus.inference.export import batch_function_for
-
-    return batch_function_for(model, "torch", device=device, batch_size=batch_size)
-
-
-@contextmanager
-def torch_threads_kept() -> Iterator[None]:
-    """Restore torch's intra-op thread count on exit (engines set one thread per lane)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -436,7 +337,7 @@ def predict_frame(
     recordings = expand_inputs(paths)
     frames = []
     with torch_threads_kept():
-        run = batch_function or default_batch_function(model, device, batch_size)
+        run = batch_function or batch_function_for(model, "torch", device=device, batch_size=batch_size)
         for result in iter_predictions(
             recordings,
             run,
@@ -635,7 +536,7 @@ def run_prediction(
             finish(_assemble(plan, parts_dir), plan)
     reuse_large_allocations()
     with torch_threads_kept():
-        run = batch_function or default_batch_function(model, device, batch_size)
+        run = batch_function or batch_function_for(model, "torch", device=device, batch_size=batch_size)
         segments = [segment for plan in plans for segment in plan.to_run]
         by_path = {plan.path: plan for plan in plans}
         failed_paths: set[Path] = set()
