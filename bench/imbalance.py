@@ -45,7 +45,8 @@ from domain_shift import (
 )
 
 from dawnchorus.config import Config, build_config
-from dawnchorus.evaluate.metrics import evaluate, read_birdclef_labels
+from dawnchorus.evaluate.metrics import evaluate
+from dawnchorus.io.annotations import read_birdclef_labels
 from dawnchorus.synth.soundscapes import make_dataset
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -28,8 +28,8 @@ from dawnchorus.inference.distributed import (
     slurm_settings,
 )
 from dawnchorus.inference.run import run_prediction
+from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import AudioError, iter_windows, write_audio
-from dawnchorus.io.outputs import read_audacity_labels, read_raven_table
 from dawnchorus.models.classifier import build_model
 from dawnchorus.models.features import LogMel
 from dawnchorus.training.run import SpectrogramClassifier, load_model, save_model_file

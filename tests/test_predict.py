@@ -22,8 +22,8 @@ import dawnchorus
 from dawnchorus import load_model
 from dawnchorus.cli.app import app
 from dawnchorus.config import build_config
+from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import write_audio
-from dawnchorus.io.outputs import read_audacity_labels, read_raven_table
 from dawnchorus.models.classifier import build_model
 from dawnchorus.models.features import LogMel
 from dawnchorus.synth.soundscapes import make_dataset

@@ -1,4 +1,4 @@
-"""Scores of per-window predictions against labelled soundscapes; threshold tuning; label readers.
+"""Scores of per-window predictions against labelled soundscapes; threshold tuning.
 
 The three BirdCLEF competition metrics, reproduced from their Kaggle definitions:
 
@@ -15,13 +15,14 @@ The three BirdCLEF competition metrics, reproduced from their Kaggle definitions
   windows (1.0 when the species is neither present nor predicted) and averages over species.
 
 Arrays: ``y_true`` is ``(n_windows, n_classes)`` in {0, 1}; ``y_score`` the same shape with
-probabilities; a window is a detection when its probability is ``>= threshold``.
+probabilities; a window is a detection when its probability is ``>= threshold``. Reading label
+files into window truth is :mod:`dawnchorus.io.annotations`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +31,15 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from dawnchorus.errors import EvaluationError
-from dawnchorus.io.audio import window_count
+from dawnchorus.io.annotations import TIME_DECIMALS, load_truth, match_recordings, window_keys_as_columns
 from dawnchorus.io.outputs import (
     KEY_COLUMNS,
     Thresholds,
-    read_raven_table,
     threshold_vector,
     validate_predictions,
 )
 
 DEFAULT_GRID = np.round(np.linspace(0.05, 0.95, 19), 4)
-NOCALL = "nocall"
-# Window end times are matched after rounding to this many decimals (float noise in CSVs).
-TIME_DECIMALS = 3
-RAVEN_LABEL_COLUMNS = ("Species", "Species Code", "Annotation", "Label", "Class", "Common Name")
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,210 +249,7 @@ def tune_thresholds(
 
 
 # --------------------------------------------------------------------------------------------
-# label readers
-
-
-WINDOW_KEYS = ("audio_id", "end_s")
-
-
-def _window_frame(rows: dict[tuple[str, float], set[str]], labels: Sequence[str]) -> pd.DataFrame:
-    """Multi-hot ``uint8`` frame: index (audio_id, end_s) sorted, one column per label."""
-    keys = sorted(rows)
-    index = pd.MultiIndex.from_arrays(
-        [
-            pd.Index([key[0] for key in keys], dtype=str),
-            pd.Index([key[1] for key in keys], dtype=np.float64),
-        ],
-        names=list(WINDOW_KEYS),
-    )
-    hot = np.zeros((len(keys), len(labels)), dtype=np.uint8)
-    column = {label: position for position, label in enumerate(labels)}
-    for row, key in enumerate(keys):
-        for label in rows[key]:
-            hot[row, column[label]] = 1
-    return pd.DataFrame(hot, index=index, columns=list(labels))
-
-
-def window_keys_as_columns(truth: pd.DataFrame) -> pd.DataFrame:
-    """A truth frame with ``audio_id`` and ``end_s`` as columns, whether they were index or not."""
-    levels = [name for name in truth.index.names if name in WINDOW_KEYS]
-    frame = truth.reset_index(level=levels) if levels else truth.copy()
-    missing = [column for column in WINDOW_KEYS if column not in frame.columns]
-    if missing:
-        raise EvaluationError(f"truth: no {' / '.join(missing)} column or index level")
-    frame["audio_id"] = frame["audio_id"].astype(str)
-    frame["end_s"] = frame["end_s"].astype(np.float64)
-    return frame.reset_index(drop=True)
-
-
-def _birdclef_audio_id(record: pd.Series) -> str:
-    """``audio_id`` column, else the ``row_id`` without its ``_<site>_<seconds>`` tail."""
-    if "audio_id" in record and pd.notna(record["audio_id"]):
-        value = record["audio_id"]
-        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-    row_id = str(record["row_id"])
-    suffix = f"_{_seconds_token(record['seconds'])}"
-    row_id = row_id.removesuffix(suffix)
-    if "site" in record and pd.notna(record["site"]):
-        row_id = row_id.removesuffix(f"_{record['site']}")
-    return row_id
-
-
-def _seconds_token(value: Any) -> str:
-    number = float(value)
-    return str(int(number)) if number.is_integer() else str(number)
-
-
-def read_birdclef_labels(path: str | Path, labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read BirdCLEF 2021 soundscape labels (``row_id, site, audio_id, seconds, birds``).
-
-    ``seconds`` is the window end; ``birds`` is space-separated codes or ``nocall``. Returns one
-    row per window, indexed by ``(audio_id, end_s)``, with one 0/1 ``uint8`` column per label
-    (the birds found, sorted, or ``labels`` when given; a bird outside ``labels`` is an error).
-    Rows repeating a window are combined.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: label file not found")
-    try:
-        table = pd.read_csv(path, dtype={"audio_id": str, "row_id": str, "site": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{path}: cannot read the label CSV ({exc})") from None
-    table.columns = [str(column).strip() for column in table.columns]
-    missing = [column for column in ("seconds", "birds") if column not in table.columns]
-    if "audio_id" not in table.columns and "row_id" not in table.columns:
-        missing.append("audio_id (or row_id)")
-    if missing:
-        raise EvaluationError(f"{path}: missing column(s) {', '.join(missing)}")
-    rows: dict[tuple[str, float], set[str]] = {}
-    for line, record in enumerate(table.to_dict("records"), start=2):
-        key = _birdclef_key(pd.Series(record), path, line)
-        birds = str(record["birds"]) if pd.notna(record["birds"]) else NOCALL
-        rows.setdefault(key, set()).update(b for b in birds.split() if b.lower() != NOCALL)
-    found = sorted(set().union(*rows.values())) if rows else []
-    if labels is None:
-        return _window_frame(rows, found)
-    unknown = sorted(set(found) - set(labels))
-    if unknown:
-        raise EvaluationError(f"{path}: bird(s) not in the label list: {', '.join(unknown)}")
-    return _window_frame(rows, list(labels))
-
-
-def _birdclef_key(record: pd.Series, path: Path, line: int) -> tuple[str, float]:
-    try:
-        end_s = round(float(record["seconds"]), TIME_DECIMALS)
-    except (TypeError, ValueError):
-        raise EvaluationError(
-            f"{path}: line {line}: seconds {record['seconds']!r} is not a number"
-        ) from None
-    if not math.isfinite(end_s):
-        raise EvaluationError(f"{path}: line {line}: seconds is empty")
-    return _birdclef_audio_id(record), end_s
-
-
-def _raven_label_column(table: pd.DataFrame, path: Path) -> str:
-    by_lower = {str(column).strip().lower(): column for column in table.columns}
-    for candidate in RAVEN_LABEL_COLUMNS:
-        if candidate.lower() in by_lower:
-            return by_lower[candidate.lower()]
-    raise EvaluationError(
-        f"{path}: no species column (looked for {', '.join(RAVEN_LABEL_COLUMNS)})"
-    )
-
-
-def _raven_audio_id(table: pd.DataFrame, path: Path) -> str:
-    """The recording a selection table describes: its Begin File/Path, else the table's name."""
-    for column in ("Begin File", "Begin Path"):
-        if column in table.columns:
-            names = {Path(str(value)).stem for value in table[column] if str(value).strip()}
-            if len(names) == 1:
-                return names.pop()
-    return path.name.split(".")[0]
-
-
-def raven_to_window_labels(
-    table_path: str | Path,
-    labels: Sequence[str],
-    duration_s: float,
-    window_s: float = 5.0,
-    min_overlap_s: float = 0.5,
-    audio_id: str | None = None,
-) -> pd.DataFrame:
-    """Turn Raven selection boxes into per-window labels, indexed by ``(audio_id, end_s)``.
-
-    Windows are ``[k * window_s, (k + 1) * window_s)`` covering ``duration_s`` (as ``predict``
-    makes them). A box marks a window when it overlaps it by ``min_overlap_s`` seconds, or by its
-    whole length when the box is shorter. The species column is the first of
-    ``Species, Species Code, Annotation, Label, Class, Common Name`` (any case). Species not in
-    ``labels`` (noise, other taxa) are ignored and listed in ``frame.attrs["ignored_labels"]``.
-    ``audio_id`` defaults to the table's Begin File, else the table's name up to its first dot.
-    """
-    path = Path(table_path)
-    if duration_s <= 0 or window_s <= 0 or min_overlap_s < 0:
-        raise EvaluationError(
-            f"{path}: need duration_s > 0, window_s > 0, min_overlap_s >= 0 "
-            f"(got {duration_s}, {window_s}, {min_overlap_s})"
-        )
-    table = read_raven_table(path)
-    species_column = _raven_label_column(table, path)
-    recording = audio_id or _raven_audio_id(table, path)
-    window_ms = round(window_s * 1000)
-    n_windows = window_count(round(duration_s * 1000), window_ms, window_ms)
-    starts = np.arange(n_windows) * window_s
-    rows = {(recording, round(float(start + window_s), TIME_DECIMALS)): set() for start in starts}
-    known = set(labels)
-    ignored: set[str] = set()
-    for begin, end, species in zip(
-        table["Begin Time (s)"], table["End Time (s)"], table[species_column].astype(str),
-        strict=True,
-    ):
-        species = species.strip()
-        if species not in known:
-            if species:
-                ignored.add(species)
-            continue
-        for start in _overlapped_windows(float(begin), float(end), starts, window_s, min_overlap_s):
-            rows[(recording, round(float(start + window_s), TIME_DECIMALS))].add(species)
-    frame = _window_frame(rows, list(labels))
-    frame.attrs["ignored_labels"] = sorted(ignored)
-    return frame
-
-
-def _overlapped_windows(
-    begin: float, end: float, starts: np.ndarray, window_s: float, min_overlap_s: float
-) -> np.ndarray:
-    begin, end = min(begin, end), max(begin, end)
-    overlap = np.minimum(end, starts + window_s) - np.maximum(begin, starts)
-    needed = min(min_overlap_s, end - begin)
-    return starts[(overlap > 0) & (overlap >= needed - 1e-9)]
-
-
-# --------------------------------------------------------------------------------------------
 # matching predictions to truth and evaluating
-
-
-def match_recordings(files: Iterable[str | Path], audio_ids: Iterable[str]) -> dict[str, str]:
-    """Map each file to the truth ``audio_id`` it holds; files matching none are left out.
-
-    A file matches an id equal to its stem (BirdCLEF 2022+: ``soundscape_453028782.ogg``), else
-    one equal to the stem's first ``_`` token (BirdCLEF 2021: id ``7019`` for
-    ``7019_COR_20190904.ogg``). Two files matching one id is an error.
-    """
-    wanted = {str(audio_id) for audio_id in audio_ids}
-    mapping: dict[str, str] = {}
-    claimed: dict[str, str] = {}
-    for file in dict.fromkeys(str(f) for f in files):
-        stem = Path(file).stem
-        candidate = stem if stem in wanted else stem.split("_")[0]
-        if candidate not in wanted:
-            continue
-        if candidate in claimed:
-            raise EvaluationError(
-                f"files {claimed[candidate]} and {file} both match recording {candidate!r}"
-            )
-        claimed[candidate] = file
-        mapping[file] = candidate
-    return mapping
 
 
 def align_predictions(
@@ -580,39 +373,6 @@ def _summary(
             for row in table.to_dict("records")
         ],
     }
-
-
-def load_truth(
-    labels_path: str | Path,
-    predictions: pd.DataFrame,
-    labels: Sequence[str],
-    window_s: float = 5.0,
-    min_overlap_s: float = 0.5,
-) -> pd.DataFrame:
-    """Window labels from a BirdCLEF label CSV, a Raven selection table, or a folder of tables.
-
-    Raven tables are matched to the predicted recordings by name (see :func:`match_recordings`);
-    each recording's duration is taken from its last predicted window.
-    """
-    path = Path(labels_path)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return read_birdclef_labels(path)
-    tables = sorted(path.glob("*.txt")) if path.is_dir() else [path]
-    if not tables or not tables[0].is_file():
-        raise EvaluationError(f"{path}: no label CSV or Raven selection table(s) found")
-    predictions = validate_predictions(predictions)
-    last_end = predictions.groupby("file")["end_s"].max()
-    frames = []
-    for table in tables:
-        audio_id = _raven_audio_id(read_raven_table(table), table)
-        mapping = match_recordings(last_end.index, [audio_id])
-        if not mapping:
-            raise EvaluationError(f"{table}: no predictions for recording {audio_id!r}")
-        duration = float(last_end[next(iter(mapping))])
-        frames.append(
-            raven_to_window_labels(table, labels, duration, window_s, min_overlap_s, audio_id=audio_id)
-        )
-    return pd.concat(frames).fillna(0).astype(np.uint8)
 
 
 def evaluate_files(

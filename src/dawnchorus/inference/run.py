@@ -682,9 +682,9 @@ def tune_model_thresholds(
     from dawnchorus.evaluate.metrics import (
         align_predictions,
         birdclef2022_score,
-        read_birdclef_labels,
         tune_thresholds,
     )
+    from dawnchorus.io.annotations import read_birdclef_labels
 
     recordings, label_path = labelled_soundscapes(folder, labels_file)
     table = predict_frame(model, recordings, batch_size=batch_size, raise_errors=False).reset_index()

@@ -1,4 +1,4 @@
-"""Writers and readers for every output format of ``predict``.
+"""Writers for every output format of ``predict``, and the reader of its prediction tables.
 
 The canonical prediction table has one row per window: ``file, start_s, end_s`` followed by one
 ``float32`` probability column per label. From it this module derives BirdCLEF submissions
@@ -7,12 +7,12 @@ tables and Audacity label files. Every file is written atomically
 (:func:`dawnchorus.io.files.atomic_write`): a reader never sees a half-written file, and a failed
 write leaves no partial file behind.
 
-A window counts as a detection of a label when its probability is ``>= threshold``.
+A window counts as a detection of a label when its probability is ``>= threshold``. Reading Raven
+and Audacity files (and every other label format) is :mod:`dawnchorus.io.annotations`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -325,43 +325,6 @@ def _clean_field(text: str) -> str:
     return " ".join(text.replace("\t", " ").splitlines())
 
 
-def _is_numeric_raven_column(column: str) -> bool:
-    """Times, frequencies and counters; text columns (species, paths, notes) stay strings."""
-    counters = ("Selection", "Channel", "Confidence")
-    return column.endswith(("(s)", "(Hz)", "(dB)")) or column in counters
-
-
-def read_raven_table(path: str | Path) -> pd.DataFrame:
-    """Read a Raven selection table (any Raven or BirdNET variant) with numeric time columns.
-
-    Raises :class:`OutputError` when the file is missing or has no begin/end time columns.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise OutputError(f"{path}: selection table not found")
-    try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise OutputError(f"{path}: not a tab-separated selection table ({exc})") from None
-    table.columns = [str(column).strip() for column in table.columns]
-    missing = [c for c in ("Begin Time (s)", "End Time (s)") if c not in table.columns]
-    if missing:
-        raise OutputError(f"{path}: selection table has no {' / '.join(missing)} column")
-    for column in table.columns:
-        if not _is_numeric_raven_column(column):
-            continue
-        numeric = pd.to_numeric(table[column].str.strip(), errors="coerce")
-        bad = numeric.isna() & (table[column].str.strip() != "")
-        if bad.any():
-            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise OutputError(f"{path}: line {line}: {column} is not a number")
-        if numeric.isna().any() and column in ("Begin Time (s)", "End Time (s)"):
-            line = int(np.flatnonzero(numeric.isna().to_numpy())[0]) + 2
-            raise OutputError(f"{path}: line {line}: {column} is empty")
-        table[column] = numeric
-    return table
-
-
 # --------------------------------------------------------------------------------------------
 # Audacity labels
 
@@ -380,47 +343,3 @@ def write_audacity_labels(dets: pd.DataFrame, path: str | Path) -> Path:
         for row in dets.itertuples(index=False)
     ]
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
-
-
-def read_audacity_labels(path: str | Path) -> pd.DataFrame:
-    """Read an Audacity label file into ``start_s, end_s, label, confidence``.
-
-    Accepts ``label;confidence`` (this module), a fourth confidence field (BirdNET-Analyzer) and
-    plain labels (confidence NaN). Audacity's frequency lines (starting with ``\\``) are skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise OutputError(f"{path}: label file not found")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.startswith("\\"):
-            continue
-        records.append(_parse_audacity_line(line, f"{path}: line {number}"))
-    return pd.DataFrame(records, columns=["start_s", "end_s", "label", "confidence"]).astype(
-        {"start_s": np.float64, "end_s": np.float64, "label": str, "confidence": np.float64}
-    )
-
-
-def _parse_audacity_line(line: str, where: str) -> tuple[float, float, str, float]:
-    fields = line.split("\t")
-    try:
-        start = float(fields[0])
-        end = float(fields[1]) if len(fields) > 1 and fields[1].strip() else start
-    except ValueError:
-        raise OutputError(f"{where}: start/end time is not a number: {line!r}") from None
-    text = fields[2] if len(fields) > 2 else ""
-    confidence = math.nan
-    if len(fields) > 3:
-        confidence = _float_or_nan(fields[3])
-    elif ";" in text:
-        head, tail = text.rsplit(";", 1)
-        if not math.isnan(_float_or_nan(tail)):
-            text, confidence = head, float(tail)
-    return start, end, text, confidence
-
-
-def _float_or_nan(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
