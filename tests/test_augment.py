@@ -15,17 +15,10 @@ import torch
 from scipy.signal import welch
 from torch.utils.data import DataLoader, Dataset
 
-from dawnchorus.augment.waveform import (
-    BackgroundNoise,
-    BatchAugment,
-    NoiseBank,
-    WaveformAugment,
-    _preview_panels,
-    cutmix_time,
-    mixup,
-    preview_augmentations,
-    spec_augment,
-)
+from dawnchorus.augment.batch import BatchAugment, cutmix_time, mixup, spec_augment
+from dawnchorus.augment.noise import NoiseBank
+from dawnchorus.augment.preview import preview_augmentations, preview_panels
+from dawnchorus.augment.waveform import BackgroundNoise, WaveformAugment
 from dawnchorus.config import AugmentSettings, FrontendSettings
 from dawnchorus.io.audio import write_audio
 
@@ -467,7 +460,7 @@ def test_batch_augment_is_the_identity_in_eval_and_active_in_training():
 def test_preview_panels_cover_every_augmentation(synthetic_noise_dir):
     settings = AugmentSettings(noise_dir=synthetic_noise_dir)
     frontend = FrontendSettings(n_fft=512, hop_length=256, n_mels=32, fmax=7000.0)
-    titles = [title for title, _ in _preview_panels(tone(), settings, SR, 0, frontend)]
+    titles = [title for title, _ in preview_panels(tone(), settings, SR, 0, frontend)]
     assert titles[0] == "original"
     for word in ("time shift", "time stretch", "pitch shift", "background noise",
                  "coloured noise", "gain", "SpecAugment", "mixup"):

@@ -76,7 +76,7 @@ def augment_preview(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write a PNG grid of one clip under each augmentation."""
-    from dawnchorus.augment.waveform import preview_augmentations
+    from dawnchorus.augment.preview import preview_augmentations
     from dawnchorus.config import load_config
 
     try:

@@ -202,23 +202,10 @@ def _figure(width: float, height: float) -> Figure:
 
 def _mel_db(samples: np.ndarray, sample_rate: int, model: LoadedModel | None) -> np.ndarray:
     """Log-mel power in dB relative to the loudest bin, 80 dB range, with the model's frontend."""
-    import librosa
+    from dawnchorus.augment.preview import preview_spectrogram
 
-    from dawnchorus.config import FrontendSettings
-
-    frontend = model.config.frontend if model is not None else FrontendSettings()
-    mel = librosa.feature.melspectrogram(
-        y=np.asarray(samples, dtype=np.float32),
-        sr=sample_rate,
-        n_fft=frontend.n_fft,
-        hop_length=frontend.hop_length,
-        n_mels=frontend.n_mels,
-        fmin=frontend.fmin,
-        fmax=min(frontend.fmax, sample_rate / 2),
-        pad_mode="reflect",
-        power=2.0,
-    )
-    return librosa.power_to_db(mel, ref=float(mel.max()) or 1.0, amin=1e-10, top_db=80.0)
+    frontend = model.config.frontend if model is not None else None
+    return preview_spectrogram(samples, sample_rate, frontend, relative=True)
 
 
 def _class_distribution_figure(counts: pd.Series, scored: set[str] | None) -> Figure:
@@ -493,9 +480,7 @@ class _Builder:
     @cached_property
     def aligned(self) -> _Aligned | str:
         """The main evaluation's predictions and labels aligned by window, or why they are not."""
-        from dawnchorus.errors import EvaluationError
-        from dawnchorus.evaluate.metrics import align_predictions
-        from dawnchorus.io.annotations import load_truth
+        from dawnchorus.evaluate.metrics import EvaluationError, align_predictions, load_truth
         from dawnchorus.io.outputs import OutputError, read_probabilities
 
         if self.main_condition is None:
@@ -672,7 +657,7 @@ def _example_clip(builder: _Builder) -> Section:
 
 def _augmentation_grid(builder: _Builder, clip: Path) -> str:
     """The clip under each augmentation alone (augment.preview_augmentations), with its caption."""
-    from dawnchorus.augment.waveform import preview_augmentations
+    from dawnchorus.augment.preview import preview_augmentations
     from dawnchorus.io.audio import AudioError
 
     config = builder.model.config

@@ -28,7 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import sigmoid_focal_loss
 
-from dawnchorus.augment.waveform import BatchAugment, NoiseBank, WaveformAugment
+from dawnchorus.augment.batch import BatchAugment
+from dawnchorus.augment.noise import NoiseBank
+from dawnchorus.augment.waveform import WaveformAugment
 from dawnchorus.config import Config
 from dawnchorus.data.datasets import (
     AudioCache,
