@@ -49,7 +49,8 @@ from common import run_in_work_dir
 
 import dawnchorus
 from dawnchorus.config import Config, build_config, load_config
-from dawnchorus.evaluate.metrics import align_predictions, evaluate, tune_thresholds
+from dawnchorus.evaluate.metrics import align_predictions, evaluate
+from dawnchorus.evaluate.thresholds import tune_thresholds
 from dawnchorus.io.annotations import read_birdclef_labels
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import LoadedModel, load_model, train

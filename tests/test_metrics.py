@@ -1,4 +1,4 @@
-"""Metrics: BirdCLEF 2022/2023/2024 scores (hand examples, sklearn), thresholds, evaluation."""
+"""Metrics: BirdCLEF 2022/2023/2024 scores (hand examples, sklearn) and evaluation."""
 
 from __future__ import annotations
 
@@ -148,12 +148,22 @@ def test_roc_auc_without_any_scorable_class_is_an_error() -> None:
         metrics.macro_roc_auc(np.zeros((4, 2)), np.zeros((4, 2)))
 
 
+def test_f1_per_class_matches_sklearn() -> None:
+    truth, scores = _random_problem(seed=8, n=300, classes=5)
+    predicted = (scores >= 0.5).astype(int)
+    expected = [f1_score(truth[:, k], predicted[:, k]) for k in range(truth.shape[1])]
+    np.testing.assert_allclose(metrics.f1_per_class(truth, predicted), expected)
+    absent = np.zeros((4, 1), dtype=int)
+    assert metrics.f1_per_class(absent, absent)[0] == 1.0
+    assert metrics.f1_per_class(absent, np.ones((4, 1), dtype=int))[0] == 0.0
+
+
 def test_binary_score_rejects_probabilities() -> None:
     with pytest.raises(EvaluationError, match="thresholds"):
         metrics.birdclef2022_score(HAND_TRUTH, HAND_SCORES)
 
 
-# ------------------------------------------------------------------ per-class table, thresholds
+# ------------------------------------------------------------------ per-class table
 
 
 def test_per_class_table_values_match_sklearn() -> None:
@@ -183,40 +193,6 @@ def test_per_class_table_marks_undefined_values_nan() -> None:
     assert np.isnan(absent["recall"]) and np.isnan(absent["ap"]) and np.isnan(absent["roc_auc"])
     assert absent["precision"] == 0.0  # predicted once (1.0 >= 0.95), wrongly
     assert np.isnan(table.set_index("label").loc["a", "precision"])  # never predicted
-
-
-def test_tune_thresholds_finds_the_separating_threshold() -> None:
-    rng = np.random.default_rng(6)
-    truth = (rng.random((300, 4)) < 0.3).astype(int)
-    # Positives score in [0.62, 0.9], negatives in [0.1, 0.38]: thresholds 0.4..0.6 separate.
-    noise = rng.random(truth.shape)
-    scores = np.where(truth == 1, 0.62 + 0.28 * noise, 0.1 + 0.28 * noise)
-    global_threshold, per_class = metrics.tune_thresholds(truth, scores)
-    assert 0.38 < global_threshold <= 0.62
-    assert global_threshold == pytest.approx(0.5)  # middle of the tied plateau 0.4 ... 0.6
-    assert np.all((per_class > 0.38) & (per_class <= 0.62))
-    binary = (scores >= per_class[None, :]).astype(int)
-    assert metrics.birdclef2022_score(truth, binary)["f1_macro"] == 1.0
-
-
-def test_tune_thresholds_gives_low_support_classes_the_global_threshold() -> None:
-    rng = np.random.default_rng(7)
-    truth = (rng.random((200, 3)) < 0.4).astype(int)
-    truth[:, 2] = 0
-    truth[:2, 2] = 1  # only two positives: below min_support=3
-    scores = np.where(truth == 1, 0.85, 0.3) + 0.02 * rng.random(truth.shape)
-    scores[:, 0] = np.where(truth[:, 0] == 1, 0.25, 0.1)  # class 0 separates only near 0.2
-    global_threshold, per_class = metrics.tune_thresholds(truth, scores, min_support=3)
-    assert per_class[2] == global_threshold
-    assert per_class[0] == pytest.approx(0.2)  # middle of its own plateau 0.15 ... 0.25
-    assert 0.32 < per_class[1] <= 0.85
-    _, relaxed = metrics.tune_thresholds(truth, scores, min_support=2)
-    assert 0.32 < relaxed[2] <= 0.85
-
-
-def test_tune_thresholds_rejects_an_empty_grid() -> None:
-    with pytest.raises(EvaluationError, match="grid"):
-        metrics.tune_thresholds(HAND_TRUTH, HAND_SCORES, grid=[])
 
 
 # ------------------------------------------------------------------ alignment and evaluate

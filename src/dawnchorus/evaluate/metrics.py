@@ -1,4 +1,4 @@
-"""Scores of per-window predictions against labelled soundscapes; threshold tuning.
+"""Scores of per-window predictions against labelled soundscapes.
 
 The three BirdCLEF competition metrics, reproduced from their Kaggle definitions:
 
@@ -16,7 +16,8 @@ The three BirdCLEF competition metrics, reproduced from their Kaggle definitions
 
 Arrays: ``y_true`` is ``(n_windows, n_classes)`` in {0, 1}; ``y_score`` the same shape with
 probabilities; a window is a detection when its probability is ``>= threshold``. Reading label
-files into window truth is :mod:`dawnchorus.io.annotations`.
+files into window truth is :mod:`dawnchorus.io.annotations`; choosing thresholds is
+:mod:`dawnchorus.evaluate.thresholds`.
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ from dawnchorus.io.outputs import (
     validate_predictions,
 )
 
-DEFAULT_GRID = np.round(np.linspace(0.05, 0.95, 19), 4)
-
-
 # --------------------------------------------------------------------------------------------
 # array checks
 
 
-def _as_truth_and_scores(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
+def as_truth_and_scores(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Check and convert ``(y_true, y_score)``: ``(n_windows, n_classes)`` int64 0/1 and float64.
+
+    A 1-D pair is one class. Raises :class:`EvaluationError` for mismatched shapes, no windows,
+    truth other than 0/1, or non-finite scores.
+    """
     truth = np.asarray(y_true)
     scores = np.asarray(y_score, dtype=np.float64)
     if truth.ndim == 1:
@@ -65,6 +68,12 @@ def _as_truth_and_scores(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndar
     if not np.isfinite(scores).all():
         raise EvaluationError("y_score contains NaN or infinite values")
     return truth.astype(np.int64), scores
+
+
+def f1_per_class(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per-class ``F1 = 2TP / (2TP + FP + FN)`` of binary arrays; 1.0 for a class neither present
+    nor predicted (the BirdCLEF 2022 forum convention)."""
+    return _f1_per_class(_confusion_counts(truth, predicted))
 
 
 def _confusion_counts(truth: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,7 +118,7 @@ def macro_roc_auc(y_true: Any, y_score: Any) -> float:
     too (their ROC-AUC is undefined; Kaggle's scorer would fail on them). Raises
     :class:`EvaluationError` when no class has both.
     """
-    truth, scores = _as_truth_and_scores(y_true, y_score)
+    truth, scores = as_truth_and_scores(y_true, y_score)
     positives = truth.sum(axis=0)
     scored = (positives > 0) & (positives < truth.shape[0])
     if not scored.any():
@@ -127,7 +136,7 @@ def padded_cmap(y_true: Any, y_score: Any, padding: int = 5) -> float:
     """
     if int(padding) != padding or padding < 0:
         raise EvaluationError(f"padding must be a non-negative integer, got {padding!r}")
-    truth, scores = _as_truth_and_scores(y_true, y_score)
+    truth, scores = as_truth_and_scores(y_true, y_score)
     if padding == 0 and (truth.sum(axis=0) == 0).any():
         raise EvaluationError("cmAP without padding is undefined for classes without positives")
     ones = np.ones((int(padding), truth.shape[1]))
@@ -144,7 +153,7 @@ def birdclef2022_score(y_true: Any, y_pred_binary: Any) -> dict[str, Any]:
     analogue), and the per-class arrays ``balanced_accuracy_per_class`` and ``f1_per_class``.
     A species without positive windows has balanced accuracy = its specificity.
     """
-    truth, predicted = _as_truth_and_scores(y_true, y_pred_binary)
+    truth, predicted = as_truth_and_scores(y_true, y_pred_binary)
     if not np.isin(predicted, (0, 1)).all():
         raise EvaluationError("y_pred_binary must contain only 0 and 1 (apply thresholds first)")
     counts = _confusion_counts(truth, predicted)
@@ -159,7 +168,7 @@ def birdclef2022_score(y_true: Any, y_pred_binary: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# per-class table and threshold tuning
+# per-class table
 
 
 def _safe_binary_metric(metric: Any, truth: np.ndarray, scores: np.ndarray) -> float:
@@ -177,7 +186,7 @@ def per_class_table(
     AP and ROC-AUC are NaN when undefined (no positives, or no negatives for ROC-AUC); F1 is 1.0
     for a label neither present nor predicted, as in :func:`birdclef2022_score`.
     """
-    truth, scores = _as_truth_and_scores(y_true, y_score)
+    truth, scores = as_truth_and_scores(y_true, y_score)
     labels = [str(label) for label in labels]
     if len(labels) != truth.shape[1]:
         raise EvaluationError(f"{len(labels)} labels for {truth.shape[1]} score columns")
@@ -207,45 +216,6 @@ def per_class_table(
             "threshold": cutoffs,
         }
     )
-
-
-def _f1_by_threshold(truth: np.ndarray, scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """(len(grid), n_classes) per-class F1 at each threshold of the grid."""
-    rows = [_f1_per_class(_confusion_counts(truth, scores >= cutoff)) for cutoff in grid]
-    return np.vstack(rows)
-
-
-def _middle_of_best(values: np.ndarray, grid: np.ndarray) -> float:
-    """The grid value in the middle of the best-scoring ones: robust when a plateau ties."""
-    best = np.flatnonzero(values >= values.max() - 1e-12)
-    return float(grid[best[len(best) // 2]])
-
-
-def tune_thresholds(
-    y_true: Any,
-    y_score: Any,
-    min_support: int = 3,
-    grid: Sequence[float] | np.ndarray = DEFAULT_GRID,
-) -> tuple[float, np.ndarray]:
-    """Pick detection thresholds on validation windows.
-
-    The global threshold maximises the **macro** F1 over all classes (each species weighs the
-    same, as in BirdCLEF 2022; a class absent from the truth scores 1.0 only if never predicted,
-    so false alarms on it count). Each class with at least ``min_support`` positive windows gets
-    the threshold maximising its own F1; the others get the global threshold. Among tied grid
-    values the middle one is taken. Returns ``(global_threshold, per_class_thresholds)``.
-    """
-    truth, scores = _as_truth_and_scores(y_true, y_score)
-    grid = np.asarray(grid, dtype=np.float64).reshape(-1)
-    if grid.size == 0 or not np.isfinite(grid).all():
-        raise EvaluationError("threshold grid must be a non-empty list of finite numbers")
-    f1 = _f1_by_threshold(truth, scores, grid)
-    global_threshold = _middle_of_best(f1.mean(axis=1), grid)
-    per_class = np.full(truth.shape[1], global_threshold, dtype=np.float64)
-    support = truth.sum(axis=0)
-    for k in np.flatnonzero(support >= max(min_support, 1)):
-        per_class[k] = _middle_of_best(f1[:, k], grid)
-    return global_threshold, per_class
 
 
 # --------------------------------------------------------------------------------------------

@@ -682,8 +682,8 @@ def tune_model_thresholds(
     from dawnchorus.evaluate.metrics import (
         align_predictions,
         birdclef2022_score,
-        tune_thresholds,
     )
+    from dawnchorus.evaluate.thresholds import tune_thresholds
     from dawnchorus.io.annotations import read_birdclef_labels
 
     recordings, label_path = labelled_soundscapes(folder, labels_file)

@@ -42,7 +42,8 @@ from dawnchorus.data.datasets import (
 from dawnchorus.data.layouts import TrainingSet, load_training_set
 from dawnchorus.data.splits import fold_split, make_weighted_sampler, oversample, stratified_split
 from dawnchorus.errors import TrainingError
-from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap, tune_thresholds
+from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap
+from dawnchorus.evaluate.thresholds import tune_thresholds
 from dawnchorus.io.annotations import read_birdclef_labels
 from dawnchorus.io.files import usable_cores
 from dawnchorus.models.classifier import build_model
