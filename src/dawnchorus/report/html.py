@@ -480,7 +480,9 @@ class _Builder:
     @cached_property
     def aligned(self) -> _Aligned | str:
         """The main evaluation's predictions and labels aligned by window, or why they are not."""
-        from dawnchorus.evaluate.metrics import EvaluationError, align_predictions, load_truth
+        from dawnchorus.errors import EvaluationError
+        from dawnchorus.evaluate.metrics import align_predictions
+        from dawnchorus.io.annotations import load_truth
         from dawnchorus.io.outputs import OutputError, read_probabilities
 
         if self.main_condition is None:
