@@ -15,8 +15,9 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from dawnchorus.config import build_config
 from dawnchorus.data.check import DatasetSummary, render_summary, summarize
-from dawnchorus.data.datasets import AudioCache, ClipDataset, encode_targets
+from dawnchorus.data.datasets import AudioCache, ClipDataset, encode_targets, soundscape_windows
 from dawnchorus.data.layouts import Problem, TrainingSet, load_training_set
 from dawnchorus.data.splits import (
     assign_folds,
@@ -550,6 +551,38 @@ def test_workers_and_epochs_draw_different_crops(ramp_file: Path) -> None:
     epochs = [[float(batch["audio"][0, 0]) for batch in loader] for _ in range(2)]
     first_samples = epochs[0] + epochs[1]
     assert len(set(first_samples)) == len(first_samples)
+
+
+def one_second_config():
+    return build_config(overrides={"audio.sample_rate": RATE, "audio.clip_s": 1.0, "frontend.fmax": 7000.0})
+
+
+def test_soundscape_windows_cut_the_labelled_windows_of_the_soundscapes(birdclef_set: Path) -> None:
+    recording = ramp(3 * RATE)
+    audio.write_audio(birdclef_set / "test_soundscapes" / "site7.wav", recording, RATE)
+    (birdclef_set / "test_labels.csv").write_text(
+        "row_id,audio_id,seconds,birds\n"
+        "site7_1,site7,1,aaa ccc\n"
+        "site7_3,site7,3,nocall\n"
+        "gone_1,gone,1,bbb\n"  # a recording that is not in test_soundscapes is skipped
+    )
+    training_set = load_training_set(birdclef_set)
+    cache = AudioCache(birdclef_set / "cache", RATE)
+    windows = soundscape_windows(training_set, ["aaa", "bbb", "ccc"], one_second_config(), cache)
+    assert windows is not None and len(windows) == 2
+    first, last = windows[0], windows[1]
+    np.testing.assert_array_equal(first["target"].numpy(), [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(last["target"].numpy(), [0.0, 0.0, 0.0])
+    # Each window is the clip_s seconds ending at `seconds` (16-bit WAV: values within 1/32768).
+    np.testing.assert_allclose(first["audio"].numpy(), recording[:RATE], atol=1e-4)
+    np.testing.assert_allclose(last["audio"].numpy(), recording[2 * RATE:], atol=1e-4)
+    assert first["weight"] == 1.0 and last["index"] == 1
+
+
+def test_soundscape_windows_are_none_without_labelled_soundscapes(tmp_path: Path) -> None:
+    root = write_birdclef(tmp_path, [row("aaa", "aaa/a.wav")], {"aaa/a.wav": 0.5})
+    cache = AudioCache(tmp_path / "cache", RATE)
+    assert soundscape_windows(load_training_set(root), ["aaa"], one_second_config(), cache) is None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 :func:`encode_targets` turns a clips table into multi-hot targets; :class:`AudioCache` keeps decoded,
 resampled audio on disk; :class:`ClipDataset` serves fixed-length (augmented) training clips and
-:class:`SoundscapeWindows` fixed windows of labelled soundscapes. This module does not read a
+:class:`SoundscapeWindows` fixed windows of labelled soundscapes (:func:`soundscape_windows` builds
+them from a training set's ``test_soundscapes``). This module does not read a
 training-set layout (:mod:`dawnchorus.data.layouts`), split or balance (:mod:`dawnchorus.data.splits`),
 or define augmentations (it takes a ``waveform_transform`` callable).
 """
@@ -20,7 +21,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from dawnchorus.config import Config
+from dawnchorus.data.layouts import TrainingSet
 from dawnchorus.io import audio
+from dawnchorus.io.annotations import read_birdclef_labels
 from dawnchorus.io.files import atomic_write
 
 # ----------------------------------------------------------------------------------------------
@@ -266,3 +270,25 @@ class SoundscapeWindows(Dataset):
             "weight": torch.tensor(1.0),
             "index": index,
         }
+
+
+def soundscape_windows(
+    training_set: TrainingSet, labels: list[str], config: Config, cache: AudioCache
+) -> SoundscapeWindows | None:
+    """Labelled soundscape windows of the training set's ``test_soundscapes``, if it has them."""
+    if training_set.soundscape_dir is None or training_set.soundscape_labels is None:
+        return None
+    truth = read_birdclef_labels(training_set.soundscape_labels)
+    paths, starts, rows = [], [], []
+    by_stem = {p.stem: p for p in Path(training_set.soundscape_dir).iterdir() if p.is_file()}
+    clip_s = config.audio.clip_s
+    for (audio_id, end_s), row in truth.iterrows():
+        path = by_stem.get(str(audio_id))
+        if path is None:
+            continue
+        paths.append(str(path))
+        starts.append(int(round((float(end_s) - clip_s) * config.audio.sample_rate)))
+        rows.append(row.reindex(labels, fill_value=0).to_numpy(dtype=np.float32))
+    if not paths:
+        return None
+    return SoundscapeWindows(paths, starts, np.stack(rows), config.audio.clip_samples, cache)

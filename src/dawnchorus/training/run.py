@@ -36,15 +36,14 @@ from dawnchorus.data.datasets import (
     AudioCache,
     BackgroundSource,
     ClipDataset,
-    SoundscapeWindows,
     encode_targets,
+    soundscape_windows,
 )
 from dawnchorus.data.layouts import TrainingSet, load_training_set
 from dawnchorus.data.splits import fold_split, make_weighted_sampler, oversample, stratified_split
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap
 from dawnchorus.evaluate.thresholds import tune_thresholds
-from dawnchorus.io.annotations import read_birdclef_labels
 from dawnchorus.io.files import usable_cores
 from dawnchorus.models.classifier import build_model
 from dawnchorus.models.features import LogMel
@@ -57,31 +56,6 @@ from dawnchorus.models.modelfile import (  # noqa: F401 - re-exported: the model
     load_model,
     save_model_file,
 )
-
-# --- windows of labelled soundscapes, for validation on the data that matters -------------------
-
-
-def soundscape_windows(
-    training_set: TrainingSet, labels: list[str], config: Config, cache: AudioCache
-) -> SoundscapeWindows | None:
-    """Labelled soundscape windows of the training set's ``test_soundscapes``, if it has them."""
-    if training_set.soundscape_dir is None or training_set.soundscape_labels is None:
-        return None
-    truth = read_birdclef_labels(training_set.soundscape_labels)
-    paths, starts, rows = [], [], []
-    by_stem = {p.stem: p for p in Path(training_set.soundscape_dir).iterdir() if p.is_file()}
-    clip_s = config.audio.clip_s
-    for (audio_id, end_s), row in truth.iterrows():
-        path = by_stem.get(str(audio_id))
-        if path is None:
-            continue
-        paths.append(str(path))
-        starts.append(int(round((float(end_s) - clip_s) * config.audio.sample_rate)))
-        rows.append(row.reindex(labels, fill_value=0).to_numpy(dtype=np.float32))
-    if not paths:
-        return None
-    return SoundscapeWindows(paths, starts, np.stack(rows), config.audio.clip_samples, cache)
-
 
 # --- the LightningModule ------------------------------------------------------------------------
 
