@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib import image as mpimg
 
-from dawnchorus.report.html import format_metric
+from dawnchorus.report.figures import format_metric
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

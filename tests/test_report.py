@@ -19,11 +19,13 @@ from typer.testing import CliRunner
 from dawnchorus.cli.app import app
 from dawnchorus.config import build_config
 from dawnchorus.data.layouts import load_training_set
+from dawnchorus.errors import ReportError
 from dawnchorus.evaluate.metrics import evaluate_files
 from dawnchorus.inference.run import run_prediction
 from dawnchorus.models.classifier import build_model
 from dawnchorus.models.features import LogMel
-from dawnchorus.report.html import ReportError, build_report, format_metric, render_evaluation
+from dawnchorus.report.figures import format_metric
+from dawnchorus.report.html import build_report, render_evaluation
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import SpectrogramClassifier, load_model, save_model_file
 from tests.report_checks import check_report

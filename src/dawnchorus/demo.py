@@ -46,7 +46,8 @@ from dawnchorus.config import Config, build_config
 from dawnchorus.errors import DemoError
 from dawnchorus.evaluate.metrics import evaluate_files
 from dawnchorus.io.audio import find_audio_files, write_audio
-from dawnchorus.report.html import REPORT_NAME, build_report, format_metric, render_evaluation
+from dawnchorus.report.figures import format_metric
+from dawnchorus.report.html import REPORT_NAME, build_report, render_evaluation
 from dawnchorus.synth.soundscapes import coloured_noise, make_dataset
 
 if TYPE_CHECKING:

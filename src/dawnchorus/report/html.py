@@ -12,14 +12,15 @@ works opened from disk. It reads what it finds and skips, with a one-line note, 
   ``labels_path`` give the precision-recall curves and the detection timelines;
 - ``demo.json`` (demo folders): the demo's settings and stage times.
 
-:func:`render_evaluation` prints an evaluation result as rich tables (``dawnchorus evaluate``).
+:func:`render_evaluation` prints an evaluation result as rich tables (``dawnchorus evaluate``). The
+figures themselves (and :func:`~dawnchorus.report.figures.format_metric`) are
+:mod:`dawnchorus.report.figures`; this module saves them and writes the page.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,18 @@ from rich.table import Table
 
 from dawnchorus.errors import ReportError
 from dawnchorus.io.files import atomic_write_text
+from dawnchorus.report.figures import (
+    CONDITION_TITLES,
+    HEADLINE_METRICS,
+    MAX_PR_CURVES,
+    class_distribution_figure,
+    clean_vs_noisy_figure,
+    clip_figure,
+    curves_figure,
+    format_metric,
+    pr_figure,
+    timeline_figure,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,17 +58,8 @@ if TYPE_CHECKING:
 REPORT_NAME = "report.html"
 IMAGES_DIR = "report_files"
 MAX_TIMELINES = 3
-MAX_TIMELINE_ROWS = 16
 MAX_TIMELINE_S = 120.0  # a timeline shows at most the first two minutes of a recording
-MAX_PR_CURVES = 20  # the species with the most positive windows get a curve
-MAX_LABELLED_BARS = 60  # above this many species the distribution is drawn by rank
 DPI = 100
-HEADLINE_METRICS = {
-    "cmap_padded": "padded cmAP (BirdCLEF 2023)",
-    "roc_auc_macro": "macro ROC-AUC (BirdCLEF 2024/25)",
-    "f1_macro_2022": "macro F1 at the thresholds (BirdCLEF 2022 analogue)",
-    "balanced_accuracy": "balanced accuracy (BirdCLEF 2022 leaderboard)",
-}
 PER_CLASS_COLUMNS = {
     "support": "support",
     "precision": "precision",
@@ -65,23 +69,6 @@ PER_CLASS_COLUMNS = {
     "roc_auc": "ROC-AUC",
     "threshold": "threshold",
 }
-CONDITION_TITLES = {"noisy": "noisy soundscapes", "clean": "clean copies (no background)"}
-
-
-# --- numbers ------------------------------------------------------------------------------------
-
-
-def format_metric(value: Any, decimals: int = 3) -> str:
-    """A metric as the report and the console show it: fixed decimals, integers as they are,
-    ``n/a`` for missing or NaN values."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool | np.bool_):
-        return str(value)
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    number = float(value)
-    return "n/a" if math.isnan(number) else f"{number:.{decimals}f}"
 
 
 # --- the console view of an evaluation -----------------------------------------------------------
@@ -186,231 +173,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"{path}: cannot read it as JSON ({exc})") from None
-
-
-# --- figures ---------------------------------------------------------------------------------------
-
-
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _mel_db(samples: np.ndarray, sample_rate: int, model: LoadedModel | None) -> np.ndarray:
-    """Log-mel power in dB relative to the loudest bin, 80 dB range, with the model's frontend."""
-    from dawnchorus.augment.preview import preview_spectrogram
-
-    frontend = model.config.frontend if model is not None else None
-    return preview_spectrogram(samples, sample_rate, frontend, relative=True)
-
-
-def _class_distribution_figure(counts: pd.Series, scored: set[str] | None) -> Figure:
-    """Clips per species: one labelled bar each, or (many species) counts by rank on a log scale."""
-    if len(counts) > MAX_LABELLED_BARS:
-        figure = _figure(8.0, 3.5)
-        axis = figure.add_subplot()
-        ordered = counts.sort_values(ascending=False)
-        axis.bar(np.arange(1, len(ordered) + 1), ordered.to_numpy(), width=1.0, color="#2b6cb0")
-        axis.set_yscale("log")
-        axis.set_xlabel("species, commonest first")
-        axis.set_ylabel("training clips (primary label)")
-    else:
-        figure = _figure(8.0, max(2.5, 0.28 * len(counts) + 1.2))
-        axis = figure.add_subplot()
-        ordered = counts.sort_values(ascending=True)
-        colours = ["#2b6cb0" if scored is None or label in scored else "#a0aec0" for label in ordered.index]
-        bars = axis.barh(ordered.index, ordered.to_numpy(), color=colours)
-        axis.bar_label(bars, padding=3, fontsize=8)
-        axis.tick_params(axis="y", labelsize=8)
-        axis.set_xlabel("training clips (primary label)")
-    axis.set_title(f"{len(counts)} species, {int(counts.sum())} clips")
-    axis.spines[["top", "right"]].set_visible(False)
-    return figure
-
-
-def _clip_figure(samples: np.ndarray, sample_rate: int, title: str, model: LoadedModel | None) -> Figure:
-    figure = _figure(9.0, 5.0)
-    wave_axis, mel_axis = figure.subplots(2, 1, sharex=True, height_ratios=(1, 2))
-    seconds = len(samples) / sample_rate
-    wave_axis.plot(np.arange(len(samples)) / sample_rate, samples, linewidth=0.4, color="#2b6cb0")
-    wave_axis.set_ylabel("amplitude")
-    wave_axis.set_title(title)
-    image = _mel_db(samples, sample_rate, model)
-    shown = mel_axis.imshow(
-        image, origin="lower", aspect="auto", extent=(0, seconds, 0, image.shape[0]), cmap="magma"
-    )
-    mel_axis.set_xlabel("time (s)")
-    mel_axis.set_ylabel("mel bin")
-    figure.colorbar(shown, ax=mel_axis, label="dB")
-    return figure
-
-
-def _curves_figure(metrics: pd.DataFrame) -> Figure | None:
-    per_epoch = metrics.groupby("epoch").mean(numeric_only=True)
-    losses = [c for c in ("train/loss_epoch", "val/loss") if c in per_epoch and per_epoch[c].notna().any()]
-    scores = [
-        c
-        for c in ("val/roc_auc", "val/cmap", "val_soundscape/roc_auc", "val_soundscape/cmap")
-        if c in per_epoch and per_epoch[c].notna().any()
-    ]
-    if not losses and not scores:
-        return None
-    figure = _figure(10.0, 3.6)
-    loss_axis, score_axis = figure.subplots(1, 2)
-    epochs = per_epoch.index.to_numpy() + 1
-    for column in losses:
-        loss_axis.plot(epochs, per_epoch[column], marker="o", markersize=3, label=column)
-    loss_axis.set_title("loss")
-    for column in scores:
-        style = "-" if column.startswith("val/") else "--"
-        score_axis.plot(epochs, per_epoch[column], style, marker="o", markersize=3, label=column)
-    score_axis.set_title("validation scores")
-    for axis in (loss_axis, score_axis):
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    return figure
-
-
-def _pr_figure(
-    y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], per_class: dict[str, dict]
-) -> Figure | None:
-    from sklearn.metrics import precision_recall_curve
-
-    support = y_true.sum(axis=0)
-    by_support = [int(k) for k in np.argsort(-support, kind="stable") if support[k] > 0]
-    present = sorted(by_support[:MAX_PR_CURVES])
-    if not present:
-        return None
-    columns = min(4, len(present))
-    rows = math.ceil(len(present) / columns)
-    figure = _figure(3.0 * columns, 2.6 * rows)
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for axis, k in zip(axes, present, strict=False):
-        precision, recall, _ = precision_recall_curve(y_true[:, k], y_score[:, k])
-        axis.step(recall, precision, where="post", color="#2b6cb0")
-        row = per_class.get(labels[k], {})
-        if row.get("recall") is not None and row.get("precision") is not None:
-            axis.plot(row["recall"], row["precision"], "o", color="#c05621", label="at threshold")
-        axis.set_title(f"{labels[k]}  AP {format_metric(row.get('ap'))}", fontsize=9)
-        axis.set_xlim(0, 1.02)
-        axis.set_ylim(0, 1.05)
-        axis.set_xlabel("recall", fontsize=8)
-        axis.set_ylabel("precision", fontsize=8)
-        axis.grid(alpha=0.3)
-    for axis in axes[len(present) :]:
-        axis.set_visible(False)
-    return figure
-
-
-def _timeline_figure(
-    samples: np.ndarray,
-    sample_rate: int,
-    windows: pd.DataFrame,
-    truth: pd.DataFrame,
-    labels: Sequence[str],
-    thresholds: np.ndarray,
-    title: str,
-    model: LoadedModel | None,
-) -> Figure:
-    """A recording's spectrogram over a species x window grid: probability shaded, truth outlined,
-    detections dotted."""
-    probs = windows[list(labels)].to_numpy(dtype=np.float64)
-    truth_hot = truth[list(labels)].to_numpy(dtype=bool)
-    spans = windows[["start_s", "end_s"]].to_numpy(dtype=np.float64)
-    shown = _timeline_rows(probs, truth_hot, thresholds)
-    seconds = len(samples) / sample_rate
-    figure = _figure(11.0, 2.6 + 0.3 * len(shown))
-    spec_axis, grid_axis = figure.subplots(2, 1, sharex=True, height_ratios=(2.2, 0.3 * len(shown) + 0.4))
-    image = _mel_db(samples, sample_rate, model)
-    spec_axis.imshow(
-        image, origin="lower", aspect="auto", extent=(0, seconds, 0, image.shape[0]), cmap="magma"
-    )
-    spec_axis.set_ylabel("mel bin")
-    spec_axis.set_title(title, fontsize=10)
-    for boundary in np.unique(spans):
-        spec_axis.axvline(boundary, color="white", linewidth=0.4, alpha=0.5)
-    for row, k in enumerate(shown):
-        _draw_timeline_row(grid_axis, row, spans, probs[:, k], truth_hot[:, k], float(thresholds[k]))
-    grid_axis.set_yticks(range(len(shown)), [labels[k] for k in shown], fontsize=8)
-    grid_axis.set_ylim(len(shown) - 0.5, -0.5)
-    grid_axis.set_xlim(0, float(max(spans.max(), seconds)))
-    grid_axis.set_xlabel("time (s)")
-    figure.legend(handles=_timeline_legend(), loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    return figure
-
-
-def _draw_timeline_row(
-    axis, row: int, spans: np.ndarray, probs: np.ndarray, present: np.ndarray, threshold: float
-) -> None:
-    from matplotlib.patches import Rectangle
-
-    for (start, end), probability, is_present in zip(spans, probs, present, strict=True):
-        shade = (0.17, 0.42, 0.69, float(probability))
-        axis.add_patch(Rectangle((start, row - 0.45), end - start, 0.9, facecolor=shade, edgecolor="none"))
-        if is_present:
-            outline = Rectangle(
-                (start + 0.05, row - 0.45),
-                end - start - 0.1,
-                0.9,
-                fill=False,
-                edgecolor="#2f855a",
-                linewidth=2,
-            )
-            axis.add_patch(outline)
-        if probability >= threshold:
-            axis.plot((start + end) / 2, row, "o", color="#c05621", markersize=5)
-
-
-def _timeline_legend() -> list:
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    return [
-        Patch(facecolor=(0.17, 0.42, 0.69, 0.6), label="predicted probability (darker = higher)"),
-        Patch(fill=False, edgecolor="#2f855a", linewidth=2.0, label="species truly present"),
-        Line2D(
-            [], [], marker="o", linestyle="none", color="#c05621", label="detected (at or above threshold)"
-        ),
-    ]
-
-
-def _timeline_rows(probs: np.ndarray, truth: np.ndarray, thresholds: np.ndarray) -> list[int]:
-    """Species worth a row: present, detected or nearly detected; else the five likeliest."""
-    interesting = truth.any(axis=0) | (probs >= 0.5 * thresholds[None, :]).any(axis=0)
-    order = np.argsort(-probs.max(axis=0))
-    chosen = [int(k) for k in order if interesting[k]][:MAX_TIMELINE_ROWS]
-    return sorted(chosen) if chosen else sorted(int(k) for k in order[:5])
-
-
-def _clean_vs_noisy_figure(evaluation: dict[str, dict[str, Any]]) -> Figure:
-    figure = _figure(8.0, 3.4)
-    axis = figure.add_subplot()
-    names = list(evaluation)
-    keys = list(HEADLINE_METRICS)
-    width = 0.8 / len(names)
-    colours = {"clean": "#68d391", "noisy": "#2b6cb0"}
-    for i, name in enumerate(names):
-        values = [evaluation[name].get(key) for key in keys]
-        heights = [np.nan if v is None else float(v) for v in values]
-        bars = axis.bar(
-            np.arange(len(keys)) + (i - (len(names) - 1) / 2) * width,
-            heights,
-            width,
-            label=CONDITION_TITLES.get(name, name),
-            color=colours.get(name),
-        )
-        axis.bar_label(bars, labels=[format_metric(v) for v in values], fontsize=7, padding=2)
-    axis.set_xticks(range(len(keys)), ["padded cmAP", "macro ROC-AUC", "macro F1", "balanced acc."])
-    axis.set_ylim(0, 1.12)
-    figure.legend(loc="outside upper center", ncols=len(names), fontsize=8, frameon=False)
-    axis.spines[["top", "right"]].set_visible(False)
-    return figure
 
 
 # --- the page ---------------------------------------------------------------------------------------
@@ -615,7 +377,7 @@ def _class_distribution(builder: _Builder) -> Section:
     counts = training_set.clips["primary_label"].value_counts()
     scored = set(training_set.scored_labels) if training_set.scored_labels else None
     image = builder.save(
-        _class_distribution_figure(counts, scored), "class_distribution", "training clips per species"
+        class_distribution_figure(counts, scored), "class_distribution", "training clips per species"
     )
     ratio = counts.max() / max(counts.min(), 1)
     legend = " Grey bars: species not scored." if scored and scored != set(counts.index) else ""
@@ -645,7 +407,7 @@ def _example_clip(builder: _Builder) -> Section:
         return Section(title, note=f"Skipped: {exc}")
     name = Path(clip["path"]).name
     clip_image = builder.save(
-        _clip_figure(samples, rate, f"{commonest}: {name}", builder.model),
+        clip_figure(samples, rate, f"{commonest}: {name}", builder.model),
         "example_clip",
         f"waveform and mel spectrogram of {name}",
     )
@@ -708,7 +470,7 @@ def _training_curves(builder: _Builder) -> Section:
         return Section(title, note=f"Skipped: {builder.folder.metrics_csv} cannot be read ({exc}).")
     if "epoch" not in metrics.columns:
         return Section(title, note=f"Skipped: {builder.folder.metrics_csv} has no epoch column.")
-    image = builder.save(_curves_figure(metrics), "training_curves", "loss and validation scores per epoch")
+    image = builder.save(curves_figure(metrics), "training_curves", "loss and validation scores per epoch")
     if not image:
         return Section(
             title, note=f"Skipped: {builder.folder.metrics_csv} holds no loss or validation scores."
@@ -750,7 +512,7 @@ def _pr_curves(builder: _Builder, result: dict[str, Any]) -> str:
     if isinstance(aligned, str):
         return f'<p class="note">Precision-recall curves skipped: {html.escape(aligned)}</p>'
     per_class = {row["label"]: row for row in result["per_class"]}
-    figure = _pr_figure(
+    figure = pr_figure(
         aligned.truth[aligned.labels].to_numpy(dtype=int),
         aligned.windows[aligned.labels].to_numpy(dtype=float),
         aligned.labels,
@@ -800,7 +562,7 @@ def _timeline(builder: _Builder, aligned: _Aligned, file: str, index: int) -> st
     rows = of_file & (aligned.windows["start_s"] < MAX_TIMELINE_S).to_numpy()
     name = Path(file).name
     caption = f"{name} (first {MAX_TIMELINE_S:g} s)" if rows.sum() < of_file.sum() else name
-    figure = _timeline_figure(
+    figure = timeline_figure(
         samples,
         rate,
         aligned.windows[rows],
@@ -820,7 +582,7 @@ def _clean_vs_noisy(builder: _Builder) -> Section:
             title, note="Skipped: evaluation.json does not hold both a clean and a noisy evaluation."
         )
     pair = {name: builder.evaluation[name] for name in ("noisy", "clean")}
-    image = builder.save(_clean_vs_noisy_figure(pair), "clean_vs_noisy", "headline scores, clean vs noisy")
+    image = builder.save(clean_vs_noisy_figure(pair), "clean_vs_noisy", "headline scores, clean vs noisy")
     body = (
         "<p>The same held-out soundscapes scored twice: as recorded (calls in wind, insects and "
         "coloured noise) and as clean copies holding only the calls over a faint recorder floor.</p>"
