@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dawnchorus.augment.noise import coloured_noise
 from dawnchorus.config import build_config
 from dawnchorus.errors import ExportError, PredictionError
 from dawnchorus.inference import engines, export
@@ -44,7 +45,6 @@ from dawnchorus.inference.run import (
 from dawnchorus.io.audio import iter_windows, load, write_audio
 from dawnchorus.models.classifier import build_model
 from dawnchorus.models.features import LogMel
-from dawnchorus.synth.soundscapes import coloured_noise
 from dawnchorus.training.run import LoadedModel, SpectrogramClassifier, load_model, save_model_file
 from tests.conftest import real_data_dir
 

@@ -11,19 +11,16 @@ import pandas as pd
 import pytest
 from scipy import signal
 
+from dawnchorus.errors import SynthError
 from dawnchorus.io.audio import AudioError, info, load
+from dawnchorus.synth.calls import CALL_FAMILIES, draw_call_model, draw_species, render_call
 from dawnchorus.synth.soundscapes import (
-    CALL_FAMILIES,
     CLIP_SAMPLE_RATES,
     LABEL_COLUMNS,
     METADATA_COLUMNS,
     SOUNDSCAPE_RATE,
     CallEvent,
-    SynthError,
-    draw_call_model,
-    draw_species,
     make_dataset,
-    render_call,
     species_clip_counts,
     window_labels,
 )

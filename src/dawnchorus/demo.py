@@ -42,13 +42,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from scipy import signal
 
+from dawnchorus.augment.noise import coloured_noise, unit_rms
 from dawnchorus.config import Config, build_config
 from dawnchorus.errors import DemoError
 from dawnchorus.evaluate.metrics import evaluate_files
 from dawnchorus.io.audio import find_audio_files, write_audio
 from dawnchorus.report.figures import format_metric
 from dawnchorus.report.html import REPORT_NAME, build_report, render_evaluation
-from dawnchorus.synth.soundscapes import coloured_noise, make_dataset
+from dawnchorus.synth.soundscapes import make_dataset
 
 if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
@@ -166,12 +167,7 @@ def _band_noise(
 ) -> np.ndarray:
     noise = coloured_noise(n, AMBIENCE_RATE, exponent, rng)
     sos = signal.butter(4, (low_hz, high_hz), btype="bandpass", fs=AMBIENCE_RATE, output="sos")
-    return _unit_rms(signal.sosfilt(sos, noise))
-
-
-def _unit_rms(samples: np.ndarray) -> np.ndarray:
-    level = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-    return samples / level if level > 0 else samples
+    return unit_rms(signal.sosfilt(sos, noise))
 
 
 def _slow_envelope(n: int, rng: np.random.Generator, period_s: float, depth: float) -> np.ndarray:
@@ -183,7 +179,7 @@ def _slow_envelope(n: int, rng: np.random.Generator, period_s: float, depth: flo
 def wind_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     """Low rumble (brown noise below 300-800 Hz) in slow gusts."""
     rumble = _band_noise(n, rng, 20.0, float(rng.uniform(300, 800)), 2.0)
-    return _unit_rms(rumble * _slow_envelope(n, rng, float(rng.uniform(1.0, 3.0)), 0.6))
+    return unit_rms(rumble * _slow_envelope(n, rng, float(rng.uniform(1.0, 3.0)), 0.6))
 
 
 def rain_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -197,7 +193,7 @@ def rain_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     for start, gain in zip(starts, rng.lognormal(0.0, 0.7, count), strict=True):
         drops[start : start + tick] += gain * shape
     drops = signal.sosfilt(signal.butter(2, 1500, btype="highpass", fs=AMBIENCE_RATE, output="sos"), drops)
-    return _unit_rms(0.6 * hiss + 0.8 * _unit_rms(drops))
+    return unit_rms(0.6 * hiss + 0.8 * unit_rms(drops))
 
 
 def stream_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -206,7 +202,7 @@ def stream_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     for low in rng.uniform(200, 2500, 4):
         band = _band_noise(n, rng, low, low * float(rng.uniform(1.3, 2.0)), 1.0)
         total += band * _slow_envelope(n, rng, float(rng.uniform(0.03, 0.12)), 0.5)
-    return _unit_rms(total)
+    return unit_rms(total)
 
 
 def insect_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -215,7 +211,7 @@ def insect_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     band = _band_noise(n, rng, centre * 0.9, centre * 1.1, 0.0)
     t = np.arange(n) / AMBIENCE_RATE
     pulses = (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(15, 60) * t)) ** 3
-    return _unit_rms(band * pulses * _slow_envelope(n, rng, 5.0, 0.4))
+    return unit_rms(band * pulses * _slow_envelope(n, rng, 5.0, 0.4))
 
 
 AMBIENCE_GENERATORS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
@@ -238,7 +234,7 @@ def write_synthetic_ambience(folder: Path, seed: int = 0, seconds: float = AMBIE
         mixture = sum(
             np.sqrt(w) * make(n, rng) for w, make in zip(weights, AMBIENCE_GENERATORS.values(), strict=True)
         )
-        recordings[f"mixed_{index}"] = _unit_rms(mixture)
+        recordings[f"mixed_{index}"] = unit_rms(mixture)
     written = []
     for name, samples in recordings.items():
         path = folder / f"{name}.ogg"

@@ -1,16 +1,16 @@
-"""Synthetic BirdCLEF-shaped data set: species call models, focal clips and noisy soundscapes.
+"""Synthetic BirdCLEF-shaped data set: focal clips and noisy soundscapes from synthetic species.
 
 :func:`make_dataset` writes exactly the BirdCLEF 2022 layout (``train_metadata.csv``,
 ``train_audio/<code>/XC<id>.ogg``, ``scored_birds.json``) plus labelled test soundscapes in the
 BirdCLEF 2021 style (``test_soundscapes/<audio_id>.ogg`` and ``test_labels.csv``).
 
-Each species is a :class:`CallModel`: one of several parameterised call families
-(frequency-modulated whistles, trills, harmonic stacks, buzzes, chirps/sweeps) with its own centre
-frequency, bandwidth, note length, note rate, note count, harmonics and envelope. Every clip is a
+Each species is a :class:`~dawnchorus.synth.calls.CallModel` (the species and their calls live in
+:mod:`dawnchorus.synth.calls`; this module assembles the data set from them). Every clip is a
 different individual (pitch, tempo and phrase length vary), so species are learnable yet
-confusable. Training clips are
-clean focal recordings; soundscapes mix calls at low signal-to-noise ratios, with distance filtering
-and reverberation, over coloured noise, wind, insects and (optionally) real background recordings.
+confusable. Training clips are clean focal recordings; soundscapes mix calls at low signal-to-noise
+ratios, with distance filtering and reverberation, over coloured noise, wind, insects and
+(optionally) real background recordings (read through :class:`~dawnchorus.augment.noise.NoiseBank`,
+the bank training uses).
 
 Everything is drawn from ``numpy`` generators seeded by ``(seed, stream, index)``, so the output is
 the same for a seed whatever the number of worker processes.
@@ -33,12 +33,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import fft as sfft
 from scipy import signal
 
+from dawnchorus.augment.noise import (
+    NoiseBank,
+    coloured_noise,
+    random_looped_segment,
+    rms,
+    shaped_noise,
+    unit_rms,
+)
 from dawnchorus.errors import SynthError
-from dawnchorus.io.audio import find_audio_files, info, load, write_audio
+from dawnchorus.io.audio import find_audio_files, info, write_audio
 from dawnchorus.io.files import usable_cores
+from dawnchorus.synth.calls import (
+    CallModel,
+    Species,
+    draw_individual,
+    draw_species,
+    max_species,
+    render_call,
+    stream_rng,
+)
 
 CLIP_SAMPLE_RATES = (22050, 32000, 44100, 48000)
 CLIP_SAMPLE_RATE_WEIGHTS = (0.2, 0.4, 0.25, 0.15)
@@ -51,22 +67,20 @@ CLEAN_FLOOR_DB = -40.0  # the clean copies' recorder self-noise, relative to the
 MIN_LABEL_OVERLAP_S = 0.5
 CALLS_PER_WINDOW_WEIGHTS = (0.3, 0.35, 0.25, 0.1)  # P(0, 1, 2, 3 calls start in a window)
 SCORED_FRACTION = 0.8
-# Fundamentals stay below this so every species is audible at the lowest clip rate (22050 Hz).
-MAX_FUNDAMENTAL_HZ = 9500.0
 
 METADATA_COLUMNS = (
     "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
     "common_name", "author", "license", "rating", "time", "url", "filename",
 )
 LABEL_COLUMNS = ("row_id", "audio_id", "seconds", "birds")
-CALL_FAMILIES = ("whistle", "trill", "harmonic", "buzz", "sweep")
 OUTPUT_NAMES = (
     "train_metadata.csv", "train_audio", "scored_birds.json", "test_soundscapes",
     "test_soundscapes_clean", "test_labels.csv",
 )
 
-# Seed streams: each concern draws from its own generator so one never shifts another.
-_SPECIES_STREAM, _METADATA_STREAM, _CLIP_STREAM, _SOUNDSCAPE_STREAM, _SCORED_STREAM = range(1, 6)
+# Seed streams (synth.calls.stream_rng): each concern draws from its own generator so one never
+# shifts another; stream 1 is the species catalogue (synth.calls.SPECIES_STREAM).
+_METADATA_STREAM, _CLIP_STREAM, _SOUNDSCAPE_STREAM, _SCORED_STREAM = range(2, 6)
 _NOISE_LOOP_STREAM = 6
 # Focal clips get faint noise cut from per-process loops of this many seconds (an FFT per clip
 # would cost as much as the calls themselves).
@@ -74,45 +88,14 @@ NOISE_LOOP_S = 8.0
 NOISE_LOOP_EXPONENTS = (0.0, 1.0, 2.0)
 
 
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(text.split())
-
-
-_ADJECTIVES = _words(
-    """
-    Amber Ashy Barred Black Bronze Chestnut Cinnamon Crested Dusky Eastern Fiery Forest Golden
-    Grey Hoary Hooded Indigo Jade Lemon Lesser Marsh Masked Mountain Northern Olive Pale Plain
-    Pygmy Red Rufous Rusty Scaly Spotted Streaked Tawny Tufted Upland Velvet Western White
-    Yellow
-    """
+_FIRST_NAMES = (
+    "Ana", "Bernd", "Chen", "Dara", "Elif", "Femi", "Greta", "Hiro", "Ines", "Jonas", "Kavya",
+    "Lucia", "Mateo", "Nadia", "Oskar", "Priya", "Rafael", "Sofia", "Tomas", "Yusuf",
 )
-_NOUNS = _words(
-    """
-    Antbird Babbler Bulbul Bunting Cisticola Crake Cuckoo Dove Drongo Euphonia Finch Flycatcher
-    Gerygone Grosbeak Honeyeater Kingfisher Lark Manakin Minivet Myna Nuthatch Oriole Owl
-    Parakeet Pigeon Pipit Prinia Rail Robin Seedeater Shrike Sparrow Starling Sunbird Swallow
-    Tanager Thrush Tit Vireo Warbler Waxbill Weaver Whistler Woodpecker Wren
-    """
-)
-_SYLLABLES = _words(
-    """
-    ba ca cer chlo da dro ela fa gla hy la lo ma me mi na no pa phi pi ra ri sa si ta te thy to
-    tu ve xe zo
-    """
-)
-_GENUS_ENDINGS = ("us", "a", "is", "ops", "ornis", "ia", "ella")
-_EPITHET_ENDINGS = ("us", "a", "i", "ensis", "ata", "alis", "icus")
-_FIRST_NAMES = _words(
-    """
-    Ana Bernd Chen Dara Elif Femi Greta Hiro Ines Jonas Kavya Lucia Mateo Nadia Oskar Priya
-    Rafael Sofia Tomas Yusuf
-    """
-)
-_LAST_NAMES = _words(
-    """
-    Almeida Berg Costa Dubois Eriksen Fontaine Garcia Hoffmann Ito Kowalski Lindqvist Moreau
-    Nakamura Okafor Petrov Quispe Rossi Silva Tanaka Weber
-    """
+_LAST_NAMES = (
+    "Almeida", "Berg", "Costa", "Dubois", "Eriksen", "Fontaine", "Garcia", "Hoffmann", "Ito",
+    "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quispe", "Rossi", "Silva",
+    "Tanaka", "Weber",
 )
 _LICENSES = (
     "Creative Commons Attribution-NonCommercial-ShareAlike 3.0",
@@ -132,44 +115,6 @@ _TYPES_BY_FAMILY = {
 
 
 @dataclass(frozen=True)
-class CallModel:
-    """One species' vocalisation: a phrase of notes from one call family.
-
-    A note lasts ``note_s`` seconds; notes start ``note_rate_hz`` times a second; a phrase has
-    between ``notes[0]`` and ``notes[1]`` notes. ``harmonics`` are the amplitudes of harmonics
-    1, 2, ... relative to the fundamental. ``modulation_hz`` is the vibrato rate (whistle) or the
-    pulse rate (buzz); ``direction`` is +1 for rising notes and -1 for falling ones; ``glide`` is a
-    slow relative pitch change across a whistle; ``attack`` is the fraction of a note spent rising;
-    ``trend`` is the loudness of the last note relative to the first.
-    """
-
-    family: str
-    centre_hz: float
-    bandwidth_hz: float
-    note_s: float
-    note_rate_hz: float
-    notes: tuple[int, int]
-    harmonics: tuple[float, ...]
-    modulation_hz: float
-    direction: int
-    glide: float
-    attack: float
-    trend: float
-
-
-@dataclass(frozen=True)
-class Species:
-    """A synthetic species: eBird-like code, names, home range and call model."""
-
-    code: str
-    common_name: str
-    scientific_name: str
-    latitude: float
-    longitude: float
-    call: CallModel
-
-
-@dataclass(frozen=True)
 class SynthSummary:
     """What :func:`make_dataset` wrote."""
 
@@ -185,43 +130,7 @@ class SynthSummary:
 
 
 # ----------------------------------------------------------------------------------------------
-# Random streams and small signal helpers
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
-
-
-def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
-def _rms(samples: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
-
-
-def _unit_rms(samples: np.ndarray) -> np.ndarray:
-    level = _rms(samples)
-    return samples / level if level > 0 else samples
-
-
-def _shaped_noise(
-    n: int, sample_rate: int, rng: np.random.Generator, gain: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """White noise whose amplitude spectrum is multiplied by ``gain(frequencies_hz)``; unit RMS."""
-    size = sfft.next_fast_len(max(n, 2), real=True)
-    spectrum = sfft.rfft(rng.standard_normal(size, dtype=np.float32))
-    spectrum *= gain(sfft.rfftfreq(size, 1.0 / sample_rate).astype(np.float32))
-    return _unit_rms(sfft.irfft(spectrum, size)[:n])
-
-
-def coloured_noise(
-    n: int, sample_rate: int, exponent: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Noise with power spectrum ~ 1/f**exponent (0 white, 1 pink, 2 brown), unit RMS, no DC."""
-    return _shaped_noise(
-        n, sample_rate, rng, lambda f: np.maximum(f, 20.0) ** (-exponent / 2) * (f > 10.0)
-    )
+# Small signal helpers
 
 
 def _smooth_envelope(
@@ -231,174 +140,6 @@ def _smooth_envelope(
     points = max(2, int(n / sample_rate / period_s) + 2)
     values = np.exp(depth * rng.standard_normal(points))
     return np.interp(np.arange(n), np.linspace(0, n, points), values / values.mean())
-
-
-# ----------------------------------------------------------------------------------------------
-# Species
-
-
-def _species_names(rng: np.random.Generator, count: int) -> list[tuple[str, str, str]]:
-    """``count`` (code, common name, scientific name) triples with unique 6-letter codes."""
-    pairs = [(a, n) for a in _ADJECTIVES for n in _NOUNS]
-    genus_by_noun = {noun: _latin_word(rng, _GENUS_ENDINGS).capitalize() for noun in _NOUNS}
-    chosen: dict[str, tuple[str, str, str]] = {}
-    for index in rng.permutation(len(pairs)):
-        adjective, noun = pairs[index]
-        code = (adjective[:3] + noun[:3]).lower()
-        if code in chosen:
-            continue
-        scientific = f"{genus_by_noun[noun]} {_latin_word(rng, _EPITHET_ENDINGS)}"
-        chosen[code] = (code, f"{adjective} {noun}", scientific)
-        if len(chosen) == count:
-            break
-    return sorted(chosen.values())
-
-
-def _latin_word(rng: np.random.Generator, endings: Sequence[str]) -> str:
-    syllables = rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))
-    return "".join(syllables) + str(rng.choice(endings))
-
-
-def max_species() -> int:
-    """The largest species count :func:`make_dataset` can name with unique 6-letter codes."""
-    return len({(a[:3] + n[:3]).lower() for a in _ADJECTIVES for n in _NOUNS})
-
-
-def draw_call_model(family: str, rng: np.random.Generator) -> CallModel:
-    """Draw one species' call parameters from a family's ranges (centre 1-10 kHz)."""
-    if family not in CALL_FAMILIES:
-        raise SynthError(f"call family must be one of {', '.join(CALL_FAMILIES)}, not {family!r}")
-    u = rng.uniform
-    harmonics: tuple[float, ...] = (1.0, float(u(0.03, 0.2)))
-    modulation, glide = 0.0, 0.0
-    if family == "whistle":
-        centre = _log_uniform(rng, 1500, 6000)
-        bandwidth, note_s, rate = centre * u(0.05, 0.4), u(0.25, 0.9), u(0.7, 2.0)
-        notes, modulation, glide = (1, int(rng.integers(1, 4))), u(2, 10), u(-0.3, 0.3)
-    elif family == "trill":
-        centre = _log_uniform(rng, 2500, 9000)
-        bandwidth, note_s, rate = centre * u(0.1, 0.5), u(0.015, 0.06), u(8, 25)
-        low = int(rng.integers(5, 12))
-        notes = (low, low + int(rng.integers(4, 20)))
-    elif family == "harmonic":
-        centre = _log_uniform(rng, 1000, 3500)
-        bandwidth, note_s, rate = centre * u(0.05, 0.3), u(0.08, 0.35), u(1.5, 5.0)
-        notes = (1, int(rng.integers(2, 7)))
-        count = int(rng.integers(3, 7))
-        overtones = u(0.2, 0.9, count - 1) / np.arange(1, count)
-        harmonics = tuple(float(h) for h in np.r_[1.0, overtones])
-    elif family == "buzz":
-        centre = _log_uniform(rng, 2000, 8000)
-        bandwidth, note_s, rate = centre * u(0.2, 0.6), u(0.2, 0.8), u(0.8, 2.5)
-        notes, modulation = (1, int(rng.integers(1, 5))), u(60, 200)
-    else:  # sweep
-        centre = _log_uniform(rng, 2000, 8000)
-        bandwidth, note_s, rate = centre * u(0.4, 1.2), u(0.04, 0.15), u(3, 10)
-        notes = (2, int(rng.integers(3, 9)))
-    top = centre * (1 + abs(glide) / 2) + bandwidth / 2
-    scale = min(1.0, MAX_FUNDAMENTAL_HZ / top)
-    return CallModel(
-        family=family, centre_hz=centre * scale, bandwidth_hz=bandwidth * scale, note_s=note_s,
-        note_rate_hz=rate, notes=notes, harmonics=harmonics, modulation_hz=modulation,
-        direction=int(rng.choice((-1, 1))), glide=glide, attack=u(0.05, 0.5), trend=u(0.6, 1.4),
-    )
-
-
-def draw_species(count: int, seed: int) -> list[Species]:
-    """``count`` species sorted by code, deterministic for ``seed``; families spread evenly."""
-    if not 1 <= count <= max_species():
-        raise SynthError(f"species must be between 1 and {max_species()}, not {count}")
-    rng = _rng(seed, _SPECIES_STREAM)
-    names = _species_names(rng, count)
-    families = np.resize(rng.permutation(CALL_FAMILIES), count)
-    rng.shuffle(families)
-    return [
-        Species(
-            code=code, common_name=common, scientific_name=scientific,
-            latitude=float(rng.uniform(-40, 60)), longitude=float(rng.uniform(-150, 150)),
-            call=draw_call_model(str(family), rng),
-        )
-        for (code, common, scientific), family in zip(names, families, strict=True)
-    ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Call rendering
-
-
-def _note_envelope(tau: np.ndarray, attack: float) -> np.ndarray:
-    """Smooth rise over ``attack`` of the note, smooth fall over the rest; 0 at both ends."""
-    rising = np.sin(0.5 * np.pi * np.minimum(tau / attack, 1.0)) ** 2
-    falling = np.cos(0.5 * np.pi * np.clip((tau - attack) / (1 - attack), 0.0, 1.0)) ** 2
-    return np.where(tau < attack, rising, falling)
-
-
-def _frequency_contour(
-    model: CallModel, tau: np.ndarray, t: np.ndarray, phases: np.ndarray
-) -> np.ndarray:
-    """Instantaneous fundamental (Hz), shape (notes, samples); ``tau``, ``t``: shape (samples,)."""
-    c, b = model.centre_hz, model.bandwidth_hz
-    if model.family == "whistle":
-        return c * (1 + model.glide * (tau - 0.5)) + 0.5 * b * np.sin(
-            2 * np.pi * model.modulation_hz * t + phases
-        )
-    if model.family == "trill":
-        return np.broadcast_to(c + model.direction * b * (tau - 0.5), (len(phases), len(tau)))
-    if model.family == "harmonic":
-        return np.broadcast_to(c + b * (np.sin(np.pi * tau) - 0.5), (len(phases), len(tau)))
-    if model.family == "buzz":
-        return c + 0.5 * b * np.sin(2 * np.pi * model.modulation_hz * t + phases)
-    low, high = max(c - b / 2, 500.0), c + b / 2
-    ratio = (high / low) ** (tau if model.direction > 0 else 1 - tau)
-    return np.broadcast_to(low * ratio, (len(phases), len(tau)))
-
-
-def render_call(
-    model: CallModel,
-    sample_rate: int,
-    rng: np.random.Generator,
-    pitch: float = 1.0,
-    tempo: float = 1.0,
-) -> np.ndarray:
-    """One phrase of ``model`` at ``sample_rate``, peak 1, float32.
-
-    ``pitch`` multiplies every frequency and ``tempo`` the note rate (and divides note length): the
-    per-individual variation. Notes get small random pitch and loudness jitter. FM is synthesised by
-    phase accumulation; harmonics fade out before the Nyquist frequency.
-    """
-    n_notes = int(rng.integers(model.notes[0], model.notes[1] + 1))
-    note_len = max(16, int(round(model.note_s / tempo * sample_rate)))
-    interval = max(note_len + int(0.004 * sample_rate),
-                   int(round(sample_rate / (model.note_rate_hz * tempo))))
-    jitter = rng.integers(0, max(1, (interval - note_len) // 4), n_notes)
-    onsets = np.arange(n_notes) * interval + jitter
-    tau = np.arange(note_len) / note_len
-    t = np.arange(note_len) / sample_rate
-    note_pitch = pitch * (1 + 0.01 * rng.standard_normal((n_notes, 1)))
-    freq = _frequency_contour(model, tau, t, rng.uniform(0, 2 * np.pi, (n_notes, 1))) * note_pitch
-    phase = 2 * np.pi * np.cumsum(freq, axis=1) / sample_rate
-    phase += rng.uniform(0, 2 * np.pi, (n_notes, 1))
-    nyquist = sample_rate / 2
-    wave = np.zeros_like(phase)
-    for order, amplitude in enumerate(model.harmonics, start=1):
-        fade = np.clip((0.95 * nyquist - order * freq) / (0.1 * nyquist), 0.0, 1.0)
-        wave += amplitude * fade * np.sin(order * phase)
-    envelope = _note_envelope(tau, model.attack)[None, :]
-    if model.family == "buzz":
-        envelope = envelope * (0.6 + 0.4 * np.sin(2 * np.pi * model.modulation_hz * t))[None, :]
-    loudness = np.linspace(1.0, model.trend, n_notes) * (1 + 0.1 * rng.standard_normal(n_notes))
-    wave *= envelope * np.clip(loudness, 0.3, None)[:, None]
-    out = np.zeros(int(onsets[-1]) + note_len)
-    out[onsets[:, None] + np.arange(note_len)[None, :]] = wave
-    peak = np.abs(out).max()
-    return (out / peak if peak > 0 else out).astype(np.float32)
-
-
-def _individual(rng: np.random.Generator) -> tuple[float, float]:
-    """(pitch, tempo) factors of one bird."""
-    pitch = float(np.clip(rng.normal(1.0, 0.03), 0.92, 1.08))
-    tempo = float(np.clip(rng.normal(1.0, 0.08), 0.8, 1.25))
-    return pitch, tempo
 
 
 def _add_at(target: np.ndarray, sound: np.ndarray, start: int, gain: float = 1.0) -> None:
@@ -424,17 +165,17 @@ class _ClipTask:
 
 def _render_clip(task: _ClipTask) -> np.ndarray:
     """A focal recording: the primary bird's phrases, quieter other species, faint clean noise."""
-    rng = _rng(task.seed, _CLIP_STREAM, task.index)
+    rng = stream_rng(task.seed, _CLIP_STREAM, task.index)
     sr = task.sample_rate
     clip = np.zeros(int(round(task.duration_s * sr)))
-    pitch, tempo = _individual(rng)
+    pitch, tempo = draw_individual(rng)
     position = int(rng.uniform(0.0, 0.6) * sr)
     while position < len(clip):
         phrase = render_call(task.primary, sr, rng, pitch * rng.normal(1, 0.005), tempo)
         _add_at(clip, phrase, position, float(rng.uniform(0.7, 1.0)))
         position += len(phrase) + int(rng.uniform(0.3, 2.5) * sr)
     for model in task.secondary:
-        other_pitch, other_tempo = _individual(rng)
+        other_pitch, other_tempo = draw_individual(rng)
         for _ in range(int(rng.integers(1, 4))):
             phrase = render_call(model, sr, rng, other_pitch, other_tempo)
             start = int(rng.integers(0, max(1, len(clip) - len(phrase) // 2)))
@@ -446,7 +187,7 @@ def _render_clip(task: _ClipTask) -> np.ndarray:
 @lru_cache(maxsize=len(CLIP_SAMPLE_RATES) * len(NOISE_LOOP_EXPONENTS))
 def _noise_loop(sample_rate: int, exponent: float) -> np.ndarray:
     """A fixed loop of coloured noise per (rate, colour), the same in every process."""
-    rng = _rng(0, _NOISE_LOOP_STREAM, sample_rate, int(exponent * 100))
+    rng = stream_rng(0, _NOISE_LOOP_STREAM, sample_rate, int(exponent * 100))
     return coloured_noise(int(NOISE_LOOP_S * sample_rate), sample_rate, exponent, rng)
 
 
@@ -480,7 +221,7 @@ class _SoundscapeTask:
     path: Path
     clean_path: Path | None
     species: tuple[tuple[str, CallModel], ...]
-    noise_files: tuple[Path, ...]
+    noise_dir: Path | None
 
 
 @dataclass(frozen=True)
@@ -494,49 +235,45 @@ class CallEvent:
 
 
 @lru_cache(maxsize=4)
-def _noise_bank(paths: tuple[Path, ...]) -> tuple[np.ndarray, ...]:
-    """Background recordings at the soundscape rate, unit RMS, faded ends (loop without clicks)."""
+def _noise_bank(noise_dir: Path) -> tuple[np.ndarray, ...]:
+    """The recordings of ``noise_dir`` (the one :class:`~dawnchorus.augment.noise.NoiseBank`) at the
+    soundscape rate, unit RMS, with faded ends (they loop without clicks)."""
+    try:
+        recordings = NoiseBank(noise_dir, SOUNDSCAPE_RATE).clips
+    except ValueError:
+        recordings = []
     bank = []
     fade = np.sin(0.5 * np.pi * np.linspace(0, 1, int(0.02 * SOUNDSCAPE_RATE))) ** 2
-    for path in paths:
-        samples = load(path, SOUNDSCAPE_RATE)
-        if len(samples) > 2 * len(fade) and _rms(samples) > 0:
+    for recording in recordings:
+        if len(recording) > 2 * len(fade):
+            samples = recording.copy()
             samples[: len(fade)] *= fade
             samples[-len(fade):] *= fade[::-1]
-            bank.append(_unit_rms(samples))
+            bank.append(unit_rms(samples))
     if not bank:
-        raise SynthError(
-            f"noise_dir {paths[0].parent}: none of its {len(paths)} recordings holds usable audio"
-        )
+        count = len(find_audio_files(noise_dir))
+        raise SynthError(f"noise_dir {noise_dir}: none of its {count} recordings holds usable audio")
     return tuple(bank)
-
-
-def _noise_segment(recording: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples from a random point of ``recording``, looped when it is shorter."""
-    if len(recording) >= n:
-        start = int(rng.integers(0, len(recording) - n + 1))
-        return recording[start : start + n]
-    return np.resize(np.roll(recording, -int(rng.integers(0, len(recording)))), n)
 
 
 def _wind(n: int, rng: np.random.Generator) -> np.ndarray:
     cutoff = rng.uniform(250, 900)
-    rumble = _shaped_noise(
+    rumble = shaped_noise(
         n, SOUNDSCAPE_RATE, rng, lambda f: (np.maximum(f, 20.0) ** -0.5) / (1 + (f / cutoff) ** 2)
     )
     gusts = _smooth_envelope(n, SOUNDSCAPE_RATE, rng, period_s=rng.uniform(0.7, 3.0), depth=0.6)
-    return _unit_rms(rumble * gusts)
+    return unit_rms(rumble * gusts)
 
 
 def _insects(n: int, rng: np.random.Generator) -> np.ndarray:
     centre, width = rng.uniform(3500, 9000), rng.uniform(200, 1500)
-    band = _shaped_noise(
+    band = shaped_noise(
         n, SOUNDSCAPE_RATE, rng, lambda f: np.exp(-0.5 * ((f - centre) / width) ** 2)
     )
     t = np.arange(n) / SOUNDSCAPE_RATE
     pulses = (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(15, 60) * t)) ** 3
     swell = _smooth_envelope(n, SOUNDSCAPE_RATE, rng, period_s=5.0, depth=0.4)
-    return _unit_rms(band * pulses * swell)
+    return unit_rms(band * pulses * swell)
 
 
 def soundscape_background(
@@ -556,11 +293,11 @@ def soundscape_background(
                            replace=False)
         split = rng.dirichlet(np.ones(len(picks)) * 2)
         real = sum(
-            np.sqrt(share) * _noise_segment(noise_bank[pick], n, rng)
+            np.sqrt(share) * random_looped_segment(noise_bank[pick], n, rng)
             for pick, share in zip(picks, split, strict=True)
         )
-        components.append(_unit_rms(real))
-    return _unit_rms(sum(np.sqrt(w) * c for w, c in zip(weights, components, strict=True)))
+        components.append(unit_rms(real))
+    return unit_rms(sum(np.sqrt(w) * c for w, c in zip(weights, components, strict=True)))
 
 
 def _propagate(call: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -592,7 +329,7 @@ def _place_calls(
     n_windows = n // window
     community = rng.choice(len(task.species), size=min(len(task.species), int(rng.integers(2, 7))),
                            replace=False)
-    birds = {int(i): _individual(rng) for i in community}
+    birds = {int(i): draw_individual(rng) for i in community}
     counts = _calls_per_window(n_windows, rng)
     calls = np.zeros(n)
     events: list[CallEvent] = []
@@ -609,7 +346,7 @@ def _place_calls(
             start = w * window + int(rng.integers(0, min(window - 1, room - len(dry)) + 1))
             span = background[start : start + len(dry)]
             snr_db = float(rng.uniform(*SNR_DB_RANGE))
-            gain = _rms(span) / max(_rms(dry), 1e-12) * 10 ** (snr_db / 20)
+            gain = rms(span) / max(rms(dry), 1e-12) * 10 ** (snr_db / 20)
             _add_at(calls, _propagate(dry, rng), start, gain)
             end = start + len(dry)
             events.append(CallEvent(code, start / SOUNDSCAPE_RATE, end / SOUNDSCAPE_RATE, snr_db))
@@ -619,16 +356,16 @@ def _place_calls(
 def _recorder_floor(n: int, background_rms: float, task: _SoundscapeTask) -> np.ndarray:
     """The faint self-noise of a recorder in a silent place, ``CLEAN_FLOOR_DB`` under the field
     background: "clean" means no environment, not digital silence, which no microphone records."""
-    rng = _rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 2)
+    rng = stream_rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 2)
     return _clip_noise(n, SOUNDSCAPE_RATE, rng) * background_rms * 10 ** (CLEAN_FLOOR_DB / 20)
 
 
 def _write_soundscape(task: _SoundscapeTask) -> tuple[list[CallEvent], int]:
     """Render and write one soundscape (and its clean copy); returns its calls and bytes written."""
     n = int(round(task.duration_s * SOUNDSCAPE_RATE))
-    background_rng = _rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 0)
-    calls_rng = _rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 1)
-    bank = _noise_bank(task.noise_files) if task.noise_files else ()
+    background_rng = stream_rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 0)
+    calls_rng = stream_rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 1)
+    bank = _noise_bank(task.noise_dir) if task.noise_dir is not None else ()
     background = soundscape_background(n, background_rng, bank)
     background *= 10 ** (background_rng.uniform(-34, -24) / 20)
     calls, events = _place_calls(task, background, calls_rng)
@@ -637,7 +374,7 @@ def _write_soundscape(task: _SoundscapeTask) -> tuple[list[CallEvent], int]:
     write_audio(task.path, (mix * gain).astype(np.float32), SOUNDSCAPE_RATE)
     written = task.path.stat().st_size
     if task.clean_path is not None:
-        clean = calls + _recorder_floor(n, _rms(background), task)
+        clean = calls + _recorder_floor(n, rms(background), task)
         write_audio(task.clean_path, (clean * gain).astype(np.float32), SOUNDSCAPE_RATE)
         written += task.clean_path.stat().st_size
     return events, written
@@ -855,12 +592,12 @@ def make_dataset(
     _prepare_output(out, overwrite)
 
     catalogue = draw_species(species, seed)
-    metadata_rng = _rng(seed, _METADATA_STREAM)
+    metadata_rng = stream_rng(seed, _METADATA_STREAM)
     counts = [counts_by_rank[rank] for rank in metadata_rng.permutation(species)]
     rows = _metadata_rows(catalogue, counts, metadata_rng)
     clip_tasks = _clip_tasks(rows, catalogue, metadata_rng, seed, out)
-    scape_tasks = _soundscape_tasks(soundscapes, soundscape_s, catalogue, noise_files, seed, out,
-                                    clean_copies)
+    scape_tasks = _soundscape_tasks(soundscapes, soundscape_s, catalogue,
+                                    Path(noise_dir) if noise_files else None, seed, out, clean_copies)
 
     workers = min(workers or usable_cores(), max(1, len(clip_tasks) + len(scape_tasks)))
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
@@ -919,11 +656,11 @@ def parse_label_list(text: str) -> list[str]:
 
 
 def _soundscape_tasks(
-    count: int, duration_s: float, catalogue: Sequence[Species], noise_files: tuple[Path, ...],
+    count: int, duration_s: float, catalogue: Sequence[Species], noise_dir: Path | None,
     seed: int, out: Path, clean_copies: bool,
 ) -> list[_SoundscapeTask]:
     numbers = np.arange(100_000, 1_000_000)
-    ids = _rng(seed, _SOUNDSCAPE_STREAM).choice(numbers, size=count, replace=False)
+    ids = stream_rng(seed, _SOUNDSCAPE_STREAM).choice(numbers, size=count, replace=False)
     species = tuple((sp.code, sp.call) for sp in catalogue)
     tasks = []
     for index, number in enumerate(ids.tolist()):
@@ -932,7 +669,7 @@ def _soundscape_tasks(
             index=index, seed=seed, audio_id=audio_id, duration_s=duration_s,
             path=out / "test_soundscapes" / f"{audio_id}.ogg",
             clean_path=out / "test_soundscapes_clean" / f"{audio_id}.ogg" if clean_copies else None,
-            species=species, noise_files=noise_files,
+            species=species, noise_dir=noise_dir,
         ))
     return tasks
 
@@ -940,7 +677,7 @@ def _soundscape_tasks(
 def _write_scored_birds(out: Path, catalogue: Sequence[Species], seed: int) -> None:
     codes = [sp.code for sp in catalogue]
     keep = max(1, int(round(SCORED_FRACTION * len(codes))))
-    scored = sorted(_rng(seed, _SCORED_STREAM).choice(codes, size=keep, replace=False).tolist())
+    scored = sorted(stream_rng(seed, _SCORED_STREAM).choice(codes, size=keep, replace=False).tolist())
     (out / "scored_birds.json").write_text(json.dumps(scored) + "\n")
 
 
