@@ -52,8 +52,9 @@ from dawnchorus.config import Config, build_config, load_config
 from dawnchorus.evaluate.metrics import align_predictions, evaluate
 from dawnchorus.evaluate.thresholds import tune_thresholds
 from dawnchorus.io.annotations import read_birdclef_labels
+from dawnchorus.models.modelfile import LoadedModel, load_model
 from dawnchorus.synth.soundscapes import make_dataset
-from dawnchorus.training.run import LoadedModel, load_model, train
+from dawnchorus.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 # Bird-free real backgrounds split so that each bank holds rain, wind and running water.

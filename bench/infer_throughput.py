@@ -126,9 +126,9 @@ def ensure_model(path: Path, calibration_files: list[Path], backbone: str = "eff
 
     from dawnchorus.config import build_config
     from dawnchorus.io.audio import iter_windows
-    from dawnchorus.models.classifier import build_model
+    from dawnchorus.models.classifier import SpectrogramClassifier, build_model
     from dawnchorus.models.features import LogMel
-    from dawnchorus.training.run import SpectrogramClassifier, save_model_file
+    from dawnchorus.models.modelfile import save_model_file
 
     config = build_config({"model": {"backbone": backbone, "pretrained": False}})
     torch.manual_seed(0)
@@ -200,7 +200,7 @@ def measure(
 
     from dawnchorus.inference.engines import batch_function_for, describe_engine
     from dawnchorus.inference.run import run_prediction
-    from dawnchorus.training.run import load_model
+    from dawnchorus.models.modelfile import load_model
 
     setup_started = time.perf_counter()
     torch.set_num_threads(threads)

@@ -31,7 +31,8 @@ from dawnchorus.config import Config, build_config
 from dawnchorus.data.datasets import AudioCache
 from dawnchorus.data.layouts import load_training_set
 from dawnchorus.synth.soundscapes import make_dataset
-from dawnchorus.training.run import build_datasets, train
+from dawnchorus.training.datamodule import build_datasets
+from dawnchorus.training.run import train
 
 QUICK = {"clips": 64, "epochs": 2}
 FULL = {"clips": 320, "epochs": 3}

@@ -15,8 +15,9 @@ import torch
 import yaml
 
 import dawnchorus
+from dawnchorus.models.modelfile import load_model
 from dawnchorus.synth.soundscapes import make_dataset
-from dawnchorus.training.run import first_of_each_index, load_model
+from dawnchorus.training.module import first_of_each_index
 
 
 def test_first_of_each_index_scores_every_item_once() -> None:

@@ -21,8 +21,8 @@ from dawnchorus.demo import (
     write_synthetic_ambience,
 )
 from dawnchorus.io.audio import info, load
+from dawnchorus.models.modelfile import load_model
 from dawnchorus.report.figures import format_metric
-from dawnchorus.training.run import load_model
 from tests.browser_check import open_in_chromium, require_browser
 from tests.report_checks import check_report
 

@@ -30,9 +30,9 @@ from dawnchorus.inference.distributed import (
 from dawnchorus.inference.run import run_prediction
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import AudioError, iter_windows, write_audio
-from dawnchorus.models.classifier import build_model
+from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.features import LogMel
-from dawnchorus.training.run import SpectrogramClassifier, load_model, save_model_file
+from dawnchorus.models.modelfile import load_model, save_model_file
 
 distributed = pytest.importorskip("distributed", reason="needs the 'distributed' extra (dask.distributed)")
 

@@ -43,9 +43,9 @@ from dawnchorus.inference.run import (
     run_prediction,
 )
 from dawnchorus.io.audio import iter_windows, load, write_audio
-from dawnchorus.models.classifier import build_model
+from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.features import LogMel
-from dawnchorus.training.run import LoadedModel, SpectrogramClassifier, load_model, save_model_file
+from dawnchorus.models.modelfile import LoadedModel, load_model, save_model_file
 from tests.conftest import real_data_dir
 
 

@@ -24,10 +24,11 @@ from dawnchorus.cli.app import app
 from dawnchorus.config import build_config
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import write_audio
-from dawnchorus.models.classifier import build_model
+from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.features import LogMel
+from dawnchorus.models.modelfile import save_model_file
 from dawnchorus.synth.soundscapes import make_dataset
-from dawnchorus.training.run import SpectrogramClassifier, save_model_file, train
+from dawnchorus.training.run import train
 
 runner = CliRunner()
 SOUNDSCAPE_S = 60.0

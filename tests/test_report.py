@@ -22,12 +22,12 @@ from dawnchorus.data.layouts import load_training_set
 from dawnchorus.errors import ReportError
 from dawnchorus.evaluate.metrics import evaluate_files
 from dawnchorus.inference.run import run_prediction
-from dawnchorus.models.classifier import build_model
+from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.features import LogMel
+from dawnchorus.models.modelfile import load_model, save_model_file
 from dawnchorus.report.figures import format_metric
 from dawnchorus.report.html import build_report, render_evaluation
 from dawnchorus.synth.soundscapes import make_dataset
-from dawnchorus.training.run import SpectrogramClassifier, load_model, save_model_file
 from tests.report_checks import check_report
 
 EPOCHS = 3

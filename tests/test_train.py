@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import huggingface_hub.constants
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,16 +22,12 @@ from dawnchorus.config import Config, build_config, load_config
 from dawnchorus.data.datasets import AudioCache
 from dawnchorus.data.layouts import load_training_set
 from dawnchorus.data.splits import assign_folds
+from dawnchorus.errors import ModelError, TrainingError
+from dawnchorus.models.modelfile import load_model
 from dawnchorus.synth.soundscapes import make_dataset
-from dawnchorus.training.run import (
-    BirdModule,
-    TrainingError,
-    _train_sampler,
-    build_datasets,
-    load_model,
-    train,
-    warmup_cosine,
-)
+from dawnchorus.training.datamodule import BirdDataModule, build_datasets, train_sampler
+from dawnchorus.training.module import BirdModule, warmup_cosine
+from dawnchorus.training.run import train
 
 runner = CliRunner()
 SPECIES = 4
@@ -293,14 +290,39 @@ def test_focal_loss_with_gamma_zero_is_bce_and_down_weights_easy_examples() -> N
     )
 
 
+def test_label_smoothing_moves_training_targets_towards_one_half_in_the_loss() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.5]])
+    targets = torch.tensor([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0]])  # 0.3: a secondary label
+    smoothing = 0.1
+    module = BirdModule(fast_config({"imbalance.label_smoothing": smoothing}), ["a", "b", "c"])
+    smoothed = targets * (1 - smoothing) + smoothing / 2  # 1 -> 0.95, 0 -> 0.05, 0.3 -> 0.32
+    p = torch.sigmoid(logits)
+    expected = -(smoothed * p.log() + (1 - smoothed) * (1 - p).log()).mean()
+    assert module.loss(logits, targets, torch.ones(2)).item() == pytest.approx(expected.item(), rel=1e-5)
+    unsmoothed = BirdModule(fast_config(), ["a", "b", "c"]).loss(logits, targets, torch.ones(2))
+    assert unsmoothed.item() != pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_data_module_targets_stay_unsmoothed(dataset: Path, tmp_path: Path) -> None:
+    """Smoothing is the loss's job only: the data sets hand out the encoded labels unchanged."""
+    config = fast_config({"imbalance.label_smoothing": 0.2, "train.val_fraction": 0.25})
+    data = BirdDataModule(dataset, config, tmp_path / "cache")
+    data.setup("fit")
+    targets = np.stack([data.val_set[i]["target"].numpy() for i in range(len(data.val_set))])
+    assert set(np.unique(targets)) <= {0.0, config.imbalance.secondary_weight, 1.0}
+    assert (targets.max(axis=1) == 1.0).all()
+    assert data.labels == load_training_set(dataset).labels
+    assert len(data.val_dataloader()) == 2  # clips, then the labelled soundscapes
+
+
 def test_weighted_sampler_draws_rare_classes_more_often() -> None:
     primary = ["common"] * 90 + ["rare"] * 10
     config = fast_config({"imbalance.sampler": "weighted", "imbalance.sampler_power": 1.0})
-    sampler = _train_sampler(primary, config, num_samples=4000)
+    sampler = train_sampler(primary, config, num_samples=4000)
     assert isinstance(sampler, WeightedRandomSampler)
     drawn = np.asarray(primary)[list(sampler)]
     assert 0.45 < (drawn == "rare").mean() < 0.55  # power 1: classes drawn equally
-    assert _train_sampler(primary, fast_config(), num_samples=100) is None
+    assert train_sampler(primary, fast_config(), num_samples=100) is None
 
 
 def test_focal_loss_weighted_sampler_and_oversampling_train(dataset: Path, tmp_path: Path) -> None:
@@ -405,3 +427,18 @@ def test_bad_config_fails_before_training(
     for fragment in expected:
         assert fragment in message, (fragment, result.output)
     assert not out.exists()  # nothing was written: training never started
+
+
+def test_training_offline_with_default_pretrained_weights_is_a_model_error(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API raises ModelError (the command line's one-line message: tests/test_cli_errors.py)."""
+    # Offline with an empty hub cache, whatever this machine has downloaded before.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelError) as raised:
+        train(dataset, tmp_path / "run", Config(), progress_bar=False)
+    message = str(raised.value)
+    assert "no network to download ImageNet weights for efficientnet_b0" in message
+    assert "--no-pretrained" in message and "\n" not in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
