@@ -36,20 +36,16 @@ def encode_targets(
     clips: pd.DataFrame,
     labels: Sequence[str],
     secondary_weight: float = 0.5,
-    label_smoothing: float = 0.0,
 ) -> np.ndarray:
     """Multi-hot targets ``(n_clips, n_labels)`` float32 in the order of ``labels``.
 
     The primary label gets 1.0, each secondary label ``secondary_weight`` (the larger value wins
     when a label is both). Secondary labels outside ``labels`` are ignored; a primary label outside
-    them is an error. Smoothing treats each label as its own binary problem (sigmoid outputs), so
-    targets move towards 0.5: ``t * (1 - s) + s / 2`` - positives become ``1 - s/2``, negatives
-    ``s/2``.
+    them is an error. Label smoothing is not applied here: the training loss applies it
+    (:meth:`dawnchorus.training.module.BirdModule.loss`), so validation targets stay hard.
     """
     if not 0.0 <= secondary_weight <= 1.0:
         raise ValueError(f"secondary_weight must be in [0, 1], got {secondary_weight}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     column_of = {label: i for i, label in enumerate(labels)}
     unknown = sorted(set(clips["primary_label"]) - column_of.keys())
     if unknown:
@@ -64,8 +60,6 @@ def encode_targets(
             if label in column_of:
                 targets[row, column_of[label]] = max(targets[row, column_of[label]], secondary_weight)
         targets[row, column_of[primary]] = 1.0
-    if label_smoothing:
-        targets = targets * (1.0 - label_smoothing) + label_smoothing / 2.0
     return targets.astype(np.float32)
 
 
