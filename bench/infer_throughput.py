@@ -198,6 +198,7 @@ def measure(
     """Run one engine over ``inputs`` writing every output format; time only the prediction run."""
     import torch
 
+    from dawnchorus.config import PredictSettings
     from dawnchorus.inference.engines import batch_function_for, describe_engine
     from dawnchorus.inference.run import run_prediction
     from dawnchorus.models.modelfile import load_model
@@ -216,7 +217,9 @@ def measure(
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     with sampler if sample_rss else contextlib.nullcontext():
-        summary = run_prediction(model, inputs, out_dir, batch_size=batch_size, batch_function=run)
+        summary = run_prediction(
+            model, inputs, out_dir, PredictSettings(batch_size=batch_size), batch_function=run
+        )
     wall = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_before
     if summary.failed:

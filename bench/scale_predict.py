@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dawnchorus.config import build_config
+from dawnchorus.config import ENGINES, PredictSettings, build_config
 from dawnchorus.inference.distributed import run_distributed_prediction
-from dawnchorus.inference.engines import DEFAULT_BATCH_SIZE, ENGINES, batch_function_for
+from dawnchorus.inference.engines import DEFAULT_BATCH_SIZE, batch_function_for
 from dawnchorus.inference.run import run_prediction
 from dawnchorus.io.audio import write_audio
 from dawnchorus.io.files import usable_cores
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         model = load_model(model_path)
         engine = batch_function_for(model, args.engine, batch_size=args.batch_size)
+        settings = PredictSettings(batch_size=args.batch_size, chunk_s=args.chunk_s, engine=args.engine)
         single = run_prediction(
-            model, [folder], root / "single", batch_size=args.batch_size, progress=timeline,
-            batch_function=engine,
+            model, [folder], root / "single", settings, progress=timeline, batch_function=engine
         )
         wall = time.perf_counter() - started
         print(row("single process", single.audio_seconds, wall, timeline.steady_rate()), flush=True)
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
             timeline = Timeline()
             started = time.perf_counter()
             summary = run_distributed_prediction(
-                model_path, [folder], root / f"local{workers}", cluster=f"local:{workers}",
-                batch_size=args.batch_size, chunk_s=args.chunk_s, progress=timeline, engine=args.engine,
+                model_path, [folder], root / f"local{workers}", settings, cluster=f"local:{workers}",
+                progress=timeline,
             )
             wall = time.perf_counter() - started
             name = f"--cluster local:{workers}"

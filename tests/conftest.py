@@ -1,11 +1,18 @@
-"""Shared fixtures: real recordings from ../shared/data/real (skipped when absent)."""
+"""Shared fixtures: real recordings from ../shared/data/real (skipped when absent), and the one small
+model file the prediction, export and report tests run."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
+
+if TYPE_CHECKING:  # torch and the models are imported by the fixtures that need them
+    from dawnchorus.models.classifier import SpectrogramClassifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -26,3 +33,79 @@ def real_data() -> Path:
     if found is None:
         pytest.skip("real recordings not found: set DAWNCHORUS_REAL_DATA or put shared/ beside the repo")
     return found
+
+
+# --- the shared model file ------------------------------------------------------------------------------
+
+MODEL_LABELS = ("aaa", "bbb", "ccc")
+
+
+def synthetic_audio(seconds: float, seed: int, sample_rate: int = 32000) -> np.ndarray:
+    """Pink noise with frequency-modulated whistles: bird-like enough to give varied outputs."""
+    from dawnchorus.augment.noise import coloured_noise
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    audio = 0.05 * coloured_noise(n, sample_rate, 1.0, rng)
+    length = int(0.4 * sample_rate)
+    tau = np.arange(length) / sample_rate
+    for start in rng.uniform(0, max(seconds - 1, 0.1), size=max(1, int(seconds))):
+        f0 = rng.uniform(2000, 7000)
+        call = np.sin(2 * np.pi * (f0 * tau + 800 * np.sin(2 * np.pi * 6 * tau) / 6)) * np.hanning(length)
+        begin = int(start * sample_rate)
+        audio[begin : begin + length] += 0.3 * call[: n - begin]
+    return audio.astype(np.float32)
+
+
+def calibrate_batch_norm(network: SpectrogramClassifier, audio: np.ndarray) -> None:
+    """Set batch-norm running statistics from ``audio`` windows (random ones leave eval activations near
+    zero, and statistics of other data make activations explode); leaves the network in eval mode."""
+    import torch
+
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    network.train()
+    with torch.no_grad():
+        network(torch.from_numpy(audio))
+    for norm in norms:
+        norm.momentum = 0.1
+    network.eval()
+
+
+def write_model_file(
+    path: Path,
+    labels: Sequence[str] = MODEL_LABELS,
+    backbone: str = "test_efficientnet",
+    seed: int = 0,
+    calibration: np.ndarray | None = None,
+    metadata: dict[str, Any] | None = None,
+    **model_settings: Any,
+) -> Path:
+    """An untrained model file whose outputs still depend on the audio: weights drawn with ``seed``,
+    batch-norm statistics from ``calibration`` windows (default: 30 s of :func:`synthetic_audio`)."""
+    import torch
+
+    from dawnchorus.config import build_config
+    from dawnchorus.models.classifier import SpectrogramClassifier, build_model
+    from dawnchorus.models.features import LogMel
+    from dawnchorus.models.modelfile import save_model_file
+
+    config = build_config({"model": {"backbone": backbone, "pretrained": False, **model_settings}})
+    torch.manual_seed(seed)
+    network = SpectrogramClassifier(
+        LogMel.from_settings(config.audio, config.frontend), build_model(config.model, len(labels))
+    )
+    if calibration is None:
+        audio = synthetic_audio(30.0, seed=11, sample_rate=config.audio.sample_rate)
+        calibration = audio.reshape(-1, config.audio.clip_samples)
+    calibrate_batch_norm(network, calibration)
+    return save_model_file(path, network, list(labels), config, metadata=metadata)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared small model file (test_efficientnet, labels aaa, bbb, ccc); tests that change it or
+    its folder copy it first."""
+    return write_model_file(tmp_path_factory.mktemp("shared-model") / "model.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import stat
 from pathlib import Path
@@ -14,25 +15,24 @@ import pandas as pd
 import pytest
 import torch
 
-from dawnchorus.config import build_config
+from dawnchorus.config import ClusterSettings, PredictSettings, build_predict_settings
+from dawnchorus.errors import ClusterError, ConfigError
+from dawnchorus.inference import distributed as dist
 from dawnchorus.inference.distributed import (
-    ClusterError,
     ClusterSpec,
-    chunk_ranges,
     connect,
     parse_cluster,
-    plan_recordings,
-    prefetched,
     run_distributed_prediction,
     slurm_cluster,
-    slurm_settings,
 )
+from dawnchorus.inference.engines import describe_engine, resolve_engine
+from dawnchorus.inference.pipeline import prefetched
 from dawnchorus.inference.run import run_prediction
+from dawnchorus.inference.windows import chunk_ranges, plan_recordings, whole_recording
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import AudioError, iter_windows, write_audio
-from dawnchorus.models.classifier import SpectrogramClassifier, build_model
-from dawnchorus.models.features import LogMel
-from dawnchorus.models.modelfile import load_model, save_model_file
+from dawnchorus.io.outputs import read_probabilities
+from dawnchorus.models.modelfile import load_model
 
 distributed = pytest.importorskip("distributed", reason="needs the 'distributed' extra (dask.distributed)")
 
@@ -40,25 +40,8 @@ KEYS = ["file", "start_s", "end_s"]
 LABELS = ["aaa", "bbb", "ccc"]
 CHUNK_S = 20.0  # 4 windows of 5 s: the long recordings below are split into several chunks
 SAMPLE_TOLERANCE = 1e-6
-
-
-def calibrated_model_file(path: Path) -> Path:
-    """An untrained model whose outputs still depend on the audio: batch-norm statistics from a few
-    training-mode passes, head scaled up (a 1-sample shift of a window moves them by ~1e-3)."""
-    config = build_config({"model": {"backbone": "test_efficientnet", "pretrained": False}})
-    torch.manual_seed(0)
-    network = SpectrogramClassifier(
-        LogMel.from_settings(config.audio, config.frontend), build_model(config.model, len(LABELS))
-    )
-    rng = np.random.default_rng(0)
-    with torch.no_grad():
-        network.train()
-        for _ in range(3):
-            batch = rng.uniform(-0.3, 0.3, (8, config.audio.clip_samples)).astype(np.float32)
-            network(torch.from_numpy(batch))
-        for parameter in network.classifier.head.parameters():
-            parameter.mul_(40.0)
-    return save_model_file(path, network.eval(), LABELS, config)
+# The reference ran eager torch: cluster runs that must match it within SAMPLE_TOLERANCE run torch too.
+ON_CLUSTER = PredictSettings(threshold=0.5, chunk_s=CHUNK_S, engine="torch")
 
 
 def warbling(sample_rate: int, seconds: float, seed: int) -> np.ndarray:
@@ -70,7 +53,7 @@ def warbling(sample_rate: int, seconds: float, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def recordings(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Short and long recordings at three sample rates, one unreadable file, a model, and the
     single-process run's outputs on them (the reference every cluster run must reproduce)."""
     root = tmp_path_factory.mktemp("distributed")
@@ -80,9 +63,10 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_audio(folder / "long_44k.ogg", warbling(44100, 95.3, 3), 44100)  # 5 chunks, resampled
     write_audio(folder / "long_32k.wav", warbling(32000, 61.0, 4), 32000)  # 4 chunks, no resampling
     (folder / "notes.ogg").write_text("field notes, not audio\n" * 20)
-    model = calibrated_model_file(root / "model.pt")
+    model = root / "model.pt"  # a copy: the ONNX graph exported beside it is this module's
+    shutil.copy2(model_file, model)
     reference = root / "single"
-    run_prediction(load_model(model), [folder], reference, threshold=0.5)
+    run_prediction(load_model(model), [folder], reference, PredictSettings(threshold=0.5, engine="torch"))
     return {"root": root, "folder": folder, "model": model, "reference": reference}
 
 
@@ -193,30 +177,31 @@ def test_chunk_ranges_cover_every_window_once() -> None:
 def test_plan_counts_windows_like_streaming_and_aligns_chunks_to_batches(recordings: dict[str, Path]) -> None:
     folder = recordings["folder"]
     paths = sorted(folder.iterdir())
-    plans, failed = plan_recordings(paths, 32000, 5.0, 2.5, chunk_s=CHUNK_S * 3, batch_size=16)
+    plans, failed = plan_recordings(paths, 32000, 5.0, 2.5, segment_s=CHUNK_S * 3, batch_size=16)
     assert [(p.name, "not decodable" in reason) for p, reason in failed] == [("notes.ogg", True)]
     for plan in plans:
         assert plan.windows == len(list(iter_windows(plan.path, 32000, 5.0, 2.5)))
-        firsts = [first for first, _ in plan.chunks]
+        firsts = [segment.first_window for segment in plan.segments]
         assert all(first % 16 == 0 for first in firsts)  # 60 s / 2.5 s = 24 windows -> 16: whole batches
-        assert plan.chunks[-1][1] is None
+        assert plan.segments[-1].max_windows is None
+        assert [s.index for s in plan.segments] == list(range(len(plan.segments)))
     long_plan = next(p for p in plans if p.path.name == "long_44k.ogg")
-    assert len(long_plan.chunks) == 3  # 38 windows in chunks of 16
+    assert len(long_plan.segments) == 3  # 38 windows in chunks of 16
     with pytest.raises(ValueError, match="chunk length"):
-        plan_recordings(paths, 32000, 5.0, 5.0, chunk_s=0)
+        plan_recordings(paths, 32000, 5.0, 5.0, segment_s=0)
 
 
 # --- SLURM ---------------------------------------------------------------------------------------------
 
 
 def test_slurm_settings_are_validated() -> None:
-    assert slurm_settings({"queue": "short"})["cores"] == 8
-    with pytest.raises(ClusterError, match="unknown cluster setting.*partition"):
-        slurm_settings({"partition": "short"})
-    with pytest.raises(ClusterError, match="cores"):
-        slurm_settings({"cores": 0})
-    with pytest.raises(ClusterError, match="processes .3. exceeds cores .2."):
-        slurm_settings({"cores": 2, "processes": 3})
+    assert build_predict_settings({"cluster": {"queue": "short"}}).cluster.cores == 8
+    with pytest.raises(ConfigError, match="cluster.partition: unknown setting"):
+        build_predict_settings({"cluster": {"partition": "short"}})
+    with pytest.raises(ConfigError, match="cluster.cores"):
+        build_predict_settings({"cluster": {"cores": 0}})
+    with pytest.raises(ConfigError, match="processes .3. exceeds cores .2."):
+        build_predict_settings({"cluster": {"cores": 2, "processes": 3}})
 
 
 def fake_slurm_commands(folder: Path, refuse: bool = False) -> Path:
@@ -240,7 +225,7 @@ def fake_slurm_commands(folder: Path, refuse: bool = False) -> Path:
     return folder
 
 
-SLURM_SETTINGS = {
+SLURM_SETTINGS = ClusterSettings(**{
     "queue": "gpu",
     "account": "birds",
     "cores": 8,
@@ -251,7 +236,7 @@ SLURM_SETTINGS = {
     "jobs": 2,
     "job_extra": ["--constraint=a100"],
     "prologue": ["module load cuda"],
-}
+})
 
 
 def test_slurm_job_script_carries_the_settings() -> None:
@@ -304,72 +289,75 @@ def test_cluster_slurm_submits_its_jobs_or_says_why_not(
 # --- saved chunks: an interrupted run does not recompute them -----------------------------------------
 
 
-def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
-    recordings: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from dawnchorus.inference import distributed as dist
-    from dawnchorus.io.outputs import read_probabilities
-
-    model = load_model(recordings["model"])
-    long_file = recordings["folder"] / "long_32k.wav"
-    (plan,), _ = plan_recordings([long_file], 32000, 5.0, 5.0, chunk_s=CHUNK_S, batch_size=4)
-    assert len(plan.chunks) == 4
-    options = dist.TaskOptions(
-        model_path=str(recordings["model"]), model_stamp=dist._model_stamp(recordings["model"]),
-        hop_s=5.0, batch_size=4, thresholds=tuple(model.class_thresholds.tolist()),
-        out_dir=str(tmp_path), formats=("csv",), merge=False, device="cpu", torch_threads=1,
+def task_options(model_path: Path, out_dir: Path, engine: str = "torch") -> dist.TaskOptions:
+    return dist.TaskOptions(
+        model_path=str(model_path), model_stamp=dist.model_stamp(model_path), hop_s=5.0, batch_size=4,
+        thresholds=(0.5,) * len(LABELS), out_dir=str(out_dir), formats=("csv",), merge=False, device="cpu",
+        torch_threads=1, engine=engine,
     )
+
+
+def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
+    recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    long_file = recordings["folder"] / "long_32k.wav"
+    (plan,), _ = plan_recordings([long_file], 32000, 5.0, 5.0, segment_s=CHUNK_S, batch_size=4, absolute=True)
+    assert len(plan.segments) == 4
+    options = task_options(recordings["model"], tmp_path)
     (tmp_path / "parts").mkdir()
-    first = dist.predict_chunk(plan, *plan.chunks[0], options)  # what a run killed later leaves
-    saved = dist.chunk_part(plan, *plan.chunks[0], options)
+    first = dist.predict_chunk(plan, plan.segments[0], options)  # what a run killed later leaves
+    saved = dist.chunk_part(plan, plan.segments[0], options)
+    assert not first.reused
     pd.testing.assert_frame_equal(read_probabilities(saved), first.frame)
 
-    computed: list[int] = []
-    real_window_table = dist._window_table
-
-    def counting_window_table(model, run, plan, first, count, options):
-        computed.append(first)
-        return real_window_table(model, run, plan, first, count, options)
-
-    monkeypatch.setattr(dist, "_window_table", counting_window_table)
-    chunks = [dist.predict_chunk(plan, start, count, options) for start, count in plan.chunks]
-    assert computed == [start for start, _ in plan.chunks[1:]]  # the saved chunk is read, not redone
+    chunks = [dist.predict_chunk(plan, segment, options) for segment in plan.segments]
+    assert [chunk.reused for chunk in chunks] == [True, False, False, False]  # the saved one is read
     done = dist.finish_recording(plan, options, *chunks)
     assert done.error is None and done.windows == 13
     expected = read_probabilities(recordings["reference"] / "parts" / f"{plan.key}.parquet")
     found = read_probabilities(tmp_path / "parts" / f"{plan.key}.parquet")
     pd.testing.assert_frame_equal(found[KEYS], expected[KEYS])
     np.testing.assert_allclose(found[LABELS], expected[LABELS], atol=SAMPLE_TOLERANCE)
+    assert found["file"].iloc[0] == str(long_file)  # the path as given, although workers open it absolute
     assert not list((tmp_path / "parts").glob("*.windows-*"))
 
 
-def test_workers_resolve_the_auto_engine_for_their_own_device(
-    recordings: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_recording_that_cannot_be_decoded_is_an_error_value(
+    recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.errors import PredictionError
-    from dawnchorus.inference import distributed as dist
-    from dawnchorus.inference.engines import describe_engine
+    notes = recordings["folder"] / "notes.ogg"
+    plan = whole_recording(notes)
+    options = task_options(recordings["model"], tmp_path)
+    done = dist.finish_recording(plan, options)
+    assert done.windows == 0 and "not decodable" in done.error
+    assert not (tmp_path / "parts").exists()
 
+
+def test_workers_resolve_the_auto_engine_for_their_own_device(
+    recordings: dict[str, Path], tmp_path: Path
+) -> None:
     model_path = tmp_path / "model.pt"
     model_path.write_bytes(recordings["model"].read_bytes())
     model = load_model(model_path)
-    dist._prepare_engine("auto", None, model_path, model)
+    dist.prepare_engine("torch", None, model_path, model)
+    assert not model_path.with_suffix(".cnn.onnx").exists()  # torch workers need no graph
+    dist.prepare_engine("auto", None, model_path, model)
     assert model_path.with_suffix(".cnn.onnx").is_file()  # exported once, before the workers start
-    with pytest.raises(PredictionError, match="unknown engine 'tensorrt'"):
-        dist._prepare_engine("tensorrt", None, model_path, model)
 
-    def options(engine: str) -> dist.TaskOptions:
-        return dist.TaskOptions(
-            model_path=str(model_path), model_stamp=dist._model_stamp(model_path), hop_s=5.0, batch_size=4,
-            thresholds=(0.5,) * 3, out_dir=str(tmp_path), formats=("csv",), merge=False, device=None,
-            torch_threads=1, engine=engine,
-        )
+    def engine_of(engine: str, device: str) -> str:
+        options = task_options(model_path, tmp_path, engine)
+        return describe_engine(dist.worker_batch_function(model, options, device))["engine"]
 
-    assert describe_engine(dist._worker_batch_function(model, options("auto")))["engine"] == "onnx"
-    assert describe_engine(dist._worker_batch_function(model, options("torch")))["engine"] == "torch"
-    monkeypatch.setattr(dist, "_worker_device", lambda requested: "cuda:0")  # a GPU worker
-    monkeypatch.setattr(dist, "torch_batch_function", lambda model, device: ("torch on", device))
-    assert dist._worker_batch_function(model, options("auto")) == ("torch on", "cuda:0")
+    assert engine_of("auto", "cpu") == "onnx"
+    assert engine_of("torch", "cpu") == "torch"
+    # Without a requested device, each worker takes one GPU by the number ending its name.
+    assert dist.worker_device(None, gpus=2, worker="tcp://10.0.0.5:4000-3") == "cuda:1"
+    assert dist.worker_device(None, gpus=2, worker="worker-4") == "cuda:0"
+    assert dist.worker_device(None, gpus=0, worker="worker-4") is None
+    assert dist.worker_device("cpu", gpus=2) == "cpu"
+    assert resolve_engine("auto", dist.worker_device(None, gpus=1, worker="w-0")) == "torch"  # GPU: torch
+    if torch.cuda.is_available():
+        assert engine_of("auto", "cuda:0") == "torch"
 
 
 # --- whole runs on a local cluster ---------------------------------------------------------------------
@@ -385,9 +373,8 @@ def test_local_cluster_writes_what_the_single_process_run_writes(
         recordings["model"],
         [recordings["folder"]],
         out,
+        ON_CLUSTER,
         cluster="local:2",
-        threshold=0.5,
-        chunk_s=CHUNK_S,
         progress=lambda result, done, total: progress.append(
             (Path(result.path).name, result.duration_s, done, total)
         ),
@@ -406,7 +393,7 @@ def test_local_cluster_writes_what_the_single_process_run_writes(
     assert sum(seconds for _, seconds, _, _ in progress) == pytest.approx(summary.audio_seconds)
 
     again = run_distributed_prediction(
-        recordings["model"], [recordings["folder"]], out, cluster="local:2", threshold=0.5, chunk_s=CHUNK_S
+        recordings["model"], [recordings["folder"]], out, ON_CLUSTER, cluster="local:2"
     )
     assert again.skipped == 4 and again.predicted == 0 and again.tasks == 0  # no cluster needed
     assert_same_outputs(recordings["reference"], out)
@@ -460,9 +447,8 @@ def test_killing_a_busy_worker_mid_run_still_gives_complete_outputs(
             recordings["model"],
             [recordings["folder"]],
             out,
+            ON_CLUSTER,
             cluster=cluster.scheduler_address,
-            threshold=0.5,
-            chunk_s=CHUNK_S,
             progress=kill_a_busy_worker,
         )
     finally:

@@ -19,8 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dawnchorus.augment.noise import coloured_noise
-from dawnchorus.config import build_config
+from dawnchorus.config import PredictSettings
 from dawnchorus.errors import ExportError, PredictionError
 from dawnchorus.inference import engines, export
 from dawnchorus.inference.engines import (
@@ -43,10 +42,8 @@ from dawnchorus.inference.run import (
     run_prediction,
 )
 from dawnchorus.io.audio import iter_windows, load, write_audio
-from dawnchorus.models.classifier import SpectrogramClassifier, build_model
-from dawnchorus.models.features import LogMel
-from dawnchorus.models.modelfile import LoadedModel, load_model, save_model_file
-from tests.conftest import real_data_dir
+from dawnchorus.models.modelfile import LoadedModel, load_model
+from tests.conftest import real_data_dir, synthetic_audio, write_model_file
 
 
 def importable(name: str) -> bool:
@@ -74,21 +71,6 @@ CALIBRATION_BACKGROUNDS = (
 )
 
 
-def synthetic_audio(seconds: float, seed: int) -> np.ndarray:
-    """Pink noise with frequency-modulated whistles: bird-like enough to give varied outputs."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SR)
-    audio = 0.05 * coloured_noise(n, SR, 1.0, rng)
-    length = int(0.4 * SR)
-    tau = np.arange(length) / SR
-    for start in rng.uniform(0, max(seconds - 1, 0.1), size=max(1, int(seconds))):
-        f0 = rng.uniform(2000, 7000)
-        call = np.sin(2 * np.pi * (f0 * tau + 800 * np.sin(2 * np.pi * 6 * tau) / 6)) * np.hanning(length)
-        begin = int(start * SR)
-        audio[begin : begin + length] += 0.3 * call[: n - begin]
-    return audio.astype(np.float32)
-
-
 def windows_of(path: Path, count: int) -> np.ndarray:
     """Up to ``count`` whole 5-s windows of a recording, resampled to 32 kHz."""
     samples = load(path, SR)
@@ -107,29 +89,9 @@ def calibration_audio() -> np.ndarray:
     return np.concatenate(pieces)
 
 
-def calibrate_batch_norm(network: SpectrogramClassifier, audio: np.ndarray) -> None:
-    """Set batch-norm running statistics from ``audio`` (random ones leave eval activations near zero,
-    and statistics of other data make activations explode)."""
-    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average
-    network.train()
-    with torch.no_grad():
-        network(torch.from_numpy(audio))
-    for norm in norms:
-        norm.momentum = 0.1
-    network.eval()
-
-
 def make_model_file(path: Path, backbone: str, seed: int = 0, **model_settings: object) -> Path:
-    config = build_config({"model": {"backbone": backbone, "pretrained": False, **model_settings}})
-    torch.manual_seed(seed)
-    network = SpectrogramClassifier(
-        LogMel.from_settings(config.audio, config.frontend), build_model(config.model, len(LABELS))
-    )
-    calibrate_batch_norm(network, calibration_audio())
-    return save_model_file(path, network, LABELS, config)
+    """The shared model file's recipe with this module's labels, calibrated on audio like the inputs."""
+    return write_model_file(path, LABELS, backbone, seed, calibration_audio(), **model_settings)
 
 
 @pytest.fixture(scope="module", params=["test_efficientnet", "efficientnet_b0"])
@@ -357,9 +319,9 @@ def test_predict_frame_with_onnx_matches_torch(
     small_model: LoadedModel, recordings: list[Path], real_data: Path, include_frontend: bool
 ) -> None:
     inputs = [*recordings, real_data / "background" / "redeclipse_river.ogg"]
-    with_torch = predict_frame(small_model, inputs, batch_size=4)
+    with_torch = predict_frame(small_model, inputs, PredictSettings(engine="torch", batch_size=4))
     run = onnx_batch_function(small_model, include_frontend=include_frontend, threads=1)
-    with_onnx = predict_frame(small_model, inputs, batch_size=4, batch_function=run)
+    with_onnx = predict_frame(small_model, inputs, PredictSettings(batch_size=4), batch_function=run)
     assert with_onnx.index.equals(with_torch.index)
     assert list(with_onnx.columns) == LABELS
     assert len(with_onnx) == 5 + 3 + len(with_onnx.loc[str(inputs[2])])
@@ -416,9 +378,10 @@ def test_model_without_a_file_exports_to_a_temporary_graph(small_model: LoadedMo
 def test_run_prediction_with_onnx_writes_the_same_tables(
     small_model: LoadedModel, recordings: list[Path], tmp_path: Path
 ) -> None:
-    by_torch = run_prediction(small_model, recordings, tmp_path / "torch", formats="csv")
+    csv_only = PredictSettings(engine="torch", formats="csv")
+    by_torch = run_prediction(small_model, recordings, tmp_path / "torch", csv_only)
     run = batch_function_for(small_model, "onnx")
-    by_onnx = run_prediction(small_model, recordings, tmp_path / "onnx", formats="csv", batch_function=run)
+    by_onnx = run_prediction(small_model, recordings, tmp_path / "onnx", csv_only, batch_function=run)
     assert by_torch.windows == by_onnx.windows == 8
     torch_table = pd.read_csv(by_torch.outputs["csv"])
     onnx_table = pd.read_csv(by_onnx.outputs["csv"])
@@ -489,14 +452,13 @@ def test_an_engine_failure_ends_the_run_instead_of_failing_each_file(
 
 
 @needs_onnx
-def test_cli_export_and_predict_with_the_onnx_engine(tmp_path: Path) -> None:
+def test_cli_export_and_predict_with_the_onnx_engine(model_file: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from dawnchorus.cli.app import app
-    from dawnchorus.io.audio import write_audio
-    from tests.test_predict import random_model_file
 
-    model_path = random_model_file(tmp_path / "model.pt", backbone="test_efficientnet")
+    model_path = tmp_path / "model.pt"
+    shutil.copy2(model_file, model_path)
     runner = CliRunner()
     exported = runner.invoke(
         app, ["export", str(model_path), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]

@@ -21,14 +21,15 @@ from typer.testing import CliRunner
 import dawnchorus
 from dawnchorus import load_model
 from dawnchorus.cli.app import app
-from dawnchorus.config import build_config
+from dawnchorus.config import PredictSettings, build_config, build_predict_settings, load_predict_settings
+from dawnchorus.errors import ConfigError
+from dawnchorus.inference.run import recording_key, run_prediction, saved_windows_path
+from dawnchorus.io import outputs
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import write_audio
-from dawnchorus.models.classifier import SpectrogramClassifier, build_model
-from dawnchorus.models.features import LogMel
-from dawnchorus.models.modelfile import save_model_file
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import train
+from tests.conftest import REPO, write_model_file
 
 runner = CliRunner()
 SOUNDSCAPE_S = 60.0
@@ -48,16 +49,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     result = train(data, root / "run", config, progress_bar=False)
     return {"data": data, "model": result.model_path, "root": root}
-
-
-def random_model_file(path: Path, backbone: str = "efficientnet_b0") -> Path:
-    """An untrained model file: enough to exercise the prediction machinery."""
-    config = build_config({"model": {"backbone": backbone, "pretrained": False}})
-    torch.manual_seed(0)
-    network = SpectrogramClassifier(
-        LogMel.from_settings(config.audio, config.frontend), build_model(config.model, 3)
-    )
-    return save_model_file(path, network, ["aaa", "bbb", "ccc"], config)
 
 
 def test_predict_every_format_then_evaluate(trained: dict[str, Path], tmp_path: Path) -> None:
@@ -136,8 +127,8 @@ def test_python_api_predict_and_tune_thresholds(trained: dict[str, Path], tmp_pa
     assert 0.0 < reloaded.thresholds["global"] < 1.0
 
 
-def test_bad_recordings_are_named_and_good_ones_predicted(tmp_path: Path) -> None:
-    model_path = random_model_file(tmp_path / "model.pt", backbone="test_efficientnet")
+def test_bad_recordings_are_named_and_good_ones_predicted(model_file: Path, tmp_path: Path) -> None:
+    model_path = model_file
     folder = tmp_path / "recordings"
     rng = np.random.default_rng(0)
     for name in ("good_a.ogg", "good_b.flac", "nested/good_c.wav"):
@@ -166,7 +157,7 @@ def test_bad_recordings_are_named_and_good_ones_predicted(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
-    model_path = random_model_file(tmp_path / "model.pt")
+    model_path = write_model_file(tmp_path / "model.pt", backbone="efficientnet_b0")  # slow enough to kill
     folder = tmp_path / "recordings"
     rng = np.random.default_rng(1)
     count = 24
@@ -205,6 +196,9 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
 # --- long recordings are checkpointed in segments ------------------------------------------------------
 
 
+EVERY_20_S = PredictSettings(checkpoint_s=20.0)  # long recordings saved in segments of 4 windows
+
+
 class FirstSamples:
     """A stand-in engine whose 'probabilities' are samples 1000-1002 of each window (so every row can
     be checked against its own window); counts the windows it classified."""
@@ -222,14 +216,13 @@ class Interrupted(Exception):
 
 
 @pytest.fixture
-def long_recordings(tmp_path: Path) -> dict[str, Path]:
+def long_recordings(model_file: Path, tmp_path: Path) -> dict[str, Path]:
     rng = np.random.default_rng(7)
     folder = tmp_path / "long"
     write_audio(folder / "long_32k.flac", rng.uniform(-0.5, 0.5, int(32000 * 62)), 32000)
     write_audio(folder / "long_44k.wav", rng.uniform(-0.5, 0.5, int(44100 * 47)), 44100)
     write_audio(folder / "short.ogg", rng.uniform(-0.5, 0.5, 32000 * 12), 32000)
-    model = random_model_file(tmp_path / "model.pt", backbone="test_efficientnet")
-    return {"folder": folder, "model": model}
+    return {"folder": folder, "model": model_file}
 
 
 def predicted(out: Path) -> pd.DataFrame:
@@ -240,13 +233,11 @@ def predicted(out: Path) -> pd.DataFrame:
 def test_segmented_prediction_equals_the_whole_recording_run(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.inference.run import run_prediction
-
     model = load_model(long_recordings["model"])
     folder = long_recordings["folder"]
     whole = run_prediction(model, [folder], tmp_path / "whole", batch_function=FirstSamples())
     segmented = run_prediction(
-        model, [long_recordings["folder"]], tmp_path / "seg", batch_function=FirstSamples(), checkpoint_s=20.0
+        model, [long_recordings["folder"]], tmp_path / "seg", EVERY_20_S, batch_function=FirstSamples()
     )
     assert segmented.predicted == whole.predicted == 3 and segmented.windows == whole.windows == 13 + 10 + 3
     assert segmented.audio_seconds == pytest.approx(whole.audio_seconds)
@@ -260,8 +251,6 @@ def test_segmented_prediction_equals_the_whole_recording_run(
 def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.inference.run import run_prediction
-
     model = load_model(long_recordings["model"])
     reference = tmp_path / "reference"
     run_prediction(model, [long_recordings["folder"]], reference, batch_function=FirstSamples())
@@ -276,13 +265,13 @@ def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
 
     first = FirstSamples()
     with pytest.raises(Interrupted):
-        run_prediction(model, [long_recordings["folder"] / "long_32k.flac"], out, batch_function=first,
-                       checkpoint_s=20.0, progress=stop_after_two_segments)
+        run_prediction(model, [long_recordings["folder"] / "long_32k.flac"], out, EVERY_20_S,
+                       batch_function=first, progress=stop_after_two_segments)
     saved = sorted(p.name for p in (out / "parts").glob("*.windows-*"))
     ranges = [name.split(".")[-2] for name in saved]
     assert ranges == ["windows-hop5000ms-0000000-4", "windows-hop5000ms-0000004-4"]
     again = FirstSamples()
-    summary = run_prediction(model, [long_recordings["folder"]], out, batch_function=again, checkpoint_s=20.0)
+    summary = run_prediction(model, [long_recordings["folder"]], out, EVERY_20_S, batch_function=again)
     assert again.windows == (13 - 8) + 10 + 3  # the two saved segments (4 windows each) are not redone
     assert summary.predicted == 3
     pd.testing.assert_frame_equal(predicted(out), predicted(reference), atol=1e-6)
@@ -292,9 +281,6 @@ def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
 def test_a_recording_with_every_segment_saved_is_only_assembled(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.inference.run import recording_key, run_prediction, saved_windows_path
-    from dawnchorus.io import outputs
-
     model = load_model(long_recordings["model"])
     recording = long_recordings["folder"] / "long_32k.flac"
     out = tmp_path / "out"
@@ -311,7 +297,7 @@ def test_a_recording_with_every_segment_saved_is_only_assembled(
     def no_engine(audio: np.ndarray) -> np.ndarray:
         raise AssertionError("nothing is left to compute")
 
-    summary = run_prediction(model, [recording], out, batch_function=no_engine, checkpoint_s=20.0)
+    summary = run_prediction(model, [recording], out, EVERY_20_S, batch_function=no_engine)
     assert summary.predicted == 1 and not summary.failed
     pd.testing.assert_frame_equal(outputs.read_probabilities(part), expected)
     assert not list((out / "parts").glob("*.windows-*"))
@@ -320,8 +306,6 @@ def test_a_recording_with_every_segment_saved_is_only_assembled(
 def test_a_resume_with_other_settings_never_mixes_saved_windows(
     long_recordings: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dawnchorus.inference.run import run_prediction
-
     model = load_model(long_recordings["model"])
     recording = long_recordings["folder"] / "long_32k.flac"
     reference = tmp_path / "reference"
@@ -332,10 +316,98 @@ def test_a_resume_with_other_settings_never_mixes_saved_windows(
         raise Interrupted
 
     with pytest.raises(Interrupted):  # segments of 4 windows (batch 4), one saved
-        run_prediction(model, [recording], out, batch_function=FirstSamples(), checkpoint_s=20.0,
+        run_prediction(model, [recording], out, EVERY_20_S, batch_function=FirstSamples(),
                        progress=stop_after_one_segment)
     again = FirstSamples()  # batch 3: segments of 3 windows, none of which was saved
-    run_prediction(model, [recording], out, batch_function=again, checkpoint_s=20.0, batch_size=3)
+    settings = PredictSettings(checkpoint_s=20.0, batch_size=3)
+    run_prediction(model, [recording], out, settings, batch_function=again)
     assert again.windows == 13
     pd.testing.assert_frame_equal(predicted(out), predicted(reference), atol=1e-6)
     assert not list((out / "parts").glob("*.windows-*"))  # the old run's saved windows too
+
+
+# --- prediction settings -----------------------------------------------------------------------------
+
+
+def test_readme_cluster_yaml_is_valid_predict_settings(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("# cluster.yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "cluster.yaml").write_text(block)
+    settings = load_predict_settings(tmp_path / "cluster.yaml")
+    assert settings.cluster.queue == "gpu" and settings.cluster.jobs == 10 and settings.cluster.gpus == 1
+    assert settings.cluster.prologue[0] == "module load cuda"
+    assert settings.batch_size == "auto" and settings.engine == "auto"  # the defaults of `predict`
+
+
+def test_predict_settings_refuse_bad_values_naming_the_field(tmp_path: Path) -> None:
+    assert build_predict_settings({"formats": "csv, raven"}).formats == ["csv", "raven"]
+    for bad, message in [
+        ({"hop_s": 0}, "hop_s: Input should be greater than 0"),
+        ({"batch_size": 0}, "batch_size: must be a whole number >= 1 or 'auto'"),
+        ({"formats": "csv,xls"}, "unknown output format.s. xls"),
+        ({"engine": "tensorrt"}, "engine: Input should be 'auto', 'torch' or 'onnx'"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"threshold": 1.5}, "threshold: Input should be less than or equal to 1"),
+        ({"cluster": {"partition": "short"}}, "cluster.partition: unknown setting"),
+        ({"cluster": {"cores": 2, "processes": 3}}, r"processes \(3\) exceeds cores \(2\)"),
+        ({"epochs": 3}, "epochs: unknown setting"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            build_predict_settings(bad)
+    (tmp_path / "bad.yaml").write_text("cluster: [1, 2]\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_predict_settings(tmp_path / "bad.yaml")
+
+
+def test_training_config_carries_no_cluster_settings() -> None:
+    with pytest.raises(ConfigError, match="cluster: unknown setting"):
+        build_config({"cluster": {"queue": "gpu"}})
+
+
+def test_a_model_file_saved_with_a_cluster_section_still_loads(model_file: Path, tmp_path: Path) -> None:
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    stored = json.loads(payload["config"])
+    stored["cluster"] = {"queue": "gpu", "cores": 8, "jobs": 2}  # what files saved by older versions carry
+    payload["config"] = json.dumps(stored)
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    model = load_model(old)
+    assert "cluster" not in model.config.model_dump()
+    assert model.labels == load_model(model_file).labels
+
+
+def test_python_predict_takes_settings_or_their_fields(model_file: Path, tmp_path: Path) -> None:
+    recording = tmp_path / "rec.wav"
+    write_audio(recording, np.random.default_rng(3).uniform(-0.2, 0.2, 32000 * 12), 32000)
+    model = load_model(model_file)
+    by_field = dawnchorus.predict(model, recording, hop_s=2.5, engine="torch")
+    by_settings = dawnchorus.predict(model_file, recording, PredictSettings(hop_s=2.5, engine="torch"))
+    assert len(by_field) == 4  # 12 s at a 2.5 s hop: windows at 0, 2.5, 5, 7.5
+    pd.testing.assert_frame_equal(by_field, by_settings)
+    with pytest.raises(ConfigError, match="hop_s"):
+        dawnchorus.predict(model, recording, hop_s=-1.0)
+
+
+def test_predict_config_file_gives_settings_and_typed_options_override_it(
+    model_file: Path, tmp_path: Path
+) -> None:
+    recording = tmp_path / "rec.wav"
+    write_audio(recording, np.random.default_rng(4).uniform(-0.2, 0.2, 32000 * 12), 32000)
+    settings = tmp_path / "predict.yaml"
+    settings.write_text("hop_s: 2.5\nformats: [csv]\nengine: torch\ncluster:\n  queue: gpu\n")
+    from_file = tmp_path / "from_file"
+    result = runner.invoke(app, ["predict", str(model_file), str(recording), "--out", str(from_file),
+                                 "--config", str(settings)])
+    assert result.exit_code == 0, result.output
+    assert "engine: torch" in result.output
+    assert len(pd.read_csv(from_file / "predictions.csv")) == 4
+    assert not (from_file / "predictions.parquet").exists()
+    overridden = tmp_path / "overridden"
+    result = runner.invoke(app, ["predict", str(model_file), str(recording), "--out", str(overridden),
+                                 "--config", str(settings), "--hop", "5", "--format", "parquet"])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(overridden / "predictions.parquet")) == 3
+    assert not (overridden / "predictions.csv").exists()
+    settings.write_text("hop_s: -1\n")
+    refused = runner.invoke(app, ["predict", str(model_file), str(recording), "--config", str(settings)])
+    assert refused.exit_code == 2 and "hop_s" in refused.output

@@ -12,22 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
 from dawnchorus.cli.app import app
-from dawnchorus.config import build_config
+from dawnchorus.config import PredictSettings
 from dawnchorus.data.layouts import load_training_set
 from dawnchorus.errors import ReportError
 from dawnchorus.evaluate.metrics import evaluate_files
 from dawnchorus.inference.run import run_prediction
-from dawnchorus.models.classifier import SpectrogramClassifier, build_model
-from dawnchorus.models.features import LogMel
-from dawnchorus.models.modelfile import load_model, save_model_file
+from dawnchorus.models.modelfile import load_model
 from dawnchorus.report.figures import format_metric
 from dawnchorus.report.html import build_report, render_evaluation
 from dawnchorus.synth.soundscapes import make_dataset
+from tests.conftest import write_model_file
 from tests.report_checks import check_report
 
 EPOCHS = 3
@@ -73,17 +71,10 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         workers=1,
     )
     labels = load_training_set(data, check_audio=False).labels
-    config = build_config({"model": {"backbone": "test_efficientnet", "pretrained": False}})
-    torch.manual_seed(0)
-    network = SpectrogramClassifier(
-        LogMel.from_settings(config.audio, config.frontend), build_model(config.model, len(labels))
-    )
     run = root / "run"
-    save_model_file(
+    model_file = write_model_file(
         run / "model.pt",
-        network,
         labels,
-        config,
         metadata={
             "trained_on": str(data.resolve()),
             "train_clips": 6,
@@ -92,12 +83,13 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "best_score": 0.8123,
         },
     )
-    config.to_yaml(run / "config.yaml")
+    model = load_model(model_file)
+    model.config.to_yaml(run / "config.yaml")
     write_lightning_log(run / "logs" / "metrics.csv")
-    model = load_model(run / "model.pt")
     evaluations = {}
     for name, folder in (("noisy", "test_soundscapes"), ("clean", "test_soundscapes_clean")):
-        run_prediction(model, [data / folder], root / f"predictions_{name}", formats="parquet")
+        settings = PredictSettings(formats="parquet", engine="torch")
+        run_prediction(model, [data / folder], root / f"predictions_{name}", settings)
         evaluations[name] = evaluate_files(
             root / f"predictions_{name}" / "predictions.parquet", data / "test_labels.csv", model=model
         )

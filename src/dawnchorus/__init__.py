@@ -16,7 +16,7 @@ from dawnchorus.version import __version__
 if TYPE_CHECKING:
     import pandas as pd
 
-    from dawnchorus.config import Config
+    from dawnchorus.config import Config, PredictSettings
     from dawnchorus.models.modelfile import LoadedModel
     from dawnchorus.training.run import TrainResult
 
@@ -28,16 +28,24 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     return _load(path, device=device)
 
 
-def predict(model: LoadedModel | str | Path, paths: Any, **options: Any) -> pd.DataFrame:
+def predict(
+    model: LoadedModel | str | Path, paths: Any, settings: PredictSettings | None = None, **options: Any
+) -> pd.DataFrame:
     """Per-window probabilities of ``paths`` (files, folders), indexed by (file, start_s, end_s).
 
-    ``model`` is a loaded model or a model file; ``options`` are those of
-    :func:`dawnchorus.inference.run.predict_frame` (``hop_s``, ``batch_size``, ``device``...).
+    ``model`` is a loaded model or a model file. ``settings`` (a :class:`~dawnchorus.config.PredictSettings`)
+    and ``options`` (any of its fields: ``hop_s=2.5``, ``batch_size=8``, ``engine="torch"``,
+    ``device="cuda"``..., validated like the settings) choose how it runs; the defaults are those of
+    ``dawnchorus predict``.
     """
+    from dawnchorus.config import build_predict_settings
     from dawnchorus.inference.run import predict_frame
 
+    if options:
+        base = settings.model_dump() if settings is not None else {}
+        settings = build_predict_settings({**base, **options}, source="predict() options")
     loaded = load_model(model) if isinstance(model, str | Path) else model
-    return predict_frame(loaded, paths, **options)
+    return predict_frame(loaded, paths, settings)
 
 
 def train(data: str | Path, out: str | Path, config: Config | None = None, **options: Any) -> TrainResult:

@@ -1,13 +1,15 @@
 """Every setting of a run, as validated pydantic models with defaults that work.
 
-A run is described by one :class:`Config`; YAML files hold any subset of it. Unknown keys and wrong
-types are rejected with a message naming the field (``ConfigError``), before any work starts.
+A training run is described by one :class:`Config`, a prediction run by one :class:`PredictSettings`
+(with its :class:`ClusterSettings` for Dask on SLURM); YAML files hold any subset of either. Unknown
+keys and wrong types are rejected with a message naming the field (``ConfigError``), before any work
+starts.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -219,7 +221,6 @@ class Config(_Section):
     imbalance: ImbalanceSettings = ImbalanceSettings()
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
-    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _fmax_below_nyquist(self) -> Config:
@@ -232,6 +233,77 @@ class Config(_Section):
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the full configuration (defaults included) as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+OUTPUT_FORMATS: tuple[str, ...] = ("csv", "parquet", "birdclef", "raven", "audacity")
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
+
+
+class PredictSettings(_Section):
+    """The complete settings of a prediction run (``predict``, :func:`dawnchorus.predict`, both runners).
+
+    Defaults are those of ``dawnchorus predict``: the engine and the batch size follow the device
+    (``auto``: onnx and 4 windows on CPU, torch and 64 windows on a GPU; see
+    :mod:`dawnchorus.inference.engines` for the measurements).
+    """
+
+    hop_s: float | None = Field(None, gt=0, description="Seconds between window starts (None: clip length).")
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="Windows per batch; auto: 4 on CPU, 64 on a GPU."
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Detection threshold (None: the model's per-class ones)."
+    )
+    formats: list[str] = Field(
+        default_factory=lambda: list(OUTPUT_FORMATS),
+        description="Outputs: csv, parquet, birdclef, raven, audacity (a list or comma-separated).",
+    )
+    merge: bool = Field(False, description="Merge consecutive detections of a species.")
+    engine: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: onnx on CPU when the 'onnx' extra is installed, else torch."
+    )
+    device: str | None = Field(None, description="cpu, cuda or cuda:N (None: the best one here).")
+    chunk_s: float = Field(
+        600.0, gt=0, description="On dask: recordings longer than this are split into chunks this long."
+    )
+    checkpoint_s: float = Field(
+        3600.0, gt=0, description="In one process: longer recordings are saved segment by segment."
+    )
+    cluster: ClusterSettings = ClusterSettings()
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _whole_batches(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be a whole number >= 1 or 'auto', got {value!r}")
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _known_formats(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, list | tuple):
+            unknown = sorted({str(name) for name in value} - set(OUTPUT_FORMATS))
+            if unknown:
+                raise ValueError(
+                    f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(OUTPUT_FORMATS)}"
+                )
+            return list(value)
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}; use cpu, cuda or cuda:N")
+        return value
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the full settings (defaults included) as YAML."""
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
@@ -260,6 +332,38 @@ def build_config(
     data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, source: str = "settings"
 ) -> Config:
     """Validate nested settings (plus dotted ``overrides`` like ``{"train.epochs": 3}``)."""
+    return _build(Config, data, overrides, source)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (any subset of :class:`Config`) and apply ``overrides``."""
+    data, source = _read_yaml(path)
+    return build_config(data, overrides, source)
+
+
+def build_predict_settings(
+    data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, source: str = "settings"
+) -> PredictSettings:
+    """Validate prediction settings (plus dotted ``overrides`` like ``{"cluster.jobs": 4}``; None
+    values are left out)."""
+    return _build(PredictSettings, data, overrides, source)
+
+
+def load_predict_settings(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> PredictSettings:
+    """Read a YAML file (any subset of :class:`PredictSettings`, e.g. only its ``cluster:`` section)
+    and apply ``overrides``."""
+    data, source = _read_yaml(path)
+    return build_predict_settings(data, overrides, source)
+
+
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
+
+def _build(
+    model: type[_Settings], data: dict[str, Any] | None, overrides: dict[str, Any] | None, source: str
+) -> _Settings:
     merged: dict[str, Any] = dict(data or {})
     for dotted, value in (overrides or {}).items():
         if value is None:
@@ -273,24 +377,22 @@ def build_config(
         cursor[parts[-1]] = value
         merged = _deep_merge(merged, node)
     try:
-        return Config.model_validate(merged)
+        return model.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML file (any subset of :class:`Config`) and apply ``overrides``."""
-    data: dict[str, Any] = {}
-    source = "settings"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        data, source = loaded, str(path)
-    return build_config(data, overrides, source)
+def _read_yaml(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The mapping in a YAML file and its name for messages; nothing for no path."""
+    if path is None:
+        return {}, "settings"
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return loaded, str(path)

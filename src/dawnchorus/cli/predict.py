@@ -17,6 +17,7 @@ from dawnchorus.errors import ExportError
 
 
 def predict(
+    ctx: typer.Context,
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file written by train.")],
     inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="Files, folders, or .txt lists.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
@@ -55,18 +56,28 @@ def predict(
     """Predict species per window in long recordings; resumable, bad files reported and skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dawnchorus.inference.run import expand_inputs, run_prediction
+    from dawnchorus.config import load_predict_settings
+    from dawnchorus.inference.run import run_prediction
+    from dawnchorus.inference.windows import expand_inputs
 
     model = load_model_or_fail(model_path)
-    if batch_size is None:
-        from dawnchorus.inference.engines import default_batch_size
-
-        batch_size = default_batch_size(device)
-    slurm = None
-    if config_path is not None:
-        from dawnchorus.config import load_config
-
-        slurm = load_config(config_path).cluster.model_dump()
+    # The --config file gives the settings; options typed on the command line override it.
+    options = {
+        "hop_s": ("hop", hop),
+        "batch_size": ("batch_size", batch_size),
+        "threshold": ("threshold", threshold),
+        "formats": ("output_format", output_format),
+        "merge": ("merge", merge),
+        "device": ("device", device),
+        "chunk_s": ("chunk", chunk),
+        "engine": ("engine", engine),
+    }
+    overrides = {
+        field: value
+        for field, (name, value) in options.items()
+        if config_path is None or _typed(ctx, name)
+    }
+    settings = load_predict_settings(config_path, overrides)
     total = len(expand_inputs(inputs))
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -87,30 +98,25 @@ def predict(
             rate = f"{audio_s / 3600 / max(elapsed, 1e-9):.2f} audio-h/s"
             progress.update(task, total=todo, completed=done, rate=rate)
 
-        options = {
-            "hop_s": hop,
-            "batch_size": batch_size,
-            "threshold": threshold,
-            "formats": output_format,
-            "merge_detections": merge,
-            "device": device,
-            "progress": report,
-        }
         if cluster is None:
-            from dawnchorus.inference.engines import batch_function_for, describe_engine
+            from dawnchorus.inference.engines import batch_function_for, describe_engine, resolve_batch_size
 
+            windows_per_batch = resolve_batch_size(settings.batch_size, settings.device)
             try:
-                batch_function = batch_function_for(model, engine, device=device, batch_size=batch_size)
+                batch_function = batch_function_for(
+                    model, settings.engine, device=settings.device, batch_size=windows_per_batch
+                )
             except ExportError as exc:  # an engine that cannot be used here is a usage error: exit 2
                 fail(str(exc))
             progress.console.print(_engine_line(describe_engine(batch_function)), highlight=False)
-            summary = run_prediction(model, inputs, out, batch_function=batch_function, **options)
+            summary = run_prediction(
+                model, inputs, out, settings, batch_function=batch_function, progress=report
+            )
         else:
             from dawnchorus.inference.distributed import run_distributed_prediction
 
             summary = run_distributed_prediction(
-                model_path, inputs, out, cluster=cluster, chunk_s=chunk, slurm=slurm, engine=engine,
-                **options,
+                model_path, inputs, out, settings, cluster=cluster, progress=report
             )
     for file, reason in summary.failed:
         err_console.print(f"[red]failed:[/] {file}: {reason}", highlight=False, soft_wrap=True)
@@ -142,6 +148,12 @@ def export(
     except ExportError as exc:  # the command has always exited 2 here (ExportError's own code is 1)
         fail(str(exc))
     console.print(f"[green]exported[/] {written}")
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line or environment), not left at its default."""
+    source = ctx.get_parameter_source(name)  # an enum of the click Typer runs on
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _engine_line(described: dict) -> str:

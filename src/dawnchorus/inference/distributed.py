@@ -1,9 +1,12 @@
 """Prediction scaled out with dask.distributed: a local cluster, a running scheduler, or SLURM.
 
 :func:`run_distributed_prediction` writes exactly the files :func:`dawnchorus.inference.run.run_prediction`
-writes, with the work spread over dask workers:
+writes, with the work spread over dask workers; it shares that runner's run folder
+(:class:`~dawnchorus.inference.run.RunFolder`), window plans (:mod:`dawnchorus.inference.windows`)
+and pipeline (:func:`dawnchorus.inference.pipeline.iter_predictions`, one chunk per task):
 
-- work is split per recording, and a recording longer than ``chunk_s`` into chunks of whole windows;
+- work is split per recording, and a recording longer than ``settings.chunk_s`` into chunks of whole
+  windows;
   a chunk decodes from a little before its first window (``audio.iter_windows(first_window=...)``),
   so its windows equal the single-process ones (same start times; samples to float rounding);
 - each worker loads the model once (a per-process cache keyed by the model file), not once per task;
@@ -23,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import shutil
 import subprocess
@@ -32,8 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,60 +42,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dawnchorus.errors import ClusterError
+from dawnchorus.config import ClusterSettings, PredictSettings
+from dawnchorus.errors import ClusterError, PredictionError
 from dawnchorus.inference.engines import (
-    ENGINES,
     BatchFunction,
     batch_function_for,
     onnx_available,
+    resolve_batch_size,
     resolve_engine,
     torch_batch_function,
 )
-from dawnchorus.inference.run import (
-    OUTPUT_FORMATS,
-    PredictionError,
-    PredictionSummary,
-    RecordingResult,
-    chunk_ranges,
-    expand_inputs,
-    parse_formats,
-    recording_key,
-    remove_saved_windows,
-    reuse_large_allocations,
-    saved_windows_path,
-    stop_producer,
-    windows_in,
-    windows_per_chunk,
-    write_combined,
-    write_recording,
-)
-from dawnchorus.io.audio import AudioError, iter_windows
-from dawnchorus.io.files import atomic_write, remove_stale_temporaries, usable_cores
+from dawnchorus.inference.pipeline import RecordingResult, iter_predictions, reuse_large_allocations
+from dawnchorus.inference.run import PredictionSummary, RunFolder, saved_windows_path, write_recording
+from dawnchorus.inference.windows import RecordingPlan, Segment, plan_recordings
+from dawnchorus.io.files import usable_cores
 from dawnchorus.io.outputs import read_probabilities, write_probabilities_parquet
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from dawnchorus.models.modelfile import LoadedModel
-
-# A recording longer than this is split into chunks of whole windows predicted in parallel.
-DEFAULT_CHUNK_S = 600.0
-
-SLURM_DEFAULTS: dict[str, Any] = {
-    "queue": None,
-    "account": None,
-    "cores": 8,
-    "memory": "16GB",
-    "walltime": "04:00:00",
-    "gpus": 0,
-    "processes": 1,
-    "jobs": 1,
-    "job_extra": [],
-    "prologue": [],
-    "local_directory": None,
-    "interface": None,
-    "python": None,
-}
 
 ProgressCallback = Callable[[RecordingResult, int, int], None]
 
@@ -152,27 +119,6 @@ def _local_cluster(workers: int | None) -> tuple[Any, int | None]:
     return cluster, 1
 
 
-def slurm_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults overlaid with ``settings`` (the config file's cluster section); unknown keys refused."""
-    given = dict(settings or {})
-    unknown = sorted(set(given) - set(SLURM_DEFAULTS))
-    if unknown:
-        raise ClusterError(
-            f"unknown cluster setting(s) {', '.join(unknown)}; known: {', '.join(SLURM_DEFAULTS)}"
-        )
-    merged = {**SLURM_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    for name in ("cores", "processes", "jobs"):
-        if not isinstance(merged[name], int) or merged[name] < 1:
-            raise ClusterError(f"cluster setting {name} must be a whole number >= 1, got {merged[name]!r}")
-    if not isinstance(merged["gpus"], int) or merged["gpus"] < 0:
-        raise ClusterError(f"cluster setting gpus must be a whole number >= 0, got {merged['gpus']!r}")
-    if merged["processes"] > merged["cores"]:
-        raise ClusterError(
-            f"cluster setting processes ({merged['processes']}) exceeds cores ({merged['cores']})"
-        )
-    return merged
-
-
 def _walltime_seconds(walltime: str) -> int | None:
     """SLURM time ``[D-]HH:MM:SS`` / ``MM:SS`` / ``MM`` -> seconds (None when not in those forms)."""
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(walltime).strip())
@@ -188,13 +134,13 @@ def _walltime_seconds(walltime: str) -> int | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-def slurm_cluster(settings: Mapping[str, Any] | None = None) -> Any:
+def slurm_cluster(settings: ClusterSettings | None = None) -> Any:
     """A dask-jobqueue ``SLURMCluster`` built from the cluster settings (no job is submitted yet).
 
     ``gpus`` becomes ``--gres=gpu:N``; workers retire 5 minutes before the walltime so their tasks
     move to other jobs instead of dying with the job.
     """
-    merged = slurm_settings(settings)
+    merged = (settings or ClusterSettings()).model_dump()
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:
@@ -239,7 +185,7 @@ def check_job_script(script: str) -> None:
         raise ClusterError(f"--cluster slurm: sbatch refuses the job script ({reason})")
 
 
-def _submitted_slurm_cluster(settings: dict[str, Any]) -> Any:
+def _submitted_slurm_cluster(settings: ClusterSettings) -> Any:
     """A SLURMCluster with ``jobs`` jobs requested (kept at that number as jobs end), after SLURM
     has accepted its job script: a bad partition or account fails here, not in the background."""
     cluster = slurm_cluster(settings)
@@ -248,14 +194,14 @@ def _submitted_slurm_cluster(settings: dict[str, Any]) -> Any:
     except ClusterError:
         cluster.close()
         raise
-    cluster.scale(jobs=settings["jobs"])
-    cluster.adapt(minimum_jobs=settings["jobs"], maximum_jobs=settings["jobs"])
+    cluster.scale(jobs=settings.jobs)
+    cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
     return cluster
 
 
 @contextlib.contextmanager
 def connect(
-    cluster: str, slurm: Mapping[str, Any] | None = None, worker_timeout_s: float = 300.0
+    cluster: str, slurm: ClusterSettings | None = None, worker_timeout_s: float = 300.0
 ) -> Iterator[tuple[Client, int | None]]:
     """A client on the requested cluster, and the torch threads each task should use (None: as is).
 
@@ -275,7 +221,7 @@ def connect(
         owned, threads = _local_cluster(spec.workers)
         client = Client(owned)
     elif spec.kind == "slurm":
-        owned, threads = _submitted_slurm_cluster(slurm_settings(slurm)), 1
+        owned, threads = _submitted_slurm_cluster(slurm or ClusterSettings()), 1
         client = Client(owned)
     else:
         threads = None
@@ -298,68 +244,6 @@ def connect(
             owned.close()
 
 
-# --- planning: recordings -> tasks -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordingPlan:
-    """One recording to predict, and how its windows are split into chunks."""
-
-    path: Path  # as the user gave it: the ``file`` column of the outputs
-    source: Path  # absolute: what workers open
-    key: str
-    duration_s: float
-    windows: int
-    chunks: tuple[tuple[int, int | None], ...]  # (first window, window count; None: to the end)
-
-
-def _plan_one(
-    path: Path, sample_rate: int, clip_s: float, hop_s: float, per_chunk: int
-) -> RecordingPlan:
-    windows, duration_s = windows_in(path, sample_rate, clip_s, hop_s)
-    return RecordingPlan(
-        path=path,
-        source=path.resolve(),
-        key=recording_key(path),
-        duration_s=duration_s,
-        windows=windows,
-        chunks=chunk_ranges(windows, per_chunk),
-    )
-
-
-def plan_recordings(
-    paths: Sequence[Path],
-    sample_rate: int,
-    clip_s: float,
-    hop_s: float,
-    chunk_s: float = DEFAULT_CHUNK_S,
-    batch_size: int = 1,
-    readers: int = 16,
-) -> tuple[list[RecordingPlan], list[tuple[Path, str]]]:
-    """Read every header (in ``readers`` threads) and split each recording into chunks of windows.
-
-    A chunk holds ``chunk_s`` seconds of window starts, rounded down to a multiple of ``batch_size``
-    when it holds more than one batch: every batch then holds the windows a single-process run
-    batches together, so the probabilities are bit-for-bit the same (no resampling involved).
-    Returns the plans and the recordings whose header is unusable, with the reason.
-    """
-    if chunk_s <= 0:
-        raise PredictionError(f"chunk length must be positive, got {chunk_s} s")
-    per_chunk = windows_per_chunk(chunk_s, hop_s, batch_size)
-
-    def plan(path: Path) -> RecordingPlan | tuple[Path, str]:
-        try:
-            return _plan_one(path, sample_rate, clip_s, hop_s, per_chunk)
-        except AudioError as exc:
-            return path, exc.reason
-
-    with ThreadPoolExecutor(max(1, readers)) as pool:
-        planned = list(pool.map(plan, paths))
-    plans = [p for p in planned if isinstance(p, RecordingPlan)]
-    failed = [p for p in planned if not isinstance(p, RecordingPlan)]
-    return plans, failed
-
-
 # --- what runs on the workers ----------------------------------------------------------------------
 
 
@@ -377,7 +261,7 @@ class TaskOptions:
     merge: bool
     device: str | None
     torch_threads: int | None
-    engine: str = "torch"  # torch, onnx or auto (resolved by each worker for its device)
+    engine: str  # torch, onnx or auto (resolved by each worker for its device)
 
 
 @dataclass
@@ -388,6 +272,7 @@ class ChunkResult:
     error: str | None
     worker: str
     model_loads: int
+    reused: bool = False  # read back from the chunk an interrupted run saved, not computed
 
 
 @dataclass
@@ -406,30 +291,27 @@ _MODEL_CACHE: dict[tuple[str, tuple[int, int], str | None], tuple[LoadedModel, B
 _MODEL_LOCK = threading.Lock()
 
 
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return f"pid-{os.getpid()}"
-
-
-def _worker_device(requested: str | None) -> str | None:
-    """The requested device, or one GPU per worker (by the worker's number) when there are GPUs."""
-    import torch
-
-    if requested is not None or not torch.cuda.is_available():
+def worker_device(requested: str | None, gpus: int | None = None, worker: str | None = None) -> str | None:
+    """The requested device, or one GPU per worker (by the number ending the worker's name) when
+    there are ``gpus`` GPUs (default: as torch counts them here; worker: this dask worker's name)."""
+    if requested is not None:
         return requested
-    try:
-        from distributed import get_worker
+    if gpus is None:
+        import torch
 
-        name = str(get_worker().name)
-    except (ImportError, ValueError):
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not gpus:
         return None
-    number = re.search(r"(\d+)$", name)
+    if worker is None:
+        try:
+            from distributed import get_worker
+
+            worker = str(get_worker().name)
+        except (ImportError, ValueError):
+            return None
+    number = re.search(r"(\d+)$", worker)
     index = int(number.group(1)) if number else 0
-    return f"cuda:{index % torch.cuda.device_count()}"
+    return f"cuda:{index % gpus}"
 
 
 def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
@@ -446,144 +328,58 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
             reuse_large_allocations()
             _MODEL_CACHE.clear()  # a new model file replaces the old one
             model = load_model(options.model_path)
-            _MODEL_CACHE[key] = (model, _worker_batch_function(model, options))
+            _MODEL_CACHE[key] = (model, worker_batch_function(model, options, worker_device(options.device)))
             _MODEL_LOADS[options.model_path] += 1
         return _MODEL_CACHE[key]
 
 
-def _worker_batch_function(model: LoadedModel, options: TaskOptions) -> BatchFunction:
-    device = _worker_device(options.device)
-    # ``auto`` is resolved here, where the device is known: a GPU worker runs torch, a CPU one onnx.
+def worker_batch_function(model: LoadedModel, options: TaskOptions, device: str | None) -> BatchFunction:
+    """The batch function a worker on ``device`` runs: ``options.engine`` resolved here, where the
+    device is known (``auto``: torch on a GPU worker, onnx on a CPU one)."""
     if resolve_engine(options.engine, device) == "torch":
-        return torch_batch_function(model, device)
-
+        return torch_batch_function(model, device, batch_size=options.batch_size)
     # One lane: the worker's threads already share the cores with the other workers.
     return batch_function_for(model, "onnx", device=device, threads=options.torch_threads, lanes=1)
 
 
-@dataclass
-class _Batch:
-    starts: list[float]
-    ends: list[float]
-    inputs: Any  # stacked audio, or what the batch function's ``prepare`` stage made of it
-
-
-def _batches(
-    windows: Iterator[Any], batch_size: int, prepare: Callable[[np.ndarray], Any] | None
-) -> Iterator[_Batch]:
-    """Group windows into batches (start/end rounded to the millisecond, as the single-process run)."""
-    starts: list[float] = []
-    ends: list[float] = []
-    pieces: list[np.ndarray] = []
-    for window in windows:
-        starts.append(round(window.start_s, 3))
-        ends.append(round(window.end_s, 3))
-        pieces.append(window.samples)
-        if len(pieces) == batch_size:
-            stacked = np.stack(pieces)
-            yield _Batch(starts, ends, prepare(stacked) if prepare else stacked)
-            starts, ends, pieces = [], [], []
-    if pieces:
-        stacked = np.stack(pieces)
-        yield _Batch(starts, ends, prepare(stacked) if prepare else stacked)
-
-
-_END = object()
-
-
-def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """The items of ``items``, produced in a background thread at most ``depth`` ahead.
-
-    Decoding (soundfile, soxr) and torch release the GIL, so producing the next batch overlaps
-    classifying this one. An exception in the producer is raised here; leaving early stops it.
-    """
-    pending: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                pending.put(item)
-            pending.put(_END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            pending.put(exc)
-
-    producer = threading.Thread(target=produce, daemon=True, name="dawnchorus-chunk-decoder")
-    producer.start()
-    try:
-        while (item := pending.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop_producer(producer, pending, stop)
-
-
-def _window_table(
-    model: LoadedModel,
-    run: BatchFunction,
-    plan: RecordingPlan,
-    first: int,
-    count: int | None,
-    options: TaskOptions,
-) -> pd.DataFrame:
-    """Per-window probabilities of windows ``first`` .. ``first + count - 1``: the single-process
-    run's rows (``file`` as given). Windows are decoded and batched (and, for a staged batch
-    function, turned into spectrograms) in a background thread while the CNN runs."""
-    audio = model.config.audio
-    prepare = getattr(run, "prepare", None)
-    classify = getattr(run, "classify", run) if prepare is not None else run
-    windows = iter_windows(
-        plan.source, audio.sample_rate, audio.clip_s, options.hop_s, first_window=first, max_windows=count
-    )
-    starts: list[float] = []
-    ends: list[float] = []
-    probs: list[np.ndarray] = []
-    for batch in prefetched(_batches(windows, options.batch_size, prepare)):
-        probs.append(classify(batch.inputs))
-        starts.extend(batch.starts)
-        ends.extend(batch.ends)
-    values = np.concatenate(probs) if probs else np.zeros((0, len(model.labels)), dtype=np.float32)
-    frame = pd.DataFrame(values.astype(np.float32), columns=list(model.labels))
-    frame.insert(0, "end_s", np.asarray(ends, dtype=np.float64))
-    frame.insert(0, "start_s", np.asarray(starts, dtype=np.float64))
-    frame.insert(0, "file", str(plan.path))
-    return frame
-
-
-def chunk_part(plan: RecordingPlan, first: int, count: int | None, options: TaskOptions) -> Path:
+def chunk_part(plan: RecordingPlan, segment: Segment, options: TaskOptions) -> Path:
     """Where a chunk of a split recording is saved until the recording's part is written."""
-    return saved_windows_path(Path(options.out_dir) / "parts", plan.key, options.hop_s, first, count)
+    parts_dir = Path(options.out_dir) / "parts"
+    return saved_windows_path(parts_dir, plan.key, options.hop_s, segment.first_window, segment.max_windows)
 
 
-def predict_chunk(plan: RecordingPlan, first: int, count: int | None, options: TaskOptions) -> ChunkResult:
+def predict_chunk(plan: RecordingPlan, segment: Segment, options: TaskOptions) -> ChunkResult:
     """Worker task: the window table of one chunk; a bad recording is an error value, not a raise.
 
     A chunk of a split recording is saved as soon as it is computed, and read back instead of
-    computed again when an interrupted run is resumed."""
-    saved = chunk_part(plan, first, count, options) if len(plan.chunks) > 1 else None
+    computed again when an interrupted run is resumed. Windows are decoded and batched (and, for a
+    staged batch function, turned into spectrograms) in a background thread while the CNN runs."""
+    saved = chunk_part(plan, segment, options) if plan.split else None
     if saved is not None and saved.is_file():
-        return ChunkResult(read_probabilities(saved), None, _worker_name(), _MODEL_LOADS[options.model_path])
+        loads = _MODEL_LOADS[options.model_path]
+        return ChunkResult(read_probabilities(saved), None, _worker_name(), loads, reused=True)
     model, run = worker_model(options)
     worker, loads = _worker_name(), _MODEL_LOADS[options.model_path]
+    audio = model.config.audio
     try:
-        frame = _window_table(model, run, plan, first, count, options)
-    except AudioError as exc:
-        return ChunkResult(None, exc.reason, worker, loads)
-    except Exception as exc:  # noqa: BLE001 - one bad file must not end a long run
+        (result,) = iter_predictions(
+            [segment], run, model.labels, audio.sample_rate, audio.clip_s, options.hop_s,
+            options.batch_size, prefetch=2,
+        )
+    except Exception as exc:  # noqa: BLE001 - one bad file (or engine hiccup) must not end a long run
         return ChunkResult(None, f"{type(exc).__name__}: {exc}", worker, loads)
+    if result.error is not None:
+        return ChunkResult(None, result.error, worker, loads)
     if saved is not None:
-        write_probabilities_parquet(frame, saved)
-    return ChunkResult(frame, None, worker, loads)
+        write_probabilities_parquet(result.frame, saved)
+    return ChunkResult(result.frame, None, worker, loads)
 
 
 def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkResult) -> RecordingDone:
     """Worker task: join a recording's chunks (or predict it whole when given none) and write its
     outputs atomically: Raven/Audacity files first, the part file (the completion mark) last."""
     if not chunks:
-        chunks = (predict_chunk(plan, 0, None, options),)
+        chunks = (predict_chunk(plan, plan.segments[0], options),)
     model, _ = worker_model(options)
     loads: dict[str, int] = {}
     for chunk in chunks:
@@ -593,12 +389,21 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
     if failure is not None:
         return RecordingDone(str(plan.path), 0.0, 0, failure, loads)
     frame = pd.concat([c.frame for c in chunks], ignore_index=True)
-    result = RecordingResult(plan.source, frame, plan.duration_s)
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
-    write_recording(result, model, thresholds, Path(options.out_dir), list(options.formats), options.merge)
-    if len(plan.chunks) > 1:  # the recording's part now exists: its saved chunks are not needed
-        remove_saved_windows(Path(options.out_dir) / "parts", plan.key)
+    write_recording(
+        frame, plan.key, model.labels, thresholds, Path(options.out_dir), options.formats, options.merge,
+        plan.split,
+    )
     return RecordingDone(str(plan.path), plan.duration_s, len(frame), None, loads)
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"pid-{os.getpid()}"
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -613,6 +418,93 @@ class DistributedSummary(PredictionSummary):
     model_loads: dict[str, int] = field(default_factory=dict)  # worker address -> model loads
 
 
+def run_distributed_prediction(
+    model_path: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    settings: PredictSettings | None = None,
+    *,
+    cluster: str = "local",
+    progress: ProgressCallback | None = None,
+    retries: int = 1,
+) -> DistributedSummary:
+    """Predict every recording on a dask cluster; write the files
+    :func:`~dawnchorus.inference.run.run_prediction` writes with the same ``settings``.
+
+    ``cluster`` is ``local``, ``local:N``, ``tcp://HOST:PORT`` or ``slurm`` (with
+    ``settings.cluster``: queue, account, cores, memory, walltime, gpus, processes, jobs, ...).
+    Recordings longer than ``settings.chunk_s`` are split into chunks predicted in parallel.
+    ``progress(result, done, total)`` is called as each recording completes (``result.frame`` is
+    None: the table is already on disk; ``result.duration_s`` counts audio done). ``retries`` reruns
+    a task that raised; a task whose worker died is rerun by the scheduler (up to its
+    ``allowed-failures``) whatever ``retries`` is. ``settings.engine`` ``auto`` is resolved by each
+    worker for its device (see :func:`dawnchorus.inference.engines.resolve_engine`); the ONNX graph
+    is exported here once, beside the model file, before any task starts.
+    """
+    from dawnchorus.models.modelfile import load_model
+
+    settings = settings or PredictSettings()
+    model_path = Path(model_path)
+    model = load_model(model_path)
+    audio = model.config.audio
+    hop_s = audio.clip_s if settings.hop_s is None else settings.hop_s
+    # Resolved here, as ``predict`` always has: the workers share one batch size (and chunk grid).
+    batch_size = resolve_batch_size(settings.batch_size, settings.device)
+    parse_cluster(cluster)  # a bad value fails before any header is read
+    prepare_engine(settings.engine, settings.device, model_path, model)
+    folder = RunFolder.open(model, inputs, out_dir, settings)
+    plans, unreadable = plan_recordings(
+        folder.todo, audio.sample_rate, audio.clip_s, hop_s, settings.chunk_s, batch_size, absolute=True
+    )
+    failures = {str(path): reason for path, reason in unreadable}
+    for done, (path, reason) in enumerate(unreadable, start=1):
+        if progress is not None:
+            progress(RecordingResult(path, None, 0.0, reason), done, len(folder.todo))
+    finished: list[RecordingDone] = []
+    tasks = 0
+    model_loads: dict[str, int] = {}
+    if plans:
+        with connect(cluster, settings.cluster) as (client, torch_threads):
+            options = TaskOptions(
+                model_path=str(model_path.resolve()),
+                model_stamp=model_stamp(model_path),
+                hop_s=hop_s,
+                batch_size=batch_size,
+                thresholds=tuple(float(t) for t in folder.thresholds),
+                out_dir=str(folder.out_dir.resolve()),
+                formats=tuple(folder.formats),
+                merge=settings.merge,
+                device=settings.device,
+                torch_threads=torch_threads,
+                engine=settings.engine,
+            )
+            final, tasks = _submit(client, plans, options, retries)
+            finished = _collect(final, progress, len(unreadable), len(folder.todo))
+    for outcome in finished:
+        if outcome.error is not None:
+            failures[outcome.path] = outcome.error
+        for worker, loads in outcome.model_loads.items():
+            model_loads[worker] = max(model_loads.get(worker, 0), loads)
+    failed = [(str(p), failures[str(p)]) for p in folder.todo if str(p) in failures]
+    written = folder.close(model, failed)
+    wall = time.perf_counter() - folder.started  # end to end: planning to the last combined table
+    succeeded = [o for o in finished if o.error is None]
+    return DistributedSummary(
+        out_dir=folder.out_dir,
+        recordings=len(folder.recordings),
+        predicted=len(folder.todo) - len(failed),
+        skipped=len(folder.recordings) - len(folder.todo),
+        failed=failed,
+        audio_seconds=float(sum(o.duration_s for o in succeeded)),
+        wall_seconds=wall,
+        windows=int(sum(o.windows for o in succeeded)),
+        outputs=written,
+        cluster=cluster,
+        tasks=tasks,
+        model_loads=model_loads,
+    )
+
+
 def _submit(
     client: Client, plans: Sequence[RecordingPlan], options: TaskOptions, retries: int
 ) -> tuple[dict[Any, RecordingPlan], int]:
@@ -621,8 +513,8 @@ def _submit(
     Returns each recording's final future (mapped to its plan) and the number of tasks submitted.
     """
     token = uuid.uuid4().hex[:8]
-    whole = [p for p in plans if len(p.chunks) == 1]
-    split = [p for p in plans if len(p.chunks) > 1]
+    whole = [p for p in plans if not p.split]
+    split = [p for p in plans if p.split]
     final: dict[Any, RecordingPlan] = {}
     futures = client.map(
         finish_recording,
@@ -632,20 +524,19 @@ def _submit(
         retries=retries,
     )
     final.update(zip(futures, whole, strict=True))
-    chunk_args = [(p, first, count) for p in split for first, count in p.chunks]
+    chunk_args = [(p, segment) for p in split for segment in p.segments]
     chunk_futures = client.map(
         predict_chunk,
-        [a[0] for a in chunk_args],
-        [a[1] for a in chunk_args],
-        [a[2] for a in chunk_args],
+        [plan for plan, _ in chunk_args],
+        [segment for _, segment in chunk_args],
         options=options,
-        key=[f"dawnchorus-chunk-{p.key}-{first}-{token}" for p, first, _ in chunk_args],
+        key=[f"dawnchorus-chunk-{p.key}-{s.first_window}-{token}" for p, s in chunk_args],
         retries=retries,
     )
     position = 0
     for plan in split:
-        mine = chunk_futures[position : position + len(plan.chunks)]
-        position += len(plan.chunks)
+        mine = chunk_futures[position : position + len(plan.segments)]
+        position += len(plan.segments)
         future = client.submit(
             finish_recording,
             plan,
@@ -681,19 +572,18 @@ def _collect(
     return finished
 
 
-def _model_stamp(path: Path) -> tuple[int, int]:
+def model_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a model file: workers load a replaced file afresh."""
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
 
 
-def _prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> None:
-    """Check ``engine`` and export the ONNX graph CPU workers will load (once, before they start).
+def prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> None:
+    """Export the ONNX graph CPU workers will load (once, before they start).
 
     ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs."""
     from dawnchorus.inference.export import ExportError, cached_onnx_path
 
-    if engine not in ENGINES:
-        raise PredictionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     wanted = engine == "onnx" or (engine == "auto" and onnx_available())
     if not wanted or (device is not None and device.startswith("cuda")):
         return
@@ -701,111 +591,3 @@ def _prepare_engine(engine: str, device: str | None, model_path: Path, model: Lo
         cached_onnx_path(model_path, model, include_frontend=False)
     except ExportError as exc:
         raise PredictionError(str(exc)) from exc
-
-
-def run_distributed_prediction(
-    model_path: str | Path,
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    cluster: str = "local",
-    hop_s: float | None = None,
-    batch_size: int = 32,
-    threshold: float | None = None,
-    formats: Sequence[str] | str = OUTPUT_FORMATS,
-    merge_detections: bool = False,
-    chunk_s: float = DEFAULT_CHUNK_S,
-    progress: ProgressCallback | None = None,
-    slurm: Mapping[str, Any] | None = None,
-    device: str | None = None,
-    retries: int = 1,
-    engine: str = "torch",
-) -> DistributedSummary:
-    """Predict every recording on a dask cluster; write the files :func:`infer.run_prediction` writes.
-
-    ``cluster`` is ``local``, ``local:N``, ``tcp://HOST:PORT`` or ``slurm`` (with the ``slurm``
-    settings: queue, account, cores, memory, walltime, gpus, processes, jobs, ...). Recordings longer
-    than ``chunk_s`` are split into chunks predicted in parallel. ``progress(result, done, total)`` is
-    called as each recording completes (``result.frame`` is None: the table is already on disk;
-    ``result.duration_s`` counts audio done). ``retries`` reruns a task that raised; a task whose worker
-    died is rerun by the scheduler (up to its ``allowed-failures``) whatever ``retries`` is.
-    ``engine`` is ``torch``, ``onnx`` or ``auto`` (see
-    :func:`dawnchorus.inference.engines.resolve_engine`); the
-    ONNX graph is exported here once, beside the model file, before any task starts.
-    """
-    from dawnchorus.models.modelfile import load_model
-
-    wanted = parse_formats(formats)
-    model_path = Path(model_path)
-    model = load_model(model_path)
-    audio = model.config.audio
-    hop_s = audio.clip_s if hop_s is None else hop_s
-    if hop_s <= 0:
-        raise PredictionError(f"hop must be positive, got {hop_s}")
-    if batch_size < 1:
-        raise PredictionError(f"batch size must be at least 1, got {batch_size}")
-    parse_cluster(cluster)  # a bad value fails before any header is read
-    _prepare_engine(engine, device, model_path, model)
-    out_dir = Path(out_dir)
-    (out_dir / "parts").mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir / "parts")  # left by a run killed mid-write
-    recordings = expand_inputs(inputs)
-    if not recordings:
-        raise PredictionError("no recordings found in the given inputs")
-    thresholds = (
-        model.class_thresholds if threshold is None else np.full(len(model.labels), threshold, np.float32)
-    )
-    todo = [p for p in recordings if not (out_dir / "parts" / f"{recording_key(p)}.parquet").is_file()]
-    started = time.perf_counter()
-    plans, unreadable = plan_recordings(todo, audio.sample_rate, audio.clip_s, hop_s, chunk_s, batch_size)
-    failures = {str(path): reason for path, reason in unreadable}
-    for done, (path, reason) in enumerate(unreadable, start=1):
-        if progress is not None:
-            progress(RecordingResult(path, None, 0.0, reason), done, len(todo))
-    finished: list[RecordingDone] = []
-    tasks = 0
-    model_loads: dict[str, int] = {}
-    if plans:
-        with connect(cluster, slurm) as (client, torch_threads):
-            options = TaskOptions(
-                model_path=str(model_path.resolve()),
-                model_stamp=_model_stamp(model_path),
-                hop_s=hop_s,
-                batch_size=batch_size,
-                thresholds=tuple(float(t) for t in thresholds),
-                out_dir=str(out_dir.resolve()),
-                formats=tuple(wanted),
-                merge=merge_detections,
-                device=device,
-                torch_threads=torch_threads,
-                engine=engine,
-            )
-            final, tasks = _submit(client, plans, options, retries)
-            finished = _collect(final, progress, len(unreadable), len(todo))
-    for outcome in finished:
-        if outcome.error is not None:
-            failures[outcome.path] = outcome.error
-        for worker, loads in outcome.model_loads.items():
-            model_loads[worker] = max(model_loads.get(worker, 0), loads)
-    wall = time.perf_counter() - started
-    failed = [(str(p), failures[str(p)]) for p in todo if str(p) in failures]
-    written = write_combined(model, recordings, out_dir, thresholds, wanted)
-    error_file = out_dir / "errors.csv"
-    atomic_write(
-        error_file, lambda tmp: pd.DataFrame(failed, columns=["file", "error"]).to_csv(tmp, index=False)
-    )
-    written["errors"] = error_file
-    succeeded = [o for o in finished if o.error is None]
-    return DistributedSummary(
-        out_dir=out_dir,
-        recordings=len(recordings),
-        predicted=len(todo) - len(failed),
-        skipped=len(recordings) - len(todo),
-        failed=failed,
-        audio_seconds=float(sum(o.duration_s for o in succeeded)),
-        wall_seconds=wall,
-        windows=int(sum(o.windows for o in succeeded)),
-        outputs=written,
-        cluster=cluster,
-        tasks=tasks,
-        model_loads=model_loads,
-    )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from dawnchorus.config import ENGINES
 from dawnchorus.errors import ExportError, PredictionError
 from dawnchorus.inference.export import (
     FRONTEND_KEY,
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 
 Engine = Literal["auto", "torch", "onnx"]
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
 
 # Windows per batch. On CPU small batches are fastest (activations stay in cache; measured here with
 # two lanes: batch 4 gives ~1.4x the throughput of batch 32 with ~1 GB less memory, batches of 1-4
