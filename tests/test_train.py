@@ -315,6 +315,20 @@ def test_data_module_targets_stay_unsmoothed(dataset: Path, tmp_path: Path) -> N
     assert len(data.val_dataloader()) == 2  # clips, then the labelled soundscapes
 
 
+def test_same_seed_gives_the_same_augmented_training_clips(dataset: Path, tmp_path: Path) -> None:
+    """train.seed fixes the waveform augmentation too: a run can be repeated exactly."""
+
+    def first_clips(seed: int) -> np.ndarray:
+        config = fast_config({"train.seed": seed, "augment.gain_p": 1.0, "augment.shift_p": 1.0})
+        data = BirdDataModule(dataset, config, tmp_path / "cache")
+        data.setup("fit")
+        return np.stack([data.train_set[i]["audio"].numpy() for i in range(4)])
+
+    first = first_clips(seed=7)
+    np.testing.assert_array_equal(first, first_clips(seed=7))
+    assert not np.array_equal(first, first_clips(seed=8))
+
+
 def test_weighted_sampler_draws_rare_classes_more_often() -> None:
     primary = ["common"] * 90 + ["rare"] * 10
     config = fast_config({"imbalance.sampler": "weighted", "imbalance.sampler_power": 1.0})

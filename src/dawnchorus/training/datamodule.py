@@ -127,7 +127,7 @@ def build_datasets(
         paths[train_idx],
         targets[train_idx],
         train=True,
-        waveform_transform=WaveformAugment(config.augment, config.audio.sample_rate),
+        waveform_transform=WaveformAugment(config.augment, config.audio.sample_rate, seed=config.train.seed),
         weights=None if weights is None else weights[train_idx],
         seed=config.train.seed,
         background_source=_background_source(config),
