@@ -505,6 +505,27 @@ def run_distributed_prediction(
     )
 
 
+def model_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a model file: workers load a replaced file afresh."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> None:
+    """Export the ONNX graph CPU workers will load (once, before they start).
+
+    ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs."""
+    from dawnchorus.inference.export import ExportError, cached_onnx_path
+
+    wanted = engine == "onnx" or (engine == "auto" and onnx_available())
+    if not wanted or (device is not None and device.startswith("cuda")):
+        return
+    try:
+        cached_onnx_path(model_path, model, include_frontend=False)
+    except ExportError as exc:
+        raise PredictionError(str(exc)) from exc
+
+
 def _submit(
     client: Client, plans: Sequence[RecordingPlan], options: TaskOptions, retries: int
 ) -> tuple[dict[Any, RecordingPlan], int]:
@@ -570,24 +591,3 @@ def _collect(
             result = RecordingResult(plan.path, None, outcome.duration_s, outcome.error)
             progress(result, done, total)
     return finished
-
-
-def model_stamp(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) of a model file: workers load a replaced file afresh."""
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
-def prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> None:
-    """Export the ONNX graph CPU workers will load (once, before they start).
-
-    ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs."""
-    from dawnchorus.inference.export import ExportError, cached_onnx_path
-
-    wanted = engine == "onnx" or (engine == "auto" and onnx_available())
-    if not wanted or (device is not None and device.startswith("cuda")):
-        return
-    try:
-        cached_onnx_path(model_path, model, include_frontend=False)
-    except ExportError as exc:
-        raise PredictionError(str(exc)) from exc
