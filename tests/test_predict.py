@@ -21,7 +21,13 @@ from typer.testing import CliRunner
 import dawnchorus
 from dawnchorus import load_model
 from dawnchorus.cli.app import app
-from dawnchorus.config import PredictSettings, build_config, build_predict_settings, load_predict_settings
+from dawnchorus.config import (
+    PredictSettings,
+    build_config,
+    build_predict_settings,
+    load_config,
+    load_predict_settings,
+)
 from dawnchorus.errors import ConfigError
 from dawnchorus.inference.run import recording_key, run_prediction, saved_windows_path
 from dawnchorus.io import outputs
@@ -359,9 +365,13 @@ def test_predict_settings_refuse_bad_values_naming_the_field(tmp_path: Path) -> 
         load_predict_settings(tmp_path / "bad.yaml")
 
 
-def test_training_config_carries_no_cluster_settings() -> None:
-    with pytest.raises(ConfigError, match="cluster: unknown setting"):
-        build_config({"cluster": {"queue": "gpu"}})
+def test_training_config_carries_no_cluster_settings(tmp_path: Path) -> None:
+    """An old run folder's config.yaml (with the cluster section it used to hold) still loads, without it."""
+    old = tmp_path / "config.yaml"
+    old.write_text("train: {epochs: 3}\ncluster: {queue: gpu, cores: 8}\n")
+    config = load_config(old)
+    assert config.train.epochs == 3
+    assert "cluster" not in config.model_dump() and "cluster" not in build_config().model_dump()
 
 
 def test_a_model_file_saved_with_a_cluster_section_still_loads(model_file: Path, tmp_path: Path) -> None:

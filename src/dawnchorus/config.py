@@ -222,6 +222,15 @@ class Config(_Section):
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_cluster(cls, data: Any) -> Any:
+        # Run folders' config.yaml and model files written before PredictSettings carried a
+        # ``cluster:`` section; it never changed training, so an old file still loads as it was.
+        if isinstance(data, dict) and "cluster" in data:
+            data = {key: value for key, value in data.items() if key != "cluster"}
+        return data
+
     @model_validator(mode="after")
     def _fmax_below_nyquist(self) -> Config:
         nyquist = self.audio.sample_rate / 2

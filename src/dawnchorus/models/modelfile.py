@@ -143,7 +143,6 @@ def _portable_config(stored: dict[str, Any], path: Path) -> Config:
     stored.setdefault("model", {}).update({"pretrained": False, "weights": None})
     stored.setdefault("augment", {})["noise_dir"] = None
     stored.setdefault("train", {})["cache_dir"] = None
-    stored.pop("cluster", None)
     backbone = stored["model"].get("backbone")
     if isinstance(backbone, str) and not timm.is_model(backbone):
         raise ModelFileError(
