@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_birdnet_venv(args.birdnet_python)
     if args.inputs is not None:
-        from dawnchorus.inference.run import expand_inputs
+        from dawnchorus.inference.windows import expand_inputs
 
         inputs = expand_inputs([args.inputs])
     else:

@@ -391,7 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def benchmark_inputs(args: argparse.Namespace) -> list[Path]:
     if args.inputs is None:
         return ensure_soundscapes(args.data_dir / "soundscapes", args.hours, args.file_minutes)
-    from dawnchorus.inference.run import expand_inputs
+    from dawnchorus.inference.windows import expand_inputs
 
     found = expand_inputs([args.inputs])
     if not found:

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from dawnchorus.io import audio
-from dawnchorus.io.audio import (
+from dawnchorus.errors import (
     AudioDecodeError,
     AudioEmptyError,
     AudioError,
@@ -19,6 +18,7 @@ from dawnchorus.io.audio import (
     AudioNonFiniteError,
     AudioTruncatedError,
 )
+from dawnchorus.io import audio
 
 RATE = 32000
 

@@ -12,14 +12,15 @@ import pytest
 from rich.console import Console
 
 from dawnchorus.demo import (
-    DemoError,
     DemoResult,
     DemoSettings,
     demo_config,
+    prepare_out,
     run_demo,
     split_soundscape_labels,
     write_synthetic_ambience,
 )
+from dawnchorus.errors import DemoError
 from dawnchorus.io.audio import info, load
 from dawnchorus.models.modelfile import load_model
 from dawnchorus.report.figures import format_metric
@@ -199,17 +200,15 @@ def test_never_deletes_a_folder_that_is_not_a_demo(tmp_path: Path) -> None:
 
 
 def test_a_previous_demo_is_replaced(tmp_path: Path) -> None:
-    from dawnchorus.demo import _prepare_out
-
     old = tmp_path / "old_demo"
     (old / "data" / "train_audio").mkdir(parents=True)
     (old / "report_files").mkdir()
     (old / "report.html").write_text("old")
     (old / "demo.json").write_text('{"status": "complete"}')
-    _prepare_out(old)
+    prepare_out(old)
     assert sorted(p.name for p in old.iterdir()) == ["demo.json"]
     assert json.loads((old / "demo.json").read_text()) == {"status": "running"}
-    _prepare_out(tmp_path / "new" / "nested")  # missing folders are created
+    prepare_out(tmp_path / "new" / "nested")  # missing folders are created
     assert (tmp_path / "new" / "nested" / "demo.json").is_file()
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dawnchorus.config import ClusterSettings, PredictSettings, build_predict_settings
-from dawnchorus.errors import ClusterError, ConfigError
+from dawnchorus.errors import AudioError, ClusterError, ConfigError
 from dawnchorus.inference import distributed as dist
 from dawnchorus.inference.distributed import (
     ClusterSpec,
@@ -30,7 +30,7 @@ from dawnchorus.inference.pipeline import prefetched
 from dawnchorus.inference.run import run_prediction
 from dawnchorus.inference.windows import chunk_ranges, plan_recordings, whole_recording
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
-from dawnchorus.io.audio import AudioError, iter_windows, write_audio
+from dawnchorus.io.audio import iter_windows, write_audio
 from dawnchorus.io.outputs import read_probabilities
 from dawnchorus.models.modelfile import load_model
 

@@ -36,11 +36,8 @@ from dawnchorus.inference.export import (
     onnx_path_beside,
     read_onnx_metadata,
 )
-from dawnchorus.inference.run import (
-    iter_predictions,
-    predict_frame,
-    run_prediction,
-)
+from dawnchorus.inference.pipeline import iter_predictions
+from dawnchorus.inference.run import predict_frame, run_prediction
 from dawnchorus.io.audio import iter_windows, load, write_audio
 from dawnchorus.models.modelfile import LoadedModel, load_model
 from tests.conftest import real_data_dir, synthetic_audio, write_model_file

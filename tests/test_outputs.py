@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dawnchorus.errors import OutputError
 from dawnchorus.io import annotations, outputs
-from dawnchorus.io.outputs import OutputError
 
 LABELS = ["gretit1", "eurstp1", "benfin1"]
 

@@ -29,7 +29,8 @@ from dawnchorus.config import (
     load_predict_settings,
 )
 from dawnchorus.errors import ConfigError
-from dawnchorus.inference.run import recording_key, run_prediction, saved_windows_path
+from dawnchorus.inference.run import run_prediction, saved_windows_path
+from dawnchorus.inference.windows import recording_key
 from dawnchorus.io import outputs
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import write_audio

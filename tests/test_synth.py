@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import signal
 
-from dawnchorus.errors import SynthError
-from dawnchorus.io.audio import AudioError, info, load
+from dawnchorus.errors import AudioError, SynthError
+from dawnchorus.io.audio import info, load
 from dawnchorus.synth.calls import CALL_FAMILIES, draw_call_model, draw_species, render_call
 from dawnchorus.synth.soundscapes import (
     CLIP_SAMPLE_RATES,

@@ -346,7 +346,7 @@ def _quiet_lightning() -> Iterator[None]:
 # --- the stages ---------------------------------------------------------------------------------------
 
 
-def _prepare_out(out: Path) -> None:
+def prepare_out(out: Path) -> None:
     """Make ``out`` and mark it as a demo folder. A previous demo there (it has ``demo.json`` and
     nothing but demo outputs) is replaced; any other non-empty folder is refused, never deleted."""
     if out.exists() and not out.is_dir():
@@ -465,7 +465,7 @@ def run_demo(
     _check_arguments(species, epochs, noise_dir)
     overrides = {key: value for key, value in {"epochs": epochs, "backbone": backbone}.items() if value}
     settings = replace(settings or DemoSettings(), **overrides)
-    _prepare_out(out)
+    prepare_out(out)
     console.print(f"[bold]dawnchorus demo[/]: the whole method on a synthetic bird-sound data set, in {out}")
     times: dict[str, float] = {}
     with _stage(console, "data", settings, times):
