@@ -218,6 +218,33 @@ def test_resume_without_checkpoint_fails_before_anything_is_written(dataset: Pat
     assert not run.exists()
 
 
+class _RunsCodeWhenUnpickled:
+    """A pickled object whose loading would write a marker file: what a crafted checkpoint could do."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_resume_from_a_crafted_checkpoint_runs_nothing_and_names_the_file(
+    dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "crafted"
+    (run / "checkpoints").mkdir(parents=True)
+    payload = _RunsCodeWhenUnpickled()
+    payload.marker = tmp_path / "marker"
+    torch.save({"state_dict": {}, "global_step": 1, "extra": payload}, run / "checkpoints" / "last.ckpt")
+    assert not payload.marker.exists()
+
+    result = runner.invoke(app, ["train", str(dataset), "--out", str(run), "--resume"])
+    assert result.exit_code == 1
+    assert "last.ckpt" in result.output and "read safely" in result.output
+    assert "Traceback" not in result.output
+    assert not payload.marker.exists()
+    assert not (run / "config.yaml").exists()  # refused before anything was written
+
+
 # --- K-fold ---------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ data and model live in :mod:`dawnchorus.training.datamodule` and :mod:`dawnchoru
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def train(
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise TrainingError(f"--resume: no checkpoint at {last} to continue from")
+    resume_step = int(read_checkpoint(last).get("global_step", 0)) if resume else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # under DDP every process runs this function
         config.to_yaml(run_dir / "config.yaml")
@@ -87,12 +89,14 @@ def train(
     throughput = ThroughputMonitor()
     trainer = _trainer(config, run_dir, [checkpoints, throughput], progress_bar)
     earlier_metrics = (
-        set_aside_metrics(run_dir / "logs", last) if resume and trainer.is_global_zero else None
+        set_aside_metrics(run_dir / "logs", resume_step) if resume and trainer.is_global_zero else None
     )
     with warnings.catch_warnings():
         if earlier_metrics is not None:  # Lightning warns it deletes the old log; its rows are kept
             warnings.filterwarnings("ignore", message="Experiment logs directory .* is not empty")
-        trainer.fit(module, datamodule=data_module, ckpt_path=str(last) if resume else None)
+        # A run folder is untrusted input: its checkpoints load as tensors and plain data only.
+        checkpoint = str(last) if resume else None
+        trainer.fit(module, datamodule=data_module, ckpt_path=checkpoint, weights_only=True)
     if earlier_metrics is not None and trainer.is_global_zero:
         restore_metrics(run_dir / "logs", earlier_metrics)
 
@@ -102,7 +106,7 @@ def train(
     thresholds: dict[str, Any] = {}
     if trainer.is_global_zero:
         best_path = checkpoints.best_model_path or str(last)
-        module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
+        module.load_state_dict(read_checkpoint(Path(best_path))["state_dict"])
         thresholds = _tune_on_validation(module, data_module.val_dataloader()[-1])
         save_model_file(
             model_path,
@@ -154,18 +158,33 @@ def check_monitor(monitor: str, has_soundscapes: bool) -> None:
 EARLIER_METRICS_NAME = "metrics.before_resume.csv"
 
 
-def set_aside_metrics(log_dir: Path, checkpoint: Path) -> Path | None:
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint of a run folder, read as tensors and plain data only (nothing in it runs).
+
+    A file that is not such a checkpoint (or holds pickled objects) is a :class:`TrainingError` naming it.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"{path}: not a training checkpoint that can be read safely ({reason})") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise TrainingError(f"{path}: not a training checkpoint (no state_dict)")
+    return checkpoint
+
+
+def set_aside_metrics(log_dir: Path, resume_step: int) -> Path | None:
     """Before a resumed fit: keep the interrupted run's CSV log rows up to the checkpoint.
 
     Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts, so the rows logged
-    before the checkpoint (steps below its ``global_step``) are moved to a side file, together with
-    any rows kept by an earlier resume that was itself interrupted. Returns the side file, or None.
+    before the checkpoint (steps below ``resume_step``, its ``global_step``) are moved to a side
+    file, together with any rows kept by an earlier resume that was itself interrupted. Returns the
+    side file, or None.
     """
     current, kept = log_dir / "metrics.csv", log_dir / EARLIER_METRICS_NAME
     frames = [pd.read_csv(path) for path in (kept, current) if path.is_file()]
     if not frames:
         return None
-    resume_step = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
     earlier = pd.concat(frames, ignore_index=True)
     earlier[earlier["step"] < resume_step].to_csv(kept, index=False)
     current.unlink(missing_ok=True)
