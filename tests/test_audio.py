@@ -215,6 +215,73 @@ def test_truncated_ogg_is_an_audio_error(tmp_path: Path) -> None:
         audio.load(path)
 
 
+def noise_file(path: Path, seconds: float, seed: int = 0) -> Path:
+    """Noise (nothing for a compressor to shrink) written in ``path``'s format."""
+    audio.write_audio(path, np.random.default_rng(seed).uniform(-0.3, 0.3, int(seconds * RATE)), RATE)
+    return path
+
+
+def cut_in_half(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".ogg", ".flac"])
+def test_a_compressed_file_cut_in_half_is_truncated_whichever_way_it_is_read(
+    tmp_path: Path, suffix: str
+) -> None:
+    # libsndfile reads a cut OGG as a shorter recording without an error (its length comes from the
+    # last whole page), and stops a cut FLAC with "lost sync" as it would on damaged bytes.
+    path = cut_in_half(noise_file(tmp_path / f"cut{suffix}", 20.0))
+    match = rf"cut\{suffix}: truncated: .* of the 20\.000 s|cut\{suffix}: truncated: the file ends inside"
+    with pytest.raises(AudioTruncatedError, match=match):
+        audio.load(path)
+    with pytest.raises(AudioTruncatedError, match=match):
+        list(audio.iter_windows(path, RATE, 5.0, block_s=3.0))
+    # a chunk of a long file streamed from a window past the cut (distributed prediction)
+    with pytest.raises(AudioTruncatedError, match=match):
+        list(audio.iter_windows(path, RATE, 5.0, first_window=3))
+
+
+def test_a_cut_ogg_says_how_much_audio_precedes_the_cut(tmp_path: Path) -> None:
+    path = cut_in_half(noise_file(tmp_path / "cut.ogg", 20.0))
+    with pytest.raises(AudioTruncatedError, match=r"ends inside an Ogg page") as caught:
+        audio.info(path)
+    seconds = float(caught.value.reason.split("(")[-1].split(" s ")[0])
+    assert 8.0 < seconds < 10.5  # half the bytes of noise: about half the audio
+
+
+def test_an_ogg_stream_without_its_end_page_is_truncated(tmp_path: Path) -> None:
+    path = noise_file(tmp_path / "unfinished.ogg", 6.0)
+    data = bytearray(path.read_bytes())
+    last_page = data.rfind(b"OggS")
+    assert data[last_page + 5] & 0x04  # a finished stream: its last page is flagged end-of-stream
+    data[last_page + 5] &= ~0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioTruncatedError, match="unfinished.ogg: truncated: .*not marked end-of-stream"):
+        audio.load(path)
+
+
+def test_whole_ogg_and_flac_files_are_not_truncated(tmp_path: Path) -> None:
+    for suffix in (".ogg", ".flac"):
+        path = noise_file(tmp_path / f"whole{suffix}", 20.0)
+        assert len(audio.load(path)) == 20 * RATE
+        assert len(list(audio.iter_windows(path, RATE, 5.0, first_window=3))) == 1
+
+
+def test_a_flac_damaged_mid_file_is_a_decode_error_at_its_position(tmp_path: Path) -> None:
+    path = noise_file(tmp_path / "damaged.flac", 20.0)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = bytes(2000)
+    path.write_bytes(bytes(data))
+    position = r"damaged.flac: decoding failed mid-file at (9|10)\.\d+ s"
+    with pytest.raises(AudioDecodeError, match=position) as caught:
+        audio.load(path)
+    assert not isinstance(caught.value, AudioTruncatedError)
+
+
 def test_non_finite_samples(tmp_path: Path) -> None:
     signal = tone(1.0)
     signal[1234] = np.nan

@@ -9,6 +9,7 @@ plus one window in memory.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ def _open(path: Path) -> sf.SoundFile:
     except OSError as exc:
         raise AudioDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
     _check_declared_length(handle, path)
+    if str(handle.format) == "OGG":
+        _check_ogg_end(handle, path)
     return handle
 
 
@@ -85,6 +88,65 @@ def _check_declared_length(handle: sf.SoundFile, path: Path) -> None:
         raise AudioTruncatedError(
             path, f"truncated: the header declares {declared} bytes of samples, the file holds {present}"
         )
+
+
+# Ogg pages (RFC 3533): "OggS", version 0, header type (0x04: last page of the stream), granule,
+# serial, sequence, CRC, a segment count and table; a page holds at most 255 x 255 bytes of data.
+_OGG_CAPTURE = b"OggS"
+_OGG_END_OF_STREAM = 0x04
+_OGG_HEADER_BYTES = 27
+_OGG_MAX_PAGE = _OGG_HEADER_BYTES + 255 + 255 * 255
+_OGG_FIRST_TAIL = 8192  # the last page of a Vorbis/Opus file is usually a few KB: one small read
+
+
+def _check_ogg_end(handle: sf.SoundFile, path: Path) -> None:
+    """Raise :class:`AudioTruncatedError` when an Ogg file does not end with its end-of-stream page.
+
+    libsndfile takes an Ogg file's length from its last complete page, so a cut file decodes to a
+    shorter recording without any error (measured: a 60 s Vorbis file cut at half its bytes reads as
+    29.7 s, every frame its header claims decodes). A finished stream ends with a whole page flagged
+    end-of-stream; a cut one ends inside a page, and an unfinished one on a page without the flag.
+    """
+    try:
+        with open(path, "rb") as raw:
+            size = raw.seek(0, os.SEEK_END)
+            for tail_bytes in (_OGG_FIRST_TAIL, _OGG_MAX_PAGE):
+                raw.seek(max(0, size - tail_bytes))
+                tail = raw.read()
+                problem = _ogg_tail_problem(tail, complete=len(tail) == size or tail_bytes == _OGG_MAX_PAGE)
+                if problem != "undecided":
+                    break
+    except OSError as exc:
+        handle.close()
+        raise AudioDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if problem:
+        decodable = (handle.frames or 0) / handle.samplerate
+        handle.close()
+        raise AudioTruncatedError(path, f"truncated: {problem} ({decodable:.3f} s of audio before the cut)")
+
+
+def _ogg_tail_problem(tail: bytes, complete: bool) -> str | None:
+    """Why the last bytes of an Ogg file are not a finished stream; None when they are.
+
+    ``complete``: ``tail`` holds at least the longest possible page (or the whole file); otherwise
+    the answer may be "undecided" (read more). A page is trusted only when its header and segment
+    table parse and its data ends exactly at the end of the file, so an "OggS" inside audio data
+    does not count.
+    """
+    position = tail.rfind(_OGG_CAPTURE)
+    while position >= 0:
+        header_end = position + _OGG_HEADER_BYTES
+        if header_end <= len(tail) and tail[position + 4] == 0:
+            segments = tail[header_end - 1]
+            table = tail[header_end : header_end + segments]
+            if len(table) == segments and header_end + segments + sum(table) == len(tail):
+                if tail[position + 5] & _OGG_END_OF_STREAM:
+                    return None
+                return "the Ogg stream ends on a page not marked end-of-stream (cut short or never finished)"
+        position = tail.rfind(_OGG_CAPTURE, 0, position)
+    if not complete:
+        return "undecided"
+    return "the file ends inside an Ogg page (cut short)"
 
 
 def _clean(exc: Exception) -> str:
@@ -129,13 +191,44 @@ def _read_frames(handle: sf.SoundFile, path: Path, count: int) -> np.ndarray:
     try:
         block = handle.read(count, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioDecodeError(path, f"decoding failed mid-file ({_clean(exc)})") from exc
+        raise _mid_file_failure(handle, path, exc) from exc
     if not np.isfinite(block).all():
         position = handle.tell() - len(block)
         raise AudioNonFiniteError(
             path, f"non-finite samples (NaN or inf) near {position / handle.samplerate:.2f} s"
         )
     return block
+
+
+def _mid_file_failure(handle: sf.SoundFile, path: Path, exc: Exception) -> AudioError:
+    """The error for a decoder that stops mid-file: truncated when the declared end cannot be decoded.
+
+    libFLAC reports a cut file and a file with damaged bytes alike ("flac decoder lost sync"), and
+    the handle's position is where decoding stopped (measured). A cut file cannot seek to the end its
+    header declares; a damaged one can, and decodes there.
+    """
+    total = int(handle.frames or 0)
+    rate = int(handle.samplerate)
+    try:
+        stopped = f"{handle.tell() / rate:.3f} s"
+    except (sf.LibsndfileError, RuntimeError):
+        stopped = "an unknown point"
+    if total and not _decodes_at(path, total - 1):
+        return AudioTruncatedError(
+            path, f"truncated: decoding stops at {stopped} of the {total / rate:.3f} s the header "
+                  f"declares ({_clean(exc)})"
+        )
+    return AudioDecodeError(path, f"decoding failed mid-file at {stopped} ({_clean(exc)})")
+
+
+def _decodes_at(path: Path, frame: int) -> bool:
+    """Whether ``path`` can seek to ``frame`` and decode it."""
+    try:
+        with sf.SoundFile(str(path)) as probe:
+            probe.seek(frame)
+            return len(probe.read(1, dtype="float32")) == 1
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False
 
 
 def load(
@@ -169,8 +262,8 @@ def load(
     if len(block) < wanted:
         raise AudioTruncatedError(
             path,
-            f"truncated: decoded {len(block) / native_rate:.3f} s of the "
-            f"{wanted / native_rate:.3f} s the header declares",
+            f"truncated: decoding stops at {(start + len(block)) / native_rate:.3f} s of the "
+            f"{total / native_rate:.3f} s the header declares",
         )
     samples = to_mono(block)
     return resample(samples, native_rate, sample_rate) if sample_rate else samples
@@ -251,8 +344,14 @@ def _seek_before(handle: sf.SoundFile, out_index: int, native_rate: int, sample_
         try:
             handle.seek(frame)
         except (sf.LibsndfileError, RuntimeError) as exc:
+            path = Path(handle.name)
+            total = int(handle.frames or 0)
+            if total and not _decodes_at(path, total - 1):
+                reason = (f"truncated: cannot seek to {frame / native_rate:.3f} s of the "
+                          f"{total / native_rate:.3f} s the header declares ({_clean(exc)})")
+                raise AudioTruncatedError(path, reason) from exc
             reason = f"cannot seek to {frame / native_rate:.3f} s ({_clean(exc)})"
-            raise AudioDecodeError(handle.name, reason) from exc
+            raise AudioDecodeError(path, reason) from exc
     return frame, frame * sample_rate // native_rate
 
 
@@ -316,7 +415,7 @@ def iter_windows(
                 if finished and decoded < total:
                     raise AudioTruncatedError(
                         path,
-                        f"truncated: decoded {decoded / native_rate:.3f} s of the "
+                        f"truncated: decoding stops at {decoded / native_rate:.3f} s of the "
                         f"{total / native_rate:.3f} s the header declares",
                     )
                 mono = to_mono(block)
