@@ -291,6 +291,21 @@ def test_non_finite_samples(tmp_path: Path) -> None:
         audio.load(path)
 
 
+def test_non_finite_samples_are_reported_where_the_first_one_is(tmp_path: Path) -> None:
+    signal = tone(40.0)
+    signal[int(7.25 * RATE)] = np.nan
+    signal[int(33.5 * RATE)] = np.inf
+    path = tmp_path / "nan.wav"
+    sf.write(path, signal, RATE, subtype="FLOAT")
+    first = r"nan.wav: non-finite samples \(NaN or inf\), the first at 7\.250 s"
+    with pytest.raises(AudioNonFiniteError, match=first):
+        audio.load(path)
+    with pytest.raises(AudioNonFiniteError, match=first):  # inside the second 5 s read block
+        list(audio.iter_windows(path, RATE, 5.0, block_s=5.0))
+    with pytest.raises(AudioNonFiniteError, match=r"the first at 33\.500 s"):
+        list(audio.iter_windows(path, RATE, 5.0, first_window=4))
+
+
 def test_offset_outside_recording(tmp_path: Path) -> None:
     path = tmp_path / "short.wav"
     sf.write(path, tone(1.0), RATE)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner, Result
 
 from dawnchorus.cli.app import app
@@ -73,6 +74,13 @@ def _cut_flac(folder: Path) -> str:
     return path.name
 
 
+def _nan_at_7_s(folder: Path) -> str:
+    samples = noise(GOOD_SECONDS, 8)
+    samples[int(7.0 * RATE)] = np.nan
+    sf.write(folder / "nan.wav", samples, RATE, subtype="FLOAT")
+    return "nan.wav"
+
+
 @dataclass(frozen=True)
 class RecordingCase:
     """A bad recording: ``make`` writes it into a folder and returns its name."""
@@ -84,6 +92,7 @@ class RecordingCase:
 RECORDING_CASES = {
     "ogg-cut-in-half": RecordingCase(_cut_ogg, r"truncated: the file ends inside an Ogg page"),
     "flac-cut-in-half": RecordingCase(_cut_flac, r"truncated: decoding stops at [\d.]+ s of the 60\.000 s"),
+    "nan-at-7-s": RecordingCase(_nan_at_7_s, r"non-finite samples \(NaN or inf\), the first at 7\.000 s"),
 }
 
 

@@ -192,10 +192,11 @@ def _read_frames(handle: sf.SoundFile, path: Path, count: int) -> np.ndarray:
         block = handle.read(count, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise _mid_file_failure(handle, path, exc) from exc
-    if not np.isfinite(block).all():
-        position = handle.tell() - len(block)
+    finite = np.isfinite(block).all(axis=1)
+    if not finite.all():
+        first = handle.tell() - len(block) + int(np.argmin(finite))
         raise AudioNonFiniteError(
-            path, f"non-finite samples (NaN or inf) near {position / handle.samplerate:.2f} s"
+            path, f"non-finite samples (NaN or inf), the first at {first / handle.samplerate:.3f} s"
         )
     return block
 
