@@ -3,8 +3,9 @@ model file the prediction, export and report tests run."""
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,3 +110,28 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared small model file (test_efficientnet, labels aaa, bbb, ccc); tests that change it or
     its folder copy it first."""
     return write_model_file(tmp_path_factory.mktemp("shared-model") / "model.pt")
+
+
+# --- unreadable files -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deny_reading(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Make a file unreadable to this process: mode 000, and where the tests run as root (which reads any
+    file) the operating system's ``open`` refusing that one path with EACCES, as it would for a user."""
+
+    def deny(path: Path) -> None:
+        path.chmod(0)
+        if os.geteuid() != 0:
+            return
+        real_open = os.open
+        denied = os.path.abspath(path)
+
+        def refusing_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if os.path.abspath(os.fsdecode(file)) == denied:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+            return real_open(file, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refusing_open)
+
+    return deny

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,17 @@ def test_text_file_with_audio_extension(tmp_path: Path) -> None:
     path.write_text("these are field notes, not audio\n" * 20)
     with pytest.raises(AudioDecodeError, match="notes.ogg: not decodable audio"):
         audio.load(path)
+
+
+def test_a_file_this_user_may_not_read_is_permission_denied(
+    tmp_path: Path, deny_reading: Callable[[Path], None]
+) -> None:
+    path = tmp_path / "locked.ogg"
+    audio.write_audio(path, tone(2.0), RATE)
+    deny_reading(path)
+    for read in (audio.info, audio.load, lambda p: list(audio.iter_windows(p, RATE, 1.0))):
+        with pytest.raises(AudioDecodeError, match="locked.ogg: permission denied"):
+            read(path)
 
 
 def test_corrupt_file(tmp_path: Path) -> None:

@@ -60,51 +60,62 @@ def cut_in_half(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def _cut_ogg(folder: Path) -> str:
+Deny = Callable[[Path], None]  # the deny_reading fixture of conftest.py
+
+
+def _cut_ogg(folder: Path, deny: Deny) -> str:
     path = folder / "cut.ogg"
     write_audio(path, noise(60.0, 7), RATE)
     cut_in_half(path)
     return path.name
 
 
-def _cut_flac(folder: Path) -> str:
+def _cut_flac(folder: Path, deny: Deny) -> str:
     path = folder / "cut.flac"
     write_audio(path, noise(60.0, 7), RATE)
     cut_in_half(path)
     return path.name
 
 
-def _nan_at_7_s(folder: Path) -> str:
+def _nan_at_7_s(folder: Path, deny: Deny) -> str:
     samples = noise(GOOD_SECONDS, 8)
     samples[int(7.0 * RATE)] = np.nan
     sf.write(folder / "nan.wav", samples, RATE, subtype="FLOAT")
     return "nan.wav"
 
 
+def _permission_denied(folder: Path, deny: Deny) -> str:
+    path = folder / "locked.ogg"
+    write_audio(path, noise(GOOD_SECONDS, 9), RATE)
+    deny(path)
+    return path.name
+
+
 @dataclass(frozen=True)
 class RecordingCase:
     """A bad recording: ``make`` writes it into a folder and returns its name."""
 
-    make: Callable[[Path], str]
+    make: Callable[[Path, Deny], str]
     reason: str  # regex the errors.csv line and the printed line must match
 
 
 RECORDING_CASES = {
     "ogg-cut-in-half": RecordingCase(_cut_ogg, r"truncated: the file ends inside an Ogg page"),
     "flac-cut-in-half": RecordingCase(_cut_flac, r"truncated: decoding stops at [\d.]+ s of the 60\.000 s"),
+    "permission-denied": RecordingCase(_permission_denied, r"permission denied"),
     "nan-at-7-s": RecordingCase(_nan_at_7_s, r"non-finite samples \(NaN or inf\), the first at 7\.000 s"),
 }
 
 
 @pytest.mark.parametrize("case", list(RECORDING_CASES.values()), ids=list(RECORDING_CASES))
 def test_predict_lists_the_bad_recording_and_predicts_the_others(
-    case: RecordingCase, model_file: Path, tmp_path: Path
+    case: RecordingCase, model_file: Path, tmp_path: Path, deny_reading: Deny
 ) -> None:
     folder = tmp_path / "recordings"
     good = ["good_a.ogg", "good_b.flac", "good_c.wav"]
     for seed, name in enumerate(good):
         write_audio(folder / name, noise(GOOD_SECONDS, seed), RATE)
-    bad = case.make(folder)
+    bad = case.make(folder, deny_reading)
     out = tmp_path / "out"
 
     result = runner.invoke(app, ["predict", str(model_file), str(folder), "--out", str(out)])
@@ -119,3 +130,57 @@ def test_predict_lists_the_bad_recording_and_predicts_the_others(
     windows = table.groupby(table["file"].map(lambda file: Path(file).name)).size()
     assert windows.to_dict() == dict.fromkeys(good, GOOD_WINDOWS)
     assert np.isfinite(table.drop(columns=["file"]).to_numpy(dtype=np.float64)).all()
+
+
+# --------------------------------------------------------------------------------------------
+# data check: a training set with one problem
+
+
+def birdclef_set(root: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """A BirdCLEF-layout set: ``(primary_label, filename, secondary_labels)`` rows, 3 s clips."""
+    for seed, (_, filename, _) in enumerate(rows):
+        path = root / "train_audio" / filename
+        if ".." not in filename and not Path(filename).is_absolute() and not path.exists():
+            write_audio(path, noise(3.0, seed), RATE)
+    pd.DataFrame(
+        {"primary_label": [r[0] for r in rows], "filename": [r[1] for r in rows],
+         "secondary_labels": [r[2] for r in rows], "rating": 4.0}
+    ).to_csv(root / "train_metadata.csv", index=False)
+    return root
+
+
+GOOD_ROWS = [("aaa", "aaa/a1.ogg", "[]"), ("aaa", "aaa/a2.ogg", "[]"),
+             ("bbb", "bbb/b1.ogg", "['aaa']"), ("bbb", "bbb/b2.ogg", "[]")]
+
+
+def _unreadable_clip(root: Path, deny: Deny) -> tuple[str, ...]:
+    birdclef_set(root, GOOD_ROWS)
+    deny(root / "train_audio" / "bbb" / "b2.ogg")
+    return ("train_metadata.csv row 5", "bbb/b2.ogg")
+
+
+@dataclass(frozen=True)
+class SetCase:
+    """A training set with a problem: ``make`` builds it and returns what the problem line must name."""
+
+    make: Callable[[Path, Deny], tuple[str, ...]]
+    reason: str  # regex the problem line must match
+
+
+SET_CASES = {
+    "permission-denied": SetCase(_unreadable_clip, r"permission denied"),
+}
+
+
+@pytest.mark.parametrize("case", list(SET_CASES.values()), ids=list(SET_CASES))
+def test_data_check_names_the_problem_on_one_line(case: SetCase, tmp_path: Path, deny_reading: Deny) -> None:
+    root = tmp_path / "set"
+    root.mkdir()
+    needles = case.make(root, deny_reading)
+
+    result = runner.invoke(app, ["data", "check", str(root)])
+
+    assert_no_traceback(result)
+    assert result.exit_code == PROBLEMS_EXIT, result.output
+    one_line(result, *needles, reason=case.reason)
+    assert "No problems found" not in result.output

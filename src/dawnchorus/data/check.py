@@ -90,7 +90,8 @@ def _duration(hours: float) -> str:
 
 def render_summary(summary: DatasetSummary, console: Console) -> None:
     """Print a readable report: totals, long-tail histogram, sample rates, durations, problems."""
-    console.print(Text(f"Training set {summary.root} ({summary.layout} layout)", style="bold"))
+    title = Text(f"Training set {summary.root} ({summary.layout} layout)", style="bold")
+    console.print(title, soft_wrap=True)
     console.print(f"  classes: {summary.n_classes}   clips: {summary.n_clips}   "
                   f"audio: {_duration(summary.total_hours)}   "
                   f"single-clip classes: {len(summary.singleton_classes)}")
@@ -106,8 +107,8 @@ def render_summary(summary: DatasetSummary, console: Console) -> None:
     kinds = Counter(problem.kind for problem in summary.problems)
     overview = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))
     console.print(Text(f"{len(summary.problems)} problem(s) ({overview}):", style="bold red"))
-    for problem in summary.problems:
-        console.print(Text(f"  {problem}", style="red"))
+    for problem in summary.problems:  # never wrapped: a user copies the path, a script greps the line
+        console.print(Text(f"  {problem}", style="red"), soft_wrap=True)
 
 
 def _render_histogram(clips_per_class: list[tuple[str, int]], console: Console) -> None:

@@ -57,6 +57,13 @@ def _check_exists(path: Path) -> None:
         raise AudioFileNotFoundError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise AudioEmptyError(path, "empty file (0 bytes)")
+    # libsndfile reports a file it may not open as "System error.": ask the OS, which says why.
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except PermissionError as exc:
+        raise AudioDecodeError(path, "permission denied: this user may not read the file") from exc
+    except OSError as exc:
+        raise AudioDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
 
 
 def _open(path: Path) -> sf.SoundFile:
