@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 
 from dawnchorus.cli.console import fail
 from dawnchorus.cli.data import data_app
+from dawnchorus.cli.embed import embed
 from dawnchorus.cli.evaluate import evaluate, tune_thresholds_command
 from dawnchorus.cli.predict import export, predict
 from dawnchorus.cli.report import demo, report
@@ -54,6 +55,7 @@ app.command()(synth)
 app.command()(train)
 app.command("augment-preview")(augment_preview)
 app.command()(predict)
+app.command()(embed)
 app.command()(evaluate)
 app.command("tune-thresholds")(tune_thresholds_command)
 app.command()(export)

@@ -18,8 +18,12 @@ batch of 8; one process, 1 thread, 2-core machine).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +86,10 @@ class BirdNet(EmbeddingModel):
         self._logits = logits["index"]
         if self.labels is not None and len(self.labels) != int(logits["shape"][-1]):
             self.labels = None  # a labels file that does not fit this model: embeddings only
-        self._batch = 0
+        self._batch = 1
+        with _native_stderr_silenced():  # LiteRT prints "INFO: Created ... XNNPACK delegate" here
+            self._interpreter.resize_tensor_input(self._input, [1, self.window_samples])
+            self._interpreter.allocate_tensors()
         self._lock = threading.Lock()
 
     def embed(self, batch: np.ndarray) -> EmbeddingOutput:
@@ -146,3 +153,21 @@ def _litert_interpreter() -> type:
     except ImportError:
         raise ModelError(f"the birdnet backbone needs ai-edge-litert: {INSTALL_HINT}") from None
     return Interpreter
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while the block runs (native code's log lines)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
