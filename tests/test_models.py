@@ -4,6 +4,7 @@ errors, model files this installation cannot read, learning."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -294,3 +295,95 @@ def test_a_few_optimizer_steps_reduce_the_loss(head):
     with torch.no_grad():
         predicted = model(unseen).argmax(dim=1)
     assert torch.equal(predicted, unseen_targets.argmax(dim=1))
+
+
+# --- model files that are damaged, foreign or crafted ------------------------------------------------
+
+
+class RunsCodeWhenUnpickled:
+    """A pickled object whose loading writes a marker file: what a crafted model file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def crafted_model_file(model_file: Path, folder: Path) -> tuple[Path, Path]:
+    """A copy of a valid model file with an object whose unpickling runs code; (file, marker)."""
+    marker = folder / "marker"
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    crafted = folder / "model.pt"
+    torch.save({**payload, "metadata": RunsCodeWhenUnpickled(marker)}, crafted)
+    return crafted, marker
+
+
+def test_a_crafted_model_file_runs_nothing_and_is_one_line_without_unsafe_advice(model_file, tmp_path):
+    crafted, marker = crafted_model_file(model_file, tmp_path)
+    torch.load(crafted, map_location="cpu", weights_only=False)  # the craft is real: unsafe loading runs it
+    assert marker.read_text() == "ran"
+    marker.unlink()
+
+    with pytest.raises(ModelFileError) as raised:
+        load_model(crafted)
+    message = str(raised.value)
+    assert not marker.exists()
+    assert message.startswith(f"{crafted}: unsafe file, refused")
+    assert "nothing in it ran" in message
+    assert "weights_only" not in message and "trust" not in message  # PyTorch's advice is the exploit
+    assert "\n" not in message
+
+
+def test_a_file_that_is_no_model_file_says_so_without_unsafe_advice(tmp_path):
+    garbage = tmp_path / "model.pt"
+    garbage.write_bytes(b"not a model at all " * 50)
+    with pytest.raises(ModelFileError) as raised:
+        load_model(garbage)
+    message = str(raised.value)
+    assert message.startswith(f"{garbage}: not a dawnchorus model file (")
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_truncated_model_file_is_one_line_naming_it(model_file, tmp_path):
+    cut = tmp_path / "model.pt"
+    cut.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+    with pytest.raises(ModelFileError) as raised:
+        load_model(cut)
+    message = str(raised.value)
+    assert message.startswith(f"{cut}: not a dawnchorus model file (") and "zip archive" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("key", ["labels", "config", "state_dict", "thresholds", "format_version"])
+def test_a_model_file_missing_an_entry_names_the_file_and_the_entry(model_file, tmp_path, key):
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    del payload[key]
+    damaged = tmp_path / "model.pt"
+    torch.save(payload, damaged)
+    with pytest.raises(ModelFileError) as raised:
+        load_model(damaged)
+    assert str(raised.value) == f"{damaged}: damaged model file: it has no {key!r} entry"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("labels", "aaa", "its 'labels' entry is a str, not a list or tuple"),
+        ("labels", ["aaa", 3, "ccc"], "its 'labels' entry is not a list of label names"),
+        ("labels", ["aaa", "bbb"], "its weights do not fit its settings and 2 labels (size mismatch"),
+        ("config", "{not json", "its settings are not valid JSON"),
+    ],
+)
+def test_a_model_file_with_a_damaged_entry_names_the_file_and_the_entry(
+    model_file, tmp_path, key, value, problem
+):
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    payload[key] = value
+    damaged = tmp_path / "model.pt"
+    torch.save(payload, damaged)
+    with pytest.raises(ModelFileError) as raised:
+        load_model(damaged)
+    message = str(raised.value)
+    assert message.startswith(f"{damaged}: damaged model file: {problem}")
+    assert "\n" not in message

@@ -240,6 +240,8 @@ def test_resume_from_a_crafted_checkpoint_runs_nothing_and_names_the_file(
     result = runner.invoke(app, ["train", str(dataset), "--out", str(run), "--resume"])
     assert result.exit_code == 1
     assert "last.ckpt" in result.output and "read safely" in result.output
+    assert "nothing in it ran" in result.output
+    assert "weights_only" not in result.output  # PyTorch's advice to load it unsafely is not passed on
     assert "Traceback" not in result.output
     assert not payload.marker.exists()
     assert not (run / "config.yaml").exists()  # refused before anything was written

@@ -9,6 +9,7 @@ not import Lightning, so prediction (and every dask worker) starts without it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,14 @@ from dawnchorus.version import __version__
 
 MODEL_FORMAT = "dawnchorus-model"
 MODEL_FORMAT_VERSION = 1
+# The entries every model file holds, and what each must be (format_version 1 on).
+REQUIRED_ENTRIES: dict[str, tuple[type, ...]] = {
+    "format_version": (int,),
+    "labels": (list, tuple),
+    "config": (str,),
+    "thresholds": (dict,),
+    "state_dict": (dict,),
+}
 
 
 @dataclass
@@ -99,25 +108,37 @@ def save_model_file(
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Restore a model file with no other input (weights-only unpickling: safe on untrusted files)."""
+    """Restore a model file with no other input (weights-only unpickling: safe on untrusted files).
+
+    A file that cannot be read as a model file, or lacks an entry one holds, is a
+    :class:`ModelFileError` naming the file and the problem in one line; nothing stored in it runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a model file"
-        raise ModelFileError(f"{path}: not a dawnchorus model file ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{path}: not a dawnchorus model file")
+    payload = _read_payload(path)
     if payload["format_version"] > MODEL_FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format {payload['format_version']} is newer than this dawnchorus "
             f"({__version__}) reads; upgrade dawnchorus"
         )
-    config = _portable_config(json.loads(payload["config"]), path)
+    try:
+        stored_config = json.loads(payload["config"])
+        metadata = json.loads(payload.get("metadata") or "{}")
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: damaged model file: its settings are not valid JSON ({exc})") from None
+    config = _portable_config(stored_config, path)
     labels = list(payload["labels"])
     classifier = build_model(config.model, len(labels))
-    classifier.load_state_dict(payload["state_dict"])
+    try:
+        classifier.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # the first names only the network class
+        raise ModelFileError(
+            f"{path}: damaged model file: its weights do not fit its settings and {len(labels)} labels "
+            f"({detail[:200]})"
+        ) from None
     network = SpectrogramClassifier(
         LogMel.from_settings(config.audio, config.frontend), classifier, channels_last=False
     )
@@ -128,9 +149,71 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         config=config,
         thresholds=dict(payload["thresholds"]),
         scored_labels=payload.get("scored_labels"),
-        metadata=json.loads(payload.get("metadata") or "{}"),
+        metadata=metadata,
         path=path,
     )
+
+
+def load_refusal(exc: Exception) -> tuple[str | None, str]:
+    """What a weights-only :func:`torch.load` found wrong with a file: (the Python object it refused
+    to call, or None; its diagnosis in one line).
+
+    PyTorch's message goes on to advise loading the file again with ``weights_only=False``; for a
+    crafted file that is the exploit, so only the diagnosis is kept.
+    """
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # weights-only refusals: the diagnosis follows the marker, then advice
+        detail = text.split(marker, 1)[1].strip()
+        first = _first_sentence(detail.splitlines()[0]) if detail else "not a weights-only pickle"
+        found = re.match(r"Unsupported global: GLOBAL (\S+)", first)
+        return (found.group(1) if found else None), f"not a weights-only pickle: {first}"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return None, _first_sentence(lines[0]) if lines else type(exc).__name__
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The unpickled dictionary of a model file, checked for the entries :func:`load_model` reads.
+
+    Unpickling is weights-only: a file holding any other Python object is refused before it is
+    built, so nothing in it runs. PyTorch's own message then advises retrying with
+    ``weights_only=False``, which for a crafted file is the exploit: only its diagnosis is kept.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a model file"
+        raise ModelFileError(f"{path}: {_unpickling_problem(exc)}") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: not a dawnchorus model file (no '{MODEL_FORMAT}' format mark)")
+    for key, kinds in REQUIRED_ENTRIES.items():
+        if key not in payload:
+            raise ModelFileError(f"{path}: damaged model file: it has no {key!r} entry")
+        if not isinstance(payload[key], kinds) or isinstance(payload[key], bool):
+            raise ModelFileError(
+                f"{path}: damaged model file: its {key!r} entry is a {type(payload[key]).__name__}, "
+                f"not a {' or '.join(kind.__name__ for kind in kinds)}"
+            )
+    labels = payload["labels"]
+    if not labels or not all(isinstance(label, str) and label for label in labels):
+        raise ModelFileError(f"{path}: damaged model file: its 'labels' entry is not a list of label names")
+    return payload
+
+
+def _unpickling_problem(exc: Exception) -> str:
+    """Why :func:`torch.load` refused a model file, without its advice to load it unsafely."""
+    pickled_object, diagnosis = load_refusal(exc)
+    if pickled_object is not None:
+        return (
+            f"unsafe file, refused: it holds a pickled Python object ({pickled_object}) that unpickling "
+            "would call, and a dawnchorus model file holds only tensors and plain data; nothing in it ran"
+        )
+    return f"not a dawnchorus model file ({diagnosis})"
+
+
+def _first_sentence(text: str) -> str:
+    return text.strip().split(". ")[0].rstrip(".")
 
 
 def _portable_config(stored: dict[str, Any], path: Path) -> Config:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from dawnchorus.config import Config
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.thresholds import tune_thresholds
-from dawnchorus.models.modelfile import save_model_file
+from dawnchorus.models.modelfile import load_refusal, save_model_file
 from dawnchorus.training.datamodule import BirdDataModule
 from dawnchorus.training.module import BirdModule, ThroughputMonitor
 
@@ -165,9 +165,18 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(f"{path}: not a training checkpoint that can be read safely ({reason})") from exc
+    except OSError as exc:
+        raise TrainingError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        pickled_object, diagnosis = load_refusal(exc)
+        if pickled_object is not None:
+            diagnosis = (
+                f"it holds a pickled Python object ({pickled_object}) that unpickling would call; "
+                "refused, nothing in it ran"
+            )
+        raise TrainingError(
+            f"{path}: not a training checkpoint that can be read safely ({diagnosis})"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise TrainingError(f"{path}: not a training checkpoint (no state_dict)")
     return checkpoint
