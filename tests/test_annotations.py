@@ -67,6 +67,27 @@ RAVEN_HEADER = (
 )
 
 
+@pytest.mark.parametrize("bad_line", [2, 3])
+def test_a_label_row_with_extra_fields_is_named_with_its_field_count(tmp_path: Path, bad_line: int) -> None:
+    # pandas shifted a first ragged row's values into the wrong columns ("seconds 'extra' is not a
+    # number") and stopped on a later one with a two-line tokenizer message.
+    lines = ["rec_5,rec,5,aaa", "rec_10,rec,10,nocall", "rec_15,rec,15,bbb"]
+    lines[bad_line - 2] += ",extra,more"
+    path = _write(tmp_path / "labels.csv", "row_id,audio_id,seconds,birds\n" + "\n".join(lines) + "\n")
+    expected = (rf"^{path}: line {bad_line} has 6 fields, expected 4 "
+                r"\(row_id, audio_id, seconds, birds\)$")
+    with pytest.raises(EvaluationError, match=expected):
+        annotations.read_birdclef_labels(path)
+
+
+def test_csv_records_number_rows_as_a_spreadsheet_does(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.csv", 'a,b\n1,2\n\n"x\ny",3\n4\n5,6,7\n')
+    records = annotations.read_csv_records(path)
+    assert records.header == ["a", "b"]
+    assert records.rows == [(2, ["1", "2"]), (4, ["x\ny", "3"])]
+    assert records.ragged == [(5, 1), (6, 3)]
+
+
 def test_raven_boxes_become_windows_by_overlap(tmp_path: Path) -> None:
     table = _write(
         tmp_path / "rec42.Table.1.selections.txt",

@@ -159,6 +159,15 @@ def _unreadable_clip(root: Path, deny: Deny) -> tuple[str, ...]:
     return ("train_metadata.csv row 5", "bbb/b2.ogg")
 
 
+def _ragged_metadata_row(root: Path, deny: Deny) -> tuple[str, ...]:
+    birdclef_set(root, GOOD_ROWS)
+    metadata = root / "train_metadata.csv"
+    lines = metadata.read_text().splitlines()
+    lines[2] += ",extra,more"
+    metadata.write_text("\n".join(lines) + "\n")
+    return ("train_metadata.csv row 3",)
+
+
 @dataclass(frozen=True)
 class SetCase:
     """A training set with a problem: ``make`` builds it and returns what the problem line must name."""
@@ -169,6 +178,7 @@ class SetCase:
 
 SET_CASES = {
     "permission-denied": SetCase(_unreadable_clip, r"permission denied"),
+    "metadata-row-with-six-fields": SetCase(_ragged_metadata_row, r"the row has 6 fields, expected 4"),
 }
 
 
@@ -184,3 +194,63 @@ def test_data_check_names_the_problem_on_one_line(case: SetCase, tmp_path: Path,
     assert result.exit_code == PROBLEMS_EXIT, result.output
     one_line(result, *needles, reason=case.reason)
     assert "No problems found" not in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate: predictions or labels that cannot be scored
+
+WINDOW_ENDS = (5.0, 10.0, 15.0, 20.0)
+
+
+def write_predictions(path: Path, scores: dict[str, list[float]]) -> Path:
+    """A prediction table of one recording ``rec.ogg``, 4 windows, full-precision CSV."""
+    table = pd.DataFrame({"file": "rec.ogg", "start_s": [end - 5.0 for end in WINDOW_ENDS],
+                          "end_s": list(WINDOW_ENDS), **scores})
+    table.to_csv(path, index=False)
+    return path
+
+
+def write_labels(path: Path, birds: list[str]) -> Path:
+    """BirdCLEF 2021-style labels (``row_id, audio_id, seconds, birds``) of ``rec``'s windows."""
+    pd.DataFrame({"row_id": [f"rec_{end:g}" for end in WINDOW_ENDS], "audio_id": "rec",
+                  "seconds": list(WINDOW_ENDS), "birds": birds}).to_csv(path, index=False)
+    return path
+
+
+GOOD_SCORES = {"aaa": [0.1, 0.8, 0.2, 0.9], "bbb": [0.1, 0.7, 0.6, 0.2]}
+GOOD_BIRDS = ["nocall", "aaa bbb", "bbb", "aaa"]
+
+
+def _labels_row_with_six_fields(folder: Path) -> tuple[list[str], tuple[str, ...]]:
+    predictions = write_predictions(folder / "predictions.csv", GOOD_SCORES)
+    labels = write_labels(folder / "labels.csv", GOOD_BIRDS)
+    lines = labels.read_text().splitlines()
+    lines[1] += ",extra,more"
+    labels.write_text("\n".join(lines) + "\n")
+    return [str(predictions), str(labels)], ("labels.csv", "line 2")
+
+
+@dataclass(frozen=True)
+class EvaluateCase:
+    """Inputs ``evaluate`` must refuse: ``make`` writes them and returns (arguments, names to see)."""
+
+    make: Callable[[Path], tuple[list[str], tuple[str, ...]]]
+    reason: str
+
+
+EVALUATE_CASES = {
+    "labels-row-with-six-fields": EvaluateCase(
+        _labels_row_with_six_fields, r"has 6 fields, expected 4 \(row_id, audio_id, seconds, birds\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(EVALUATE_CASES.values()), ids=list(EVALUATE_CASES))
+def test_evaluate_refuses_on_one_line(case: EvaluateCase, tmp_path: Path) -> None:
+    arguments, needles = case.make(tmp_path)
+
+    result = runner.invoke(app, ["evaluate", *arguments])
+
+    assert_no_traceback(result)
+    assert result.exit_code == BAD_INPUT_EXIT, result.output
+    line = one_line(result, *needles, reason=case.reason)
+    assert line.startswith("error: ")

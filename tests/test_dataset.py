@@ -213,6 +213,32 @@ def test_drop_keeps_the_good_rows(broken_set: Path) -> None:
     assert {p.kind for p in ts.problems} >= {"missing_file", "unknown_secondary_label"}
 
 
+@pytest.mark.parametrize("bad_row", [2, 4])
+def test_a_metadata_row_with_extra_fields_is_a_problem_and_the_others_read_as_written(
+    tmp_path: Path, bad_row: int
+) -> None:
+    # pandas turned a first ragged row's leading fields into an index, shifting every value one
+    # column (filename "4.0", rating "more"), and stopped the whole read on a later one.
+    files = {"aaa/a1.wav": 1.0, "aaa/a2.wav": 1.0, "bbb/b1.wav": 1.0, "bbb/b2.wav": 1.0}
+    root = write_birdclef(tmp_path, [row("aaa", "aaa/a1.wav"), row("aaa", "aaa/a2.wav"),
+                                     row("bbb", "bbb/b1.wav"), row("bbb", "bbb/b2.wav")], files)
+    metadata = root / "train_metadata.csv"
+    lines = metadata.read_text().splitlines()
+    lines[bad_row - 1] += ",extra,more"
+    metadata.write_text("\n".join(lines) + "\n")
+
+    with pytest.raises(DatasetError) as caught:
+        load_training_set(root)
+    assert [(p.where, p.kind) for p in caught.value.problems] == [
+        (f"train_metadata.csv row {bad_row}", "malformed_row")]
+    assert caught.value.problems[0].message == (
+        "the row has 6 fields, expected 4 (primary_label, secondary_labels, rating, filename)")
+    kept = load_training_set(root, on_problem="drop")
+    wanted = [name for number, name in enumerate(files, start=2) if number != bad_row]
+    assert list(kept.clips["filename"]) == wanted
+    assert list(kept.clips["rating"]) == [4.0] * 3 and kept.labels == ["aaa", "bbb"]
+
+
 def test_keep_returns_every_row_flagged(broken_set: Path) -> None:
     ts = load_training_set(broken_set, on_problem="keep")
     assert len(ts.clips) == 9

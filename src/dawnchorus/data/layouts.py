@@ -22,6 +22,8 @@ it imports no torch.
 from __future__ import annotations
 
 import ast
+import csv
+import io
 import json
 import math
 import os
@@ -35,6 +37,7 @@ import pandas as pd
 
 from dawnchorus.errors import DatasetError
 from dawnchorus.io import audio
+from dawnchorus.io.annotations import read_csv_records
 from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, AudioFileNotFoundError, AudioInfo
 
 METADATA_NAME = "train_metadata.csv"
@@ -66,7 +69,7 @@ class Problem:
 
     ``where`` is a file path or ``train_metadata.csv row N``; ``kind`` a stable identifier
     (missing_file, unreadable_audio, unknown_secondary_label, malformed_secondary_labels,
-    duplicate_row, missing_column, bad_rating, empty_label, unlabelled_file, ...).
+    duplicate_row, missing_column, bad_rating, empty_label, unlabelled_file, malformed_row, ...).
     """
 
     where: str
@@ -134,7 +137,7 @@ def load_training_set(
 
 def _birdclef_rows(root: Path) -> list[_Row]:
     metadata_path = root / METADATA_NAME
-    table = _read_metadata(metadata_path)
+    table, row_numbers, ragged, header = _read_metadata(metadata_path)
     audio_dir = next((root / name for name in AUDIO_DIR_NAMES if (root / name).is_dir()), None)
     if audio_dir is None:
         raise DatasetError(
@@ -145,9 +148,8 @@ def _birdclef_rows(root: Path) -> list[_Row]:
     extra_columns = [c for c in table.columns if c not in (*REQUIRED_COLUMNS, "secondary_labels",
                                                            "rating")]
     first_row_of: dict[str, int] = {}
-    rows = []
-    for position, record in enumerate(table.to_dict("records")):
-        row_number = position + 2
+    rows = [_ragged_row(number, fields, header, audio_dir) for number, fields in ragged]
+    for row_number, record in zip(row_numbers, table.to_dict("records"), strict=True):
         row = _metadata_row(record, audio_dir, f"{METADATA_NAME} row {row_number}")
         row.extra = {column: record[column] for column in extra_columns}
         if row.filename:
@@ -157,27 +159,54 @@ def _birdclef_rows(root: Path) -> list[_Row]:
             else:
                 first_row_of[row.filename] = row_number
         rows.append(row)
+    rows.sort(key=lambda row: int(row.where.rsplit(" ", 1)[-1]))
     return rows
 
 
-def _read_metadata(path: Path) -> pd.DataFrame:
+def _read_metadata(path: Path) -> tuple[pd.DataFrame, list[int], list[tuple[int, int]], list[str]]:
+    """The metadata table of the rows with the header's field count, their row numbers, the ragged
+    rows ``(row number, field count)`` and the header.
+
+    Ragged rows are left out of the table (pandas would shift a first ragged row's values into the
+    wrong columns, or stop at a later one) and become one problem each.
+    """
     where = str(path)
     try:
-        columns = pd.read_csv(path, nrows=0).columns
+        records = read_csv_records(path)
+        source: Any = path
+        if records.ragged:  # pandas reads the well-formed rows, re-joined, so its types stay as before
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows([records.header, *(fields for _, fields in records.rows)])
+            buffer.seek(0)
+            source = buffer
+        columns = records.header
         managed = {c: str for c in (*REQUIRED_COLUMNS, "secondary_labels", "rating") if c in columns}
-        table = pd.read_csv(path, dtype=managed)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise DatasetError([Problem(where, "unreadable_metadata", f"not a readable CSV ({exc})")],
+        table = pd.read_csv(source, dtype=managed)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
+            csv.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        raise DatasetError([Problem(where, "unreadable_metadata", f"not a readable CSV ({reason})")],
                            path) from None
+    row_numbers = [number for number, _ in records.rows]
+    if len(row_numbers) != len(table):  # pandas and csv split records differently: count as pandas does
+        row_numbers = list(range(2, len(table) + 2))
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         found = ", ".join(map(str, table.columns)) or "none"
         problems = [Problem(where, "missing_column", f"required column {c!r} is missing "
                                                       f"(columns found: {found})") for c in missing]
         raise DatasetError(problems, path)
-    if table.empty:
+    if table.empty and not records.ragged:
         raise DatasetError([Problem(where, "empty_dataset", "the metadata lists no clips")], path)
-    return table
+    return table, row_numbers, records.ragged, list(records.header)
+
+
+def _ragged_row(number: int, fields: int, header: Sequence[str], audio_dir: Path) -> _Row:
+    """A metadata row whose field count differs from the header's: a problem, never read."""
+    row = _Row(where=f"{METADATA_NAME} row {number}", filename="", path=audio_dir, primary_label="")
+    row.report("malformed_row", f"the row has {fields} field{'s' * (fields != 1)}, expected "
+                                f"{len(header)} ({', '.join(header)})")
+    return row
 
 
 def _metadata_row(record: dict[str, Any], audio_dir: Path, where: str) -> _Row:

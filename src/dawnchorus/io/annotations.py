@@ -11,8 +11,10 @@ not score predictions (:mod:`dawnchorus.evaluate.metrics` does).
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,52 @@ RAVEN_LABEL_COLUMNS = ("Species", "Species Code", "Annotation", "Label", "Class"
 WINDOW_KEYS = ("audio_id", "end_s")
 
 
+@dataclass(frozen=True)
+class CsvRecords:
+    """The records of a CSV file as the ``csv`` module splits them, numbered as a spreadsheet shows rows.
+
+    ``rows`` holds ``(row number, fields)`` of every data record with as many fields as the header
+    (the header is row 1; blank lines are skipped but counted); ``ragged`` holds ``(row number,
+    field count)`` of the others. pandas gives a ragged row no line of its own: a first data row with
+    extra fields turns the leading columns into an index and shifts every value into the wrong column
+    (measured: ``seconds 'extra' is not a number``), a later one stops the read.
+    """
+
+    header: list[str]
+    rows: list[tuple[int, list[str]]]
+    ragged: list[tuple[int, int]]
+
+    def ragged_message(self, path: str | Path, unit: str = "row", limit: int = 3) -> str:
+        """One line naming the first ``limit`` ragged rows (``unit`` N), their field counts and the
+        header's."""
+        shown = "; ".join(f"{unit} {row} has {fields} field{'s' * (fields != 1)}"
+                          for row, fields in self.ragged[:limit])
+        more = f" (and {len(self.ragged) - limit} more)" if len(self.ragged) > limit else ""
+        return (f"{path}: {shown}{more}, expected {len(self.header)} "
+                f"({', '.join(self.header)})")
+
+
+def read_csv_records(path: str | Path) -> CsvRecords:
+    """Split ``path`` into records with the ``csv`` module (comma-separated, UTF-8, optional BOM).
+
+    Raises ``OSError``/``UnicodeDecodeError``/``csv.Error`` as the file gives them; an empty file has
+    an empty header.
+    """
+    rows: list[tuple[int, list[str]]] = []
+    ragged: list[tuple[int, int]] = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        for number, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(fields) == len(header):
+                rows.append((number, fields))
+            else:
+                ragged.append((number, len(fields)))
+    return CsvRecords(header=header, rows=rows, ragged=ragged)
+
+
 def read_birdclef_labels(path: str | Path, labels: Sequence[str] | None = None) -> pd.DataFrame:
     """Read BirdCLEF 2021 soundscape labels (``row_id, site, audio_id, seconds, birds``).
 
@@ -42,9 +90,14 @@ def read_birdclef_labels(path: str | Path, labels: Sequence[str] | None = None) 
     if not path.is_file():
         raise EvaluationError(f"{path}: label file not found")
     try:
+        records = read_csv_records(path)
+        if records.ragged:
+            raise EvaluationError(records.ragged_message(path, unit="line"))
         table = pd.read_csv(path, dtype={"audio_id": str, "row_id": str, "site": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{path}: cannot read the label CSV ({exc})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error,
+            OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        raise EvaluationError(f"{path}: cannot read the label CSV ({reason})") from None
     table.columns = [str(column).strip() for column in table.columns]
     missing = [column for column in ("seconds", "birds") if column not in table.columns]
     if "audio_id" not in table.columns and "row_id" not in table.columns:
