@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
@@ -21,8 +22,9 @@ err_console = Console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    """Print ``error: MESSAGE`` on stderr, unwrapped (long paths stay whole)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print ``error: MESSAGE`` on stderr, unwrapped (long paths stay whole); square brackets in the
+    message are text, not markup (``pip install "dawnchorus[birdnet]"`` stays whole)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
