@@ -168,6 +168,18 @@ def _ragged_metadata_row(root: Path, deny: Deny) -> tuple[str, ...]:
     return ("train_metadata.csv row 3",)
 
 
+def _only_clip_of_a_class_dropped(root: Path, deny: Deny) -> tuple[str, ...]:
+    birdclef_set(root, [*GOOD_ROWS, ("ccc", "ccc/c1.ogg", "['aaa'")])
+    return ("train_metadata.csv", "class ccc")
+
+
+def _empty_class_folder(root: Path, deny: Deny) -> tuple[str, ...]:
+    for seed, name in enumerate(("aaa/a1.ogg", "aaa/a2.ogg", "bbb/b1.ogg")):
+        write_audio(root / name, noise(3.0, seed), RATE)
+    (root / "ccc").mkdir()
+    return (str(root / "ccc"),)
+
+
 @dataclass(frozen=True)
 class SetCase:
     """A training set with a problem: ``make`` builds it and returns what the problem line must name."""
@@ -179,6 +191,9 @@ class SetCase:
 SET_CASES = {
     "permission-denied": SetCase(_unreadable_clip, r"permission denied"),
     "metadata-row-with-six-fields": SetCase(_ragged_metadata_row, r"the row has 6 fields, expected 4"),
+    "only-clip-of-a-class-dropped": SetCase(_only_clip_of_a_class_dropped,
+                                            r"has no usable clip .*leaves ccc out"),
+    "empty-class-folder": SetCase(_empty_class_folder, r"holds no audio files.*class ccc has no clips"),
 }
 
 

@@ -272,6 +272,57 @@ def test_set_level_problems_name_the_cause(tmp_path: Path) -> None:
     assert caught.value.problems[0].kind == "missing_audio_dir"
 
 
+def test_a_class_whose_every_clip_has_a_problem_is_named_in_every_mode(tmp_path: Path) -> None:
+    # Dropping ccc's only clip (a malformed secondary label) used to leave a 2-label model from a
+    # 3-class set with no word about ccc.
+    files = {"aaa/a1.wav": 1.0, "aaa/a2.wav": 1.0, "bbb/b1.wav": 1.0, "bbb/b2.wav": 1.0, "ccc/c1.wav": 1.0}
+    root = write_birdclef(tmp_path, [row("aaa", "aaa/a1.wav"), row("aaa", "aaa/a2.wav"),
+                                     row("bbb", "bbb/b1.wav", "['ccc']"), row("bbb", "bbb/b2.wav"),
+                                     row("ccc", "ccc/c1.wav", "['aaa'")], files)
+    expected = ("train_metadata.csv", "class_without_clips")
+    with pytest.raises(DatasetError) as caught:
+        load_training_set(root)
+    assert expected in [(p.where, p.kind) for p in caught.value.problems]
+    kept = load_training_set(root, on_problem="keep")
+    assert kept.labels == ["aaa", "bbb", "ccc"]
+    dropped = load_training_set(root, on_problem="drop")
+    assert dropped.labels == ["aaa", "bbb"]  # a class without a clip cannot be learned: left out...
+    [problem] = [p for p in dropped.problems if p.kind == "class_without_clips"]
+    assert (problem.where, problem.kind) == expected  # ...and said so (training prints every problem)
+    assert problem.message == (
+        "class ccc has no usable clip (every clip of it has a problem: row 6); a model trained on "
+        "this set leaves ccc out; 1 clip(s) name it as a secondary label")
+    assert [p.kind for p in kept.problems].count("class_without_clips") == 1
+
+
+def test_a_class_folder_whose_every_file_is_unreadable_is_named(tmp_path: Path) -> None:
+    for label in ("robin", "wren"):
+        audio.write_audio(tmp_path / label / "1.wav", tone(0.5), RATE)
+    (tmp_path / "owl").mkdir()
+    (tmp_path / "owl" / "hoot.ogg").write_bytes(b"not audio" * 50)
+    ts = load_training_set(tmp_path, on_problem="drop")
+    assert ts.labels == ["robin", "wren"]
+    [problem] = [p for p in ts.problems if p.kind == "class_without_clips"]
+    assert problem.where == str(tmp_path / "owl")
+    assert problem.message.startswith("class owl has no usable clip (every clip of it has a problem: "
+                                      "hoot.ogg)")
+
+
+def test_an_empty_class_folder_is_a_problem(tmp_path: Path) -> None:
+    for label in ("robin", "wren"):
+        audio.write_audio(tmp_path / label / "1.wav", tone(0.5), RATE)
+    (tmp_path / "owl").mkdir()
+    (tmp_path / "owl" / "notes.txt").write_text("heard at dusk")
+    (tmp_path / "lark").mkdir()
+    with pytest.raises(DatasetError) as caught:
+        load_training_set(tmp_path)
+    assert [(p.where, p.kind) for p in caught.value.problems] == [
+        (str(tmp_path / "lark"), "empty_class_folder"), (str(tmp_path / "owl"), "empty_class_folder")]
+    assert "class folder owl holds no audio files" in caught.value.problems[1].message
+    ts = load_training_set(tmp_path, on_problem="drop")
+    assert ts.labels == ["robin", "wren"] and len(ts.problems) == 2
+
+
 def test_drop_with_nothing_usable_raises(tmp_path: Path) -> None:
     root = write_birdclef(tmp_path, [row("aaa", "aaa/missing.wav")])
     (root / "train_audio").mkdir()

@@ -124,15 +124,18 @@ def load_training_set(
         root = root.parent
     if not root.is_dir():
         raise DatasetError([Problem(str(root), "missing_root", "training set folder not found")], root)
+    set_problems: list[Problem] = []
     if (root / METADATA_NAME).is_file():
         layout: Layout = "birdclef"
         rows = _birdclef_rows(root)
     else:
         layout = "folders"
-        rows = _folder_rows(_class_root(root))
+        class_root = _class_root(root)
+        rows = _folder_rows(class_root)
+        set_problems = _empty_class_folders(class_root)
     _check_files(rows, check_audio, progress)
     _check_secondary_labels(rows, _vocabulary(rows))
-    return _assemble(root, layout, rows, on_problem)
+    return _assemble(root, layout, rows, on_problem, [*set_problems, *_classes_without_clips(rows, layout)])
 
 
 def _birdclef_rows(root: Path) -> list[_Row]:
@@ -305,6 +308,47 @@ def _folder_rows(class_root: Path) -> list[_Row]:
     return rows
 
 
+def _class_folders(class_root: Path) -> list[Path]:
+    return sorted(p for p in class_root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name != SOUNDSCAPE_DIR_NAME)
+
+
+def _empty_class_folders(class_root: Path) -> list[Problem]:
+    """A class folder without audio files: a class the user meant to train that would not exist."""
+    return [
+        Problem(str(folder), "empty_class_folder",
+                f"class folder {folder.name} holds no audio files (*{', *'.join(AUDIO_EXTENSIONS)}): "
+                f"class {folder.name} has no clips")
+        for folder in _class_folders(class_root) if not audio.find_audio_files(folder)
+    ]
+
+
+def _classes_without_clips(rows: Sequence[_Row], layout: Layout) -> list[Problem]:
+    """Classes whose every clip has a problem: ``drop`` would leave them out of the labels unseen."""
+    usable = {row.primary_label for row in rows if row.usable and row.primary_label}
+    lost: dict[str, list[_Row]] = {}
+    for row in rows:
+        if row.primary_label and row.primary_label not in usable:
+            lost.setdefault(row.primary_label, []).append(row)
+    problems = []
+    for label, bad in sorted(lost.items()):
+        if layout == "birdclef":
+            where = METADATA_NAME
+            listed = [row.where.removeprefix(f"{METADATA_NAME} ") for row in bad]
+        else:
+            first = bad[0]
+            where = str(first.path.parents[len(Path(first.filename).parts) - 2])
+            listed = [Path(row.filename).name for row in bad]
+        shown = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more" if len(listed) > 3 else "")
+        as_secondary = sum(label in row.secondary_labels for row in rows if row.primary_label != label)
+        also = f"; {as_secondary} clip(s) name it as a secondary label" if as_secondary else ""
+        problems.append(Problem(
+            where, "class_without_clips",
+            f"class {label} has no usable clip (every clip of it has a problem: {shown}); "
+            f"a model trained on this set leaves {label} out{also}"))
+    return problems
+
+
 def _check_files(rows: list[_Row], check_audio: bool, progress: ProgressCallback | None) -> None:
     """Report missing and (with ``check_audio``) unreadable files; store the headers."""
     to_read = []
@@ -357,8 +401,10 @@ def _check_secondary_labels(rows: Sequence[_Row], vocabulary: Sequence[str]) -> 
                        f"primary label of any clip")
 
 
-def _assemble(root: Path, layout: Layout, rows: list[_Row], on_problem: OnProblem) -> TrainingSet:
-    problems = [problem for row in rows for problem in row.problems]
+def _assemble(
+    root: Path, layout: Layout, rows: list[_Row], on_problem: OnProblem, set_problems: Sequence[Problem]
+) -> TrainingSet:
+    problems = [problem for row in rows for problem in row.problems] + list(set_problems)
     if on_problem == "drop":
         rows = [row for row in rows if row.usable]
         if not rows:
