@@ -180,6 +180,12 @@ def _empty_class_folder(root: Path, deny: Deny) -> tuple[str, ...]:
     return (str(root / "ccc"),)
 
 
+def _filename_out_of_the_set(root: Path, deny: Deny) -> tuple[str, ...]:
+    write_audio(root.parent / "outside.ogg", noise(3.0, 5), RATE)
+    birdclef_set(root, [*GOOD_ROWS, ("bbb", "../../outside.ogg", "[]")])
+    return ("train_metadata.csv row 6", "../../outside.ogg")
+
+
 @dataclass(frozen=True)
 class SetCase:
     """A training set with a problem: ``make`` builds it and returns what the problem line must name."""
@@ -193,6 +199,7 @@ SET_CASES = {
     "metadata-row-with-six-fields": SetCase(_ragged_metadata_row, r"the row has 6 fields, expected 4"),
     "only-clip-of-a-class-dropped": SetCase(_only_clip_of_a_class_dropped,
                                             r"has no usable clip .*leaves ccc out"),
+    "filename-out-of-the-set": SetCase(_filename_out_of_the_set, r"leads outside train_audio/"),
     "empty-class-folder": SetCase(_empty_class_folder, r"holds no audio files.*class ccc has no clips"),
 }
 

@@ -323,6 +323,26 @@ def test_an_empty_class_folder_is_a_problem(tmp_path: Path) -> None:
     assert ts.labels == ["robin", "wren"] and len(ts.problems) == 2
 
 
+@pytest.mark.parametrize("filename", ["../../outside.wav", "aaa/../../../outside.wav", "ABSOLUTE"])
+def test_a_filename_leading_out_of_the_audio_folder_is_refused(tmp_path: Path, filename: str) -> None:
+    # It was followed: an audio file outside the set passed data check and was trained on.
+    outside = tmp_path / "outside.wav"
+    audio.write_audio(outside, tone(0.5), RATE)
+    filename = str(outside) if filename == "ABSOLUTE" else filename
+    files = {"aaa/a1.wav": 1.0, "aaa/a2.wav": 1.0, "bbb/b1.wav": 1.0}
+    root = write_birdclef(tmp_path / "set", [row("aaa", "aaa/a1.wav"), row("aaa", "aaa/a2.wav"),
+                                             row("bbb", "bbb/b1.wav"), row("bbb", filename)], files)
+    assert (root / "train_audio" / filename).resolve() == outside.resolve()
+
+    with pytest.raises(DatasetError) as caught:
+        load_training_set(root)
+    [problem] = caught.value.problems
+    assert (problem.where, problem.kind) == ("train_metadata.csv row 5", "path_outside_audio_dir")
+    assert problem.message.startswith(f"filename {filename} leads outside train_audio/")
+    ts = load_training_set(root, on_problem="drop")
+    assert str(outside) not in set(ts.clips["path"]) and len(ts.clips) == 3
+
+
 def test_drop_with_nothing_usable_raises(tmp_path: Path) -> None:
     root = write_birdclef(tmp_path, [row("aaa", "aaa/missing.wav")])
     (root / "train_audio").mkdir()

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 import pandas as pd
@@ -69,7 +69,8 @@ class Problem:
 
     ``where`` is a file path or ``train_metadata.csv row N``; ``kind`` a stable identifier
     (missing_file, unreadable_audio, unknown_secondary_label, malformed_secondary_labels,
-    duplicate_row, missing_column, bad_rating, empty_label, unlabelled_file, malformed_row, ...).
+    duplicate_row, missing_column, bad_rating, empty_label, unlabelled_file, malformed_row,
+    path_outside_audio_dir, ...).
     """
 
     where: str
@@ -220,6 +221,10 @@ def _metadata_row(record: dict[str, Any], audio_dir: Path, where: str) -> _Row:
         row.report("empty_label", f"primary_label is empty (file {filename or '?'})")
     if not filename:
         row.report("missing_file", "filename is empty")
+    elif _leaves_folder(filename):
+        row.report("path_outside_audio_dir",
+                   f"filename {filename} leads outside {audio_dir.name}/ (absolute paths and '..' are "
+                   f"refused: a training set reads only its own files)")
     elif "/" not in filename and primary and not row.path.exists():
         nested = audio_dir / primary / filename  # BirdCLEF 2021 listed bare file names
         if nested.exists():
@@ -235,6 +240,15 @@ def _metadata_row(record: dict[str, Any], audio_dir: Path, where: str) -> _Row:
     else:
         row.rating = rating
     return row
+
+
+def _leaves_folder(filename: str) -> bool:
+    """Whether a relative file name points outside its folder (absolute, or up through '..')."""
+    for flavour in (PurePosixPath, PureWindowsPath):
+        name = flavour(filename)
+        if name.is_absolute() or name.anchor or ".." in name.parts:
+            return True
+    return False
 
 
 def _text(value: Any) -> str:
@@ -353,7 +367,8 @@ def _check_files(rows: list[_Row], check_audio: bool, progress: ProgressCallback
     """Report missing and (with ``check_audio``) unreadable files; store the headers."""
     to_read = []
     for row in rows:
-        if row.filename and _exists_or_report(row):
+        outside = any(problem.kind == "path_outside_audio_dir" for problem in row.problems)
+        if row.filename and not outside and _exists_or_report(row):
             to_read.append(row)
     if not check_audio:
         return
