@@ -8,6 +8,7 @@ are all in ``predictions.csv`` while the bad one is listed in ``errors.csv``. Th
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner, Result
 
 from dawnchorus.cli.app import app
@@ -252,6 +254,14 @@ def _labels_row_with_six_fields(folder: Path) -> tuple[list[str], tuple[str, ...
     return [str(predictions), str(labels)], ("labels.csv", "line 2")
 
 
+def _nan_probability(folder: Path) -> tuple[list[str], tuple[str, ...]]:
+    scores = {"aaa": list(GOOD_SCORES["aaa"]), "bbb": list(GOOD_SCORES["bbb"])}
+    scores["bbb"][2] = np.nan
+    predictions = write_predictions(folder / "predictions.csv", scores)
+    labels = write_labels(folder / "labels.csv", GOOD_BIRDS)
+    return [str(predictions), str(labels)], ("predictions.csv", "line 4", "bbb", "rec.ogg at 10-15 s")
+
+
 @dataclass(frozen=True)
 class EvaluateCase:
     """Inputs ``evaluate`` must refuse: ``make`` writes them and returns (arguments, names to see)."""
@@ -263,6 +273,7 @@ class EvaluateCase:
 EVALUATE_CASES = {
     "labels-row-with-six-fields": EvaluateCase(
         _labels_row_with_six_fields, r"has 6 fields, expected 4 \(row_id, audio_id, seconds, birds\)"),
+    "nan-probability": EvaluateCase(_nan_probability, r"bbb is NaN .*a probability must be a number"),
 }
 
 
@@ -276,3 +287,18 @@ def test_evaluate_refuses_on_one_line(case: EvaluateCase, tmp_path: Path) -> Non
     assert result.exit_code == BAD_INPUT_EXIT, result.output
     line = one_line(result, *needles, reason=case.reason)
     assert line.startswith("error: ")
+
+
+def test_evaluate_ranks_scores_closer_than_float32_resolution_as_sklearn_does(tmp_path: Path) -> None:
+    # Full-precision CSVs from other tools: scores 1e-8 apart were cast to float32 and tied.
+    scores = {"aaa": [0.3, 0.30000001, 0.7, 0.70000001], "bbb": [0.1, 0.2, 0.3, 0.4]}
+    predictions = write_predictions(tmp_path / "predictions.csv", scores)
+    labels = write_labels(tmp_path / "labels.csv", GOOD_BIRDS)
+
+    result = runner.invoke(app, ["evaluate", str(predictions), str(labels), "--json"])
+
+    assert_no_traceback(result)
+    assert result.exit_code == 0, result.output
+    truth = np.array([[0, 0], [1, 1], [0, 1], [1, 0]])
+    expected = roc_auc_score(truth, np.column_stack(list(scores.values())), average="macro")
+    assert json.loads(result.stdout)["roc_auc_macro"] == pytest.approx(expected, abs=1e-12)

@@ -324,3 +324,58 @@ def test_evaluate_accepts_truth_read_from_a_birdclef2021_label_file(tmp_path: Pa
     result = metrics.evaluate(predictions, truth, ["rucwar", "amerob"], 0.5)
     assert result["n_windows"] == 3
     assert result["f1_macro_2022"] == 1.0 and result["roc_auc_macro"] == 1.0
+
+
+# ------------------------------------------------------------------ full precision and bad probabilities
+
+# Four windows of one recording; class a's scores differ by 1e-8, below float32's resolution at 0.3
+# (~3e-8): as float32, 0.3 and 0.30000001 tie and a's ROC-AUC drops from 0.75 to 0.5.
+CLOSE_SCORES = {"a": [0.3, 0.30000001, 0.7, 0.70000001], "b": [0.1, 0.2, 0.3, 0.4]}
+CLOSE_TRUTH = {"a": [0, 1, 0, 1], "b": [0, 1, 1, 0]}
+
+
+def _close_case(tmp_path: Path) -> tuple[Path, Path]:
+    ends = [5.0, 10.0, 15.0, 20.0]
+    predictions = pd.DataFrame({"file": "rec.ogg", "start_s": [e - 5 for e in ends], "end_s": ends,
+                                **CLOSE_SCORES})
+    predictions.to_csv(tmp_path / "predictions.csv", index=False)  # full precision (repr digits)
+    birds = [" ".join(label for label in CLOSE_TRUTH if CLOSE_TRUTH[label][k]) or "nocall"
+             for k in range(4)]
+    pd.DataFrame({"row_id": [f"rec_{e:g}" for e in ends], "audio_id": "rec", "seconds": ends,
+                  "birds": birds}).to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path / "predictions.csv", tmp_path / "labels.csv"
+
+
+def test_scores_closer_than_float32_resolution_are_ranked_as_sklearn_ranks_them(tmp_path: Path) -> None:
+    predictions, labels = _close_case(tmp_path)
+    truth = np.column_stack(list(CLOSE_TRUTH.values()))
+    scores = np.column_stack(list(CLOSE_SCORES.values()))
+    expected = roc_auc_score(truth, scores, average="macro")
+    assert expected == pytest.approx(0.625)
+    assert roc_auc_score(truth, scores.astype(np.float32), average="macro") == pytest.approx(0.5)
+
+    result = metrics.evaluate_files(predictions, labels)
+    assert result["roc_auc_macro"] == pytest.approx(expected, abs=1e-12)
+    assert result["cmap_padded"] == pytest.approx(
+        average_precision_score(np.vstack([truth, np.ones((5, 2))]),
+                                np.vstack([scores, np.ones((5, 2))]), average="macro"), abs=1e-12)
+    frame = pd.read_csv(predictions)
+    in_memory = metrics.evaluate(frame, annotations.read_birdclef_labels(labels), ["a", "b"], 0.5)
+    assert in_memory["roc_auc_macro"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(("suffix", "row"), [(".csv", "line 4"), (".parquet", "row 3")])
+def test_a_nan_probability_is_named_by_file_column_and_row(tmp_path: Path, suffix: str, row: str) -> None:
+    predictions, labels = _close_case(tmp_path)
+    table = pd.read_csv(predictions)
+    table.loc[2, "b"] = np.nan
+    table.loc[3, "a"] = np.inf
+    path = tmp_path / f"broken{suffix}"
+    table.to_csv(path, index=False) if suffix == ".csv" else table.to_parquet(path, index=False)
+    expected = (rf"^{path}: {row}: b is NaN for rec.ogg at 10-15 s, a probability must be a number "
+                r"\(2 non-finite probabilities in all\)$")
+    with pytest.raises(EvaluationError, match=expected):
+        metrics.evaluate_files(path, labels)
+    truth = annotations.read_birdclef_labels(labels)
+    with pytest.raises(EvaluationError, match=r"^predictions: b is NaN for rec.ogg at 10-15 s"):
+        metrics.evaluate(table, truth, ["a", "b"], 0.5)

@@ -232,7 +232,7 @@ def align_predictions(
     with an ``audio_id`` column. Raises :class:`EvaluationError` naming every recording of the
     truth that has no predictions, and windows of a predicted recording that are missing.
     """
-    predictions = validate_predictions(predictions)
+    predictions = validate_predictions(predictions, probability_dtype=np.float64)
     truth = window_keys_as_columns(truth)
     truth_ids = set(truth["audio_id"])
     mapping = match_recordings(predictions["file"], truth_ids)
@@ -267,6 +267,34 @@ def _keys(frame: pd.DataFrame) -> pd.Series:
     return frame["audio_id"].astype(str) + "|" + end_text
 
 
+def check_probabilities(
+    table: pd.DataFrame, labels: Sequence[str], source: str = "predictions", row_names: str | None = None
+) -> None:
+    """Raise :class:`EvaluationError` naming the first NaN or infinite probability of ``labels``.
+
+    The message names ``source``, the column, the recording and window and, with ``row_names``
+    (``"line"`` for a CSV file: the header is line 1; ``"row"``: rows counted from 1), the row.
+    """
+    present = [label for label in labels if label in table.columns]
+    values = table[present].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    rows, columns = np.nonzero(bad)
+    row, column = int(rows[0]), int(columns[0])
+    value = values[row, column]
+    record = table.iloc[row]
+    where = ""
+    if row_names is not None:
+        where = f"line {row + 2}: " if row_names == "line" else f"row {row + 1}: "
+    others = f" ({len(rows)} non-finite probabilities in all)" if len(rows) > 1 else ""
+    raise EvaluationError(
+        f"{source}: {where}{present[column]} is {'NaN' if np.isnan(value) else value} for "
+        f"{record['file']} at {float(record['start_s']):g}-{float(record['end_s']):g} s, "
+        f"a probability must be a number{others}"
+    )
+
+
 def _json_number(value: Any) -> float | int | None:
     if isinstance(value, (np.integer, int)):
         return int(value)
@@ -299,6 +327,7 @@ def evaluate(
     missing = [label for label in scored if label not in aligned_predictions.columns]
     if missing:
         raise EvaluationError(f"predictions: no column for label(s) {', '.join(missing)}")
+    check_probabilities(aligned_predictions, scored)
     y_score = aligned_predictions[scored].to_numpy(dtype=np.float64)
     y_true = np.column_stack(
         [
@@ -359,13 +388,16 @@ def evaluate_files(
     """
     from dawnchorus.io.outputs import label_columns, read_probabilities
 
-    predictions = read_probabilities(predictions_path)
+    predictions = read_probabilities(predictions_path, probability_dtype=np.float64)
     labels = list(model.labels) if model is not None else label_columns(predictions)
     window_s = (
         float(model.config.audio.clip_s)
         if model is not None
         else float((predictions["end_s"] - predictions["start_s"]).median())
     )
+    scored = getattr(model, "scored_labels", None) if model is not None else None
+    check_probabilities(predictions, scored or labels, source=str(predictions_path),
+                        row_names="line" if Path(predictions_path).suffix.lower() == ".csv" else "row")
     truth = load_truth(labels_path, predictions, labels, window_s)
     if threshold is not None:
         thresholds: Any = float(threshold)
@@ -373,7 +405,6 @@ def evaluate_files(
         thresholds = model.class_thresholds
     else:
         thresholds = 0.5
-    scored = getattr(model, "scored_labels", None) if model is not None else None
     result = evaluate(predictions, truth, labels, thresholds, scored_labels=scored)
     result["predictions_path"] = str(Path(predictions_path).resolve())
     result["labels_path"] = str(Path(labels_path).resolve())

@@ -57,10 +57,14 @@ def label_columns(table: pd.DataFrame) -> list[str]:
     return [column for column in table.columns if column not in KEY_COLUMNS]
 
 
-def validate_predictions(table: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
+def validate_predictions(
+    table: pd.DataFrame, source: str = "predictions", probability_dtype: type = np.float32
+) -> pd.DataFrame:
     """Check the canonical columns and types; return a copy with ``float32`` probabilities.
 
-    Raises :class:`OutputError` naming ``source`` and the missing or non-numeric columns.
+    ``probability_dtype=np.float64`` keeps every digit of a full-precision table (scoring does: in
+    ``float32`` scores closer than ~6e-8 become ties). Raises :class:`OutputError` naming ``source``
+    and the missing or non-numeric columns.
     """
     missing = [column for column in KEY_COLUMNS if column not in table.columns]
     if missing:
@@ -81,7 +85,7 @@ def validate_predictions(table: pd.DataFrame, source: str = "predictions") -> pd
             out[column] = out[column].astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise OutputError(f"{source}: column {column} is not numeric ({exc})") from None
-    out[labels] = out[labels].astype(np.float32)
+    out[labels] = out[labels].astype(probability_dtype)
     return out
 
 
@@ -100,8 +104,9 @@ def write_probabilities_parquet(table: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False, engine="pyarrow"))
 
 
-def read_probabilities(path: str | Path) -> pd.DataFrame:
-    """Read a prediction table written by this module (``.csv`` or ``.parquet``/``.pq``)."""
+def read_probabilities(path: str | Path, probability_dtype: type = np.float32) -> pd.DataFrame:
+    """Read a prediction table written by this module (``.csv`` or ``.parquet``/``.pq``); probabilities
+    as ``probability_dtype`` (see :func:`validate_predictions`)."""
     path = Path(path)
     if not path.is_file():
         raise OutputError(f"{path}: prediction table not found")
@@ -115,7 +120,7 @@ def read_probabilities(path: str | Path) -> pd.DataFrame:
             table = pd.read_parquet(path, engine="pyarrow")
     except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
         raise OutputError(f"{path}: cannot read the prediction table ({exc})") from None
-    return validate_predictions(table, source=str(path))
+    return validate_predictions(table, source=str(path), probability_dtype=probability_dtype)
 
 
 # --------------------------------------------------------------------------------------------
