@@ -93,6 +93,30 @@ def _permission_denied(folder: Path, deny: Deny) -> str:
     return path.name
 
 
+def _empty_file(folder: Path, deny: Deny) -> str:
+    (folder / "empty.ogg").write_bytes(b"")
+    return "empty.ogg"
+
+
+def _text_named_ogg(folder: Path, deny: Deny) -> str:
+    (folder / "notes.ogg").write_text("field notes, not audio\n" * 40)
+    return "notes.ogg"
+
+
+def _cut_wav(folder: Path, deny: Deny) -> str:
+    path = folder / "cut.wav"
+    sf.write(path, noise(GOOD_SECONDS, 10), RATE, subtype="PCM_16")
+    cut_in_half(path)
+    return path.name
+
+
+def _flac_header_destroyed(folder: Path, deny: Deny) -> str:
+    path = folder / "headless.flac"
+    write_audio(path, noise(GOOD_SECONDS, 11), RATE)
+    path.write_bytes(bytes(64) + path.read_bytes()[64:])
+    return path.name
+
+
 @dataclass(frozen=True)
 class RecordingCase:
     """A bad recording: ``make`` writes it into a folder and returns its name."""
@@ -105,6 +129,10 @@ RECORDING_CASES = {
     "ogg-cut-in-half": RecordingCase(_cut_ogg, r"truncated: the file ends inside an Ogg page"),
     "flac-cut-in-half": RecordingCase(_cut_flac, r"truncated: decoding stops at [\d.]+ s of the 60\.000 s"),
     "permission-denied": RecordingCase(_permission_denied, r"permission denied"),
+    "empty-file": RecordingCase(_empty_file, r"empty file \(0 bytes\)"),
+    "text-named-ogg": RecordingCase(_text_named_ogg, r"not decodable audio"),
+    "wav-cut-in-half": RecordingCase(_cut_wav, r"truncated: the header declares \d+ bytes of samples"),
+    "flac-header-destroyed": RecordingCase(_flac_header_destroyed, r"not decodable audio"),
     "nan-at-7-s": RecordingCase(_nan_at_7_s, r"non-finite samples \(NaN or inf\), the first at 7\.000 s"),
 }
 
@@ -188,6 +216,27 @@ def _filename_out_of_the_set(root: Path, deny: Deny) -> tuple[str, ...]:
     return ("train_metadata.csv row 6", "../../outside.ogg")
 
 
+def _missing_clip(root: Path, deny: Deny) -> tuple[str, ...]:
+    birdclef_set(root, GOOD_ROWS)
+    (root / "train_audio" / "aaa" / "a2.ogg").unlink()
+    return ("train_metadata.csv row 3", "aaa/a2.ogg")
+
+
+def _cut_ogg_clip(root: Path, deny: Deny) -> tuple[str, ...]:
+    birdclef_set(root, GOOD_ROWS)
+    cut_in_half(root / "train_audio" / "bbb" / "b1.ogg")
+    return ("train_metadata.csv row 4", "bbb/b1.ogg")
+
+
+def _bad_rating(root: Path, deny: Deny) -> tuple[str, ...]:
+    birdclef_set(root, GOOD_ROWS)
+    metadata = pd.read_csv(root / "train_metadata.csv")
+    metadata["rating"] = metadata["rating"].astype(object)
+    metadata.loc[1, "rating"] = "great"
+    metadata.to_csv(root / "train_metadata.csv", index=False)
+    return ("train_metadata.csv row 3", "rating 'great'")
+
+
 @dataclass(frozen=True)
 class SetCase:
     """A training set with a problem: ``make`` builds it and returns what the problem line must name."""
@@ -198,6 +247,9 @@ class SetCase:
 
 SET_CASES = {
     "permission-denied": SetCase(_unreadable_clip, r"permission denied"),
+    "missing-clip": SetCase(_missing_clip, r"file not found"),
+    "ogg-clip-cut-in-half": SetCase(_cut_ogg_clip, r"truncated: the file ends inside an Ogg page"),
+    "bad-rating": SetCase(_bad_rating, r"is not a number"),
     "metadata-row-with-six-fields": SetCase(_ragged_metadata_row, r"the row has 6 fields, expected 4"),
     "only-clip-of-a-class-dropped": SetCase(_only_clip_of_a_class_dropped,
                                             r"has no usable clip .*leaves ccc out"),
@@ -262,6 +314,20 @@ def _nan_probability(folder: Path) -> tuple[list[str], tuple[str, ...]]:
     return [str(predictions), str(labels)], ("predictions.csv", "line 4", "bbb", "rec.ogg at 10-15 s")
 
 
+def _labels_without_birds_column(folder: Path) -> tuple[list[str], tuple[str, ...]]:
+    predictions = write_predictions(folder / "predictions.csv", GOOD_SCORES)
+    labels = write_labels(folder / "labels.csv", GOOD_BIRDS)
+    pd.read_csv(labels).drop(columns=["birds"]).to_csv(labels, index=False)
+    return [str(predictions), str(labels)], ("labels.csv",)
+
+
+def _window_missing_from_predictions(folder: Path) -> tuple[list[str], tuple[str, ...]]:
+    predictions = write_predictions(folder / "predictions.csv", GOOD_SCORES)
+    pd.read_csv(predictions).iloc[:3].to_csv(predictions, index=False)
+    labels = write_labels(folder / "labels.csv", GOOD_BIRDS)
+    return [str(predictions), str(labels)], ("rec at 20.000 s",)
+
+
 @dataclass(frozen=True)
 class EvaluateCase:
     """Inputs ``evaluate`` must refuse: ``make`` writes them and returns (arguments, names to see)."""
@@ -273,6 +339,9 @@ class EvaluateCase:
 EVALUATE_CASES = {
     "labels-row-with-six-fields": EvaluateCase(
         _labels_row_with_six_fields, r"has 6 fields, expected 4 \(row_id, audio_id, seconds, birds\)"),
+    "labels-without-birds-column": EvaluateCase(_labels_without_birds_column, r"missing column\(s\) birds"),
+    "window-missing-from-predictions": EvaluateCase(_window_missing_from_predictions,
+                                                    r"predictions miss 1 window\(s\) of the truth"),
     "nan-probability": EvaluateCase(_nan_probability, r"bbb is NaN .*a probability must be a number"),
 }
 
