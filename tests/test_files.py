@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -11,6 +12,8 @@ import pytest
 
 from dawnchorus.errors import OutputError
 from dawnchorus.io import files
+
+DISK_FULL = "the disk is full (no space left on device)"
 
 # ------------------------------------------------------------------ atomic_write
 
@@ -72,6 +75,87 @@ def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path: Path) -> None
 def test_atomic_write_requires_the_writer_to_create_the_file(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="without creating"):
         files.atomic_write(tmp_path / "x.csv", lambda tmp: None)
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_the_previous_version_stays(tmp_path: Path) -> None:
+    target = tmp_path / "parts" / "rec.parquet"
+    target.parent.mkdir()
+    target.write_text("previous version")
+
+    def half_then_disk_full(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    with pytest.raises(OutputError) as raised:
+        files.atomic_write(target, half_then_disk_full)
+    assert str(raised.value) == f"{target}: cannot write this file: {DISK_FULL}"
+    assert target.read_text() == "previous version"
+    assert [p.name for p in target.parent.iterdir()] == ["rec.parquet"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_model_file_written_to_a_full_disk_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save to a path says only "file write failed"; the model file's writer goes through a file
+    object, so a full disk (here /dev/full, where the temporary is opened) is named as such."""
+    from dawnchorus.models import modelfile
+
+    real_open = open
+    monkeypatch.setattr(modelfile, "open", lambda path, mode: real_open("/dev/full", mode), raising=False)
+    target = tmp_path / "run" / "model.pt"
+    with pytest.raises(OutputError) as raised:
+        _tiny_model_file(target)
+    assert str(raised.value) == f"{target}: cannot write this file: {DISK_FULL}"
+    assert list(target.parent.iterdir()) == []
+
+
+def test_a_file_where_a_folder_belongs_is_named(tmp_path: Path) -> None:
+    blocking = tmp_path / "results"
+    blocking.write_text("a file")
+    with pytest.raises(OutputError) as raised:
+        files.atomic_write(blocking / "evaluation.json", lambda tmp: tmp.write_text("{}"))
+    target = blocking / "evaluation.json"
+    assert str(raised.value) == f"{target}: cannot write this file: {blocking} is a file, not a folder"
+    with pytest.raises(OutputError, match="cannot write this file: a folder of that name exists"):
+        files.atomic_write(tmp_path, lambda tmp: tmp.write_text("{}"))
+
+
+def test_output_folder_refuses_a_file_and_a_file_above_it(tmp_path: Path) -> None:
+    existing = tmp_path / "predictions"
+    existing.write_text("a file")
+    with pytest.raises(OutputError) as raised:
+        files.output_folder(existing)
+    assert str(raised.value) == f"{existing}: cannot be the output folder: it is a file"
+    with pytest.raises(OutputError) as raised:
+        files.output_folder(existing / "run", "run folder")
+    run = existing / "run"
+    assert str(raised.value) == f"{run}: cannot create the run folder: {existing} is a file, not a folder"
+    assert files.output_folder(tmp_path / "a" / "b").is_dir()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write in any folder")
+def test_output_folder_refuses_a_folder_it_cannot_write_in(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(OutputError) as raised:
+            files.output_folder(locked)
+        assert str(raised.value) == f"{locked}: cannot write in the output folder: permission denied"
+        with pytest.raises(OutputError) as raised:
+            files.output_folder(locked / "run")
+        assert str(raised.value).startswith(f"{locked / 'run'}: cannot create the output folder: permission")
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux /sys, where nobody creates folders")
+def test_output_folder_that_cannot_be_created_is_named() -> None:
+    folder = Path("/sys/dawnchorus-test-output")
+    with pytest.raises(OutputError) as raised:
+        files.output_folder(folder)
+    assert str(raised.value).startswith(f"{folder}: cannot create the output folder: permission denied")
 
 
 def test_usable_cores_counts_the_cores_this_process_may_run_on() -> None:

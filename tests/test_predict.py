@@ -3,6 +3,7 @@ SIGKILL; bad recordings reported while good ones are predicted."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import write_audio
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import train
-from tests.conftest import REPO, write_model_file
+from tests.conftest import REPO, synthetic_audio, write_model_file
 
 runner = CliRunner()
 SOUNDSCAPE_S = 60.0
@@ -160,6 +161,58 @@ def test_bad_recordings_are_named_and_good_ones_predicted(model_file: Path, tmp_
     output = "".join(result.output.split())  # rich may wrap long paths
     for name in ("corrupt.flac", "empty.ogg", "notes.ogg"):
         assert name in output
+
+
+def test_a_full_disk_stops_predict_with_one_line_and_a_rerun_resumes(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "recordings"
+    for index in range(4):
+        write_audio(folder / f"site{index}.wav", synthetic_audio(12.0, seed=index), 32000)
+    command = ["predict", str(model_file), str(folder), "--format", "csv"]
+    clean = tmp_path / "clean"
+    assert runner.invoke(app, [*command, "--out", str(clean)]).exit_code == 0
+    out = tmp_path / "out"
+    parts = out / "parts"
+    write_parquet = pd.DataFrame.to_parquet
+
+    def disk_full_after_two_parts(table: pd.DataFrame, path: Path, *args: object, **kwargs: object) -> None:
+        if len(list(parts.glob("*.parquet"))) >= 2:  # what pyarrow raises on a full disk
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left")
+        write_parquet(table, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full_after_two_parts)
+    result = runner.invoke(app, [*command, "--out", str(out)])
+    monkeypatch.undo()
+
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {parts}{os.sep}")  # names the file it could not write
+    assert "cannot write this file: the disk is full (no space left on device)" in lines[0]
+    assert f"the recordings finished so far are kept in {out}" in lines[0]
+    kept = sorted(path.name for path in parts.iterdir())
+    assert len(kept) == 2 and all(name.endswith(".parquet") and not name.startswith(".") for name in kept)
+
+    resumed = runner.invoke(app, [*command, "--out", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 recordings predicted, 2 already complete, 0 failed" in resumed.stdout
+    expected = pd.read_csv(clean / "predictions.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), expected)
+
+
+def test_predict_out_pointing_at_a_file_is_one_line_and_nothing_is_written(
+    model_file: Path, tmp_path: Path
+) -> None:
+    recording = tmp_path / "site.wav"
+    write_audio(recording, synthetic_audio(6.0, seed=0), 32000)
+    existing = tmp_path / "predictions.csv"
+    existing.write_text("file,start_s\n")
+    result = runner.invoke(app, ["predict", str(model_file), str(recording), "--out", str(existing)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {existing}: cannot be the output folder: it is a file\n"
+    assert existing.read_text() == "file,start_s\n"
 
 
 @pytest.mark.slow

@@ -218,6 +218,17 @@ def test_resume_without_checkpoint_fails_before_anything_is_written(dataset: Pat
     assert not run.exists()
 
 
+def test_train_out_pointing_at_a_file_is_one_line_before_anything_is_written(
+    dataset: Path, tmp_path: Path
+) -> None:
+    existing = tmp_path / "run"
+    existing.write_text("notes")
+    result = runner.invoke(app, ["train", str(dataset), "--out", str(existing), "--no-pretrained"])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {existing}: cannot be the run folder: it is a file\n"
+    assert existing.read_text() == "notes"
+
+
 class _RunsCodeWhenUnpickled:
     """A pickled object whose loading would write a marker file: what a crafted checkpoint could do."""
 

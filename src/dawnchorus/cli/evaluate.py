@@ -28,6 +28,7 @@ def evaluate(
     import json
 
     from dawnchorus.evaluate.metrics import evaluate_files
+    from dawnchorus.io.files import atomic_write_text
 
     model = load_model_or_fail(model_path) if model_path else None
     try:
@@ -35,8 +36,7 @@ def evaluate(
     except FileNotFoundError as exc:  # a missing input file is a usage error
         fail(str(exc))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+        atomic_write_text(out, json.dumps(result, indent=2))
     if json_out:
         print(json.dumps(result, indent=2))
         return

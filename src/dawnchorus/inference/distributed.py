@@ -486,7 +486,8 @@ def run_distributed_prediction(
         for worker, loads in outcome.model_loads.items():
             model_loads[worker] = max(model_loads.get(worker, 0), loads)
     failed = [(str(p), failures[str(p)]) for p in folder.todo if str(p) in failures]
-    written = folder.close(model, failed)
+    with folder.stop_if_unwritable():
+        written = folder.close(model, failed)
     wall = time.perf_counter() - folder.started  # end to end: planning to the last combined table
     succeeded = [o for o in finished if o.error is None]
     return DistributedSummary(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from dawnchorus.errors import ExportError
+from dawnchorus.errors import DawnchorusError, ExportError
 from dawnchorus.io.files import atomic_write
 from dawnchorus.version import __version__
 
@@ -153,7 +153,7 @@ def export_onnx(
     try:
         atomic_write(out, write)
     except Exception as exc:
-        if isinstance(exc, ExportError):
+        if isinstance(exc, DawnchorusError):  # an ExportError, or an output that cannot be written
             raise
         raise ExportError(f"{out}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
     return out

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import glob
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dawnchorus.config import PredictSettings
-from dawnchorus.errors import PredictionError
+from dawnchorus.errors import OutputError, PredictionError
 from dawnchorus.inference.engines import (
     DEFAULT_BATCH_SIZE,
     BatchFunction,
@@ -42,7 +43,7 @@ from dawnchorus.inference.windows import (
     whole_recording,
 )
 from dawnchorus.io.audio import AudioError
-from dawnchorus.io.files import remove_stale_temporaries
+from dawnchorus.io.files import output_folder, remove_stale_temporaries
 from dawnchorus.io.outputs import read_probabilities, write_probabilities_parquet
 
 if TYPE_CHECKING:
@@ -118,36 +119,37 @@ def run_prediction(
         folder.write_recording(model, plan, frame, settings.merge)
         done += 1
 
-    for plan in plans:  # every segment saved by an interrupted run: only the assembly is left
-        if not to_run[plan.path]:
-            finish(plan, folder.assemble(plan, hop))
-    reuse_large_allocations()
-    with torch_threads_kept():
-        run = batch_function or batch_function_for(
-            model, settings.engine, device=settings.device, batch_size=batch_size
-        )
-        segments = [segment for plan in plans for segment in to_run[plan.path]]
-        failed_paths: set[Path] = set()
-        for result in iter_predictions(segments, run, model.labels, sample_rate, clip_s, hop, batch_size):
-            if result.path in failed_paths:
-                continue  # a later segment of a recording that already failed
-            if result.error is not None:
-                failed.append((str(result.path), result.error))
-                failed_paths.add(result.path)
-                done += 1
-            else:
-                audio_seconds += result.duration_s
-                windows += len(result.frame)
-                plan = by_path[result.path]
-                if result.segment is None:
-                    finish(plan, result.frame)
+    with folder.stop_if_unwritable():
+        for plan in plans:  # every segment saved by an interrupted run: only the assembly is left
+            if not to_run[plan.path]:
+                finish(plan, folder.assemble(plan, hop))
+        reuse_large_allocations()
+        with torch_threads_kept():
+            run = batch_function or batch_function_for(
+                model, settings.engine, device=settings.device, batch_size=batch_size
+            )
+            segments = [segment for plan in plans for segment in to_run[plan.path]]
+            failed_paths: set[Path] = set()
+            for result in iter_predictions(segments, run, model.labels, sample_rate, clip_s, hop, batch_size):
+                if result.path in failed_paths:
+                    continue  # a later segment of a recording that already failed
+                if result.error is not None:
+                    failed.append((str(result.path), result.error))
+                    failed_paths.add(result.path)
+                    done += 1
                 else:
-                    write_probabilities_parquet(result.frame, folder.saved_windows(result.segment, hop))
-                    if result.segment.index == to_run[plan.path][-1].index:
-                        finish(plan, folder.assemble(plan, hop))
-            if progress is not None:
-                progress(result, done, len(folder.todo))
-    written = folder.close(model, failed)
+                    audio_seconds += result.duration_s
+                    windows += len(result.frame)
+                    plan = by_path[result.path]
+                    if result.segment is None:
+                        finish(plan, result.frame)
+                    else:
+                        write_probabilities_parquet(result.frame, folder.saved_windows(result.segment, hop))
+                        if result.segment.index == to_run[plan.path][-1].index:
+                            finish(plan, folder.assemble(plan, hop))
+                if progress is not None:
+                    progress(result, done, len(folder.todo))
+        written = folder.close(model, failed)
     wall = time.perf_counter() - folder.started  # end to end: decoding to the last combined table
     return PredictionSummary(
         out_dir=folder.out_dir,
@@ -230,9 +232,8 @@ class RunFolder:
     ) -> RunFolder:
         """Set up ``out_dir`` for a run over ``inputs``; raises :class:`PredictionError` when the
         inputs hold no recording."""
-        out_dir = Path(out_dir)
-        parts_dir = out_dir / "parts"
-        parts_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = output_folder(out_dir)
+        parts_dir = output_folder(out_dir / "parts", "folder of finished recordings")
         remove_stale_temporaries(parts_dir)  # left by a run killed mid-write
         recordings = expand_inputs(inputs)
         if not recordings:
@@ -270,6 +271,19 @@ class RunFolder:
         written = write_combined(model, parts, self.out_dir, self.thresholds, self.formats)
         written["errors"] = write_errors(failed, self.out_dir)
         return written
+
+    @contextmanager
+    def stop_if_unwritable(self) -> Iterator[None]:
+        """Around a run's writes: an output that cannot be written (a full disk, a lost permission)
+        stops the run with one :class:`OutputError` that names it and says the finished recordings
+        are kept (their parts stay; a re-run resumes after them)."""
+        try:
+            yield
+        except OutputError as exc:
+            raise OutputError(
+                f"{exc}; the recordings finished so far are kept in {self.out_dir}: "
+                "run the same command again to resume"
+            ) from None
 
 
 def write_recording(

@@ -104,7 +104,13 @@ def save_model_file(
         "metadata": json.dumps(metadata or {}),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in network.classifier.state_dict().items()},
     }
-    return atomic_write(path, lambda temporary: torch.save(payload, temporary))
+    def write(temporary: Path) -> None:
+        # Through a file object: a full disk is then an OSError (ENOSPC) that atomic_write names,
+        # where torch.save to a path reports only "file write failed".
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+
+    return atomic_write(path, write)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from dawnchorus.config import Config
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.thresholds import tune_thresholds
+from dawnchorus.io.files import output_folder
 from dawnchorus.models.modelfile import load_refusal, save_model_file
 from dawnchorus.training.datamodule import BirdDataModule
 from dawnchorus.training.module import BirdModule, ThroughputMonitor
@@ -69,7 +70,7 @@ def train(
     if resume and not last.is_file():
         raise TrainingError(f"--resume: no checkpoint at {last} to continue from")
     resume_step = int(read_checkpoint(last).get("global_step", 0)) if resume else 0
-    run_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(run_dir, "run folder")
     if rank_zero_only.rank == 0:  # under DDP every process runs this function
         config.to_yaml(run_dir / "config.yaml")
     L.seed_everything(config.train.seed, workers=True, verbose=False)
