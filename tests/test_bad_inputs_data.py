@@ -127,7 +127,8 @@ class RecordingCase:
 
 RECORDING_CASES = {
     "ogg-cut-in-half": RecordingCase(_cut_ogg, r"truncated: the file ends inside an Ogg page"),
-    "flac-cut-in-half": RecordingCase(_cut_flac, r"truncated: decoding stops at [\d.]+ s of the 60\.000 s"),
+    "flac-cut-in-half": RecordingCase(
+        _cut_flac, r"truncated: the header declares 60\.000 s but the end of the file does not decode"),
     "permission-denied": RecordingCase(_permission_denied, r"permission denied"),
     "empty-file": RecordingCase(_empty_file, r"empty file \(0 bytes\)"),
     "text-named-ogg": RecordingCase(_text_named_ogg, r"not decodable audio"),
@@ -228,6 +229,12 @@ def _cut_ogg_clip(root: Path, deny: Deny) -> tuple[str, ...]:
     return ("train_metadata.csv row 4", "bbb/b1.ogg")
 
 
+def _cut_flac_clip(root: Path, deny: Deny) -> tuple[str, ...]:
+    birdclef_set(root, [*GOOD_ROWS[:3], ("bbb", "bbb/b2.flac", "[]")])
+    cut_in_half(root / "train_audio" / "bbb" / "b2.flac")
+    return ("train_metadata.csv row 5", "bbb/b2.flac")
+
+
 def _bad_rating(root: Path, deny: Deny) -> tuple[str, ...]:
     birdclef_set(root, GOOD_ROWS)
     metadata = pd.read_csv(root / "train_metadata.csv")
@@ -249,6 +256,7 @@ SET_CASES = {
     "permission-denied": SetCase(_unreadable_clip, r"permission denied"),
     "missing-clip": SetCase(_missing_clip, r"file not found"),
     "ogg-clip-cut-in-half": SetCase(_cut_ogg_clip, r"truncated: the file ends inside an Ogg page"),
+    "flac-clip-cut-in-half": SetCase(_cut_flac_clip, r"truncated: the header declares 3\.000 s"),
     "bad-rating": SetCase(_bad_rating, r"is not a number"),
     "metadata-row-with-six-fields": SetCase(_ragged_metadata_row, r"the row has 6 fields, expected 4"),
     "only-clip-of-a-class-dropped": SetCase(_only_clip_of_a_class_dropped,
