@@ -328,9 +328,7 @@ def test_noise_folder_without_audio_is_an_error_naming_it(tmp_path):
     with pytest.raises(ValueError, match="contains no audio files"):
         WaveformAugment(AugmentSettings(noise_dir=tmp_path), SR)
     (tmp_path / "bad.ogg").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="bad.ogg"), pytest.raises(
-        ValueError, match="none of its 1 audio files could be used"
-    ):
+    with pytest.raises(ValueError, match="none of its 1 audio files could be used: .*bad.ogg: not decodable"):
         NoiseBank(tmp_path, SR)
     with pytest.raises(ValueError, match="does not exist"):
         NoiseBank(tmp_path / "missing", SR)

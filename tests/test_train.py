@@ -229,6 +229,28 @@ def test_train_out_pointing_at_a_file_is_one_line_before_anything_is_written(
     assert existing.read_text() == "notes"
 
 
+@pytest.mark.parametrize("contents", ["nothing", "text_only"])
+def test_an_unusable_noise_folder_is_one_line_and_no_run_folder_is_made(
+    dataset: Path, tmp_path: Path, contents: str
+) -> None:
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    if contents == "text_only":
+        (noise / "README.txt").write_text("rain recordings to come")
+        (noise / "rain.wav").write_text("not audio")
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", str(dataset), "--out", str(run), "--no-pretrained", "--noise-dir", str(noise)]
+    )
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"error: noise folder {noise.resolve()}")
+    expected = "contains no audio files" if contents == "nothing" else "rain.wav: not decodable audio"
+    assert expected in lines[0]
+    assert not run.exists()
+
+
 class _RunsCodeWhenUnpickled:
     """A pickled object whose loading would write a marker file: what a crafted checkpoint could do."""
 

@@ -21,10 +21,13 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import fft as sfft
 
+from dawnchorus.errors import ConfigError
 from dawnchorus.io.audio import AUDIO_EXTENSIONS, AudioError, find_audio_files, load
 
 # A noise recording quieter than this RMS carries no usable noise.
 SILENT_RMS = 1e-9
+# Unusable files a "no usable noise" error names (the rest are counted).
+_REASONS_SHOWN = 3
 
 FloatArray = NDArray[np.float32]
 
@@ -32,9 +35,11 @@ FloatArray = NDArray[np.float32]
 class NoiseBank:
     """Every audio file of a folder (recursive), decoded once to mono float32 at ``sample_rate``.
 
-    Unreadable or silent files are skipped with a warning that names them. A folder with no usable
-    audio raises ``ValueError`` naming the folder. Banks are meant to be small (minutes of audio):
-    all of it is held in memory so drawing a segment costs a slice, not a decode.
+    Unreadable or silent files are skipped with a warning that names them. A folder that is missing,
+    holds no audio file, or none that can be used, raises :class:`~dawnchorus.errors.ConfigError`
+    (a ``ValueError``) in one line naming the folder and, for unusable files, each file's reason.
+    Banks are meant to be small (minutes of audio): all of it is held in memory so drawing a segment
+    costs a slice, not a decode.
     """
 
     def __init__(self, folder: str | Path, sample_rate: int) -> None:
@@ -43,36 +48,42 @@ class NoiseBank:
         if sample_rate <= 0:
             raise ValueError(f"noise bank sample_rate must be positive, got {sample_rate}")
         if not self.folder.is_dir():
-            raise ValueError(f"noise folder {self.folder} does not exist or is not a folder")
+            raise ConfigError(f"noise folder {self.folder} does not exist or is not a folder")
         files = find_audio_files(self.folder)
         if not files:
-            raise ValueError(
+            raise ConfigError(
                 f"noise folder {self.folder} contains no audio files "
                 f"(looked for {', '.join(AUDIO_EXTENSIONS)} recursively)"
             )
         self.paths: list[Path] = []
         self.clips: list[FloatArray] = []
+        skipped: list[str] = []
         for path in files:
-            clip = self._load_usable(path)
+            clip, problem = self._load_usable(path)
             if clip is not None:
                 self.paths.append(path)
                 self.clips.append(clip)
+            else:
+                skipped.append(problem)
         if not self.clips:
-            raise ValueError(
-                f"noise folder {self.folder}: none of its {len(files)} audio files could be used "
-                "(see the warnings above for each file)"
+            shown = "; ".join(skipped[:_REASONS_SHOWN])
+            more = f"; and {len(skipped) - _REASONS_SHOWN} more" if len(skipped) > _REASONS_SHOWN else ""
+            raise ConfigError(
+                f"noise folder {self.folder}: none of its {len(files)} audio files could be used: "
+                f"{shown}{more}"
             )
+        for problem in skipped:  # the bank works without them: say which were left out
+            warnings.warn(f"noise bank: skipping {problem}", stacklevel=2)
 
-    def _load_usable(self, path: Path) -> FloatArray | None:
+    def _load_usable(self, path: Path) -> tuple[FloatArray | None, str]:
+        """(the clip, "") or (None, "PATH: why it cannot be used")."""
         try:
             clip = load(path, self.sample_rate)
         except AudioError as exc:
-            warnings.warn(f"noise bank: skipping {exc}", stacklevel=3)
-            return None
+            return None, str(exc)
         if rms(clip) < SILENT_RMS:
-            warnings.warn(f"noise bank: skipping {path}: silent (no noise to mix in)", stacklevel=3)
-            return None
-        return clip
+            return None, f"{path}: silent (no noise to mix in)"
+        return clip, ""
 
     @classmethod
     def cached(cls, folder: str | Path, sample_rate: int) -> NoiseBank:
@@ -83,7 +94,7 @@ class NoiseBank:
         """
         folder = Path(folder).resolve()
         if not folder.is_dir():
-            raise ValueError(f"noise folder {folder} does not exist or is not a folder")
+            raise ConfigError(f"noise folder {folder} does not exist or is not a folder")
         signature = tuple(
             (str(path), path.stat().st_size, path.stat().st_mtime_ns)
             for path in find_audio_files(folder)

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dawnchorus.augment.noise import NoiseBank
 from dawnchorus.config import Config
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.thresholds import tune_thresholds
@@ -70,7 +71,9 @@ def train(
     if resume and not last.is_file():
         raise TrainingError(f"--resume: no checkpoint at {last} to continue from")
     resume_step = int(read_checkpoint(last).get("global_step", 0)) if resume else 0
-    output_folder(run_dir, "run folder")
+    if config.augment.noise_dir is not None:  # loaded once per process: the data module reuses it
+        NoiseBank.cached(config.augment.noise_dir, config.audio.sample_rate)
+    output_folder(run_dir, "run folder")  # only now: every input above was checked first
     if rank_zero_only.rank == 0:  # under DDP every process runs this function
         config.to_yaml(run_dir / "config.yaml")
     L.seed_everything(config.train.seed, workers=True, verbose=False)
