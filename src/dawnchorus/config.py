@@ -126,7 +126,7 @@ class ModelSettings(_Section):
     pretrained: bool = Field(True, description="ImageNet weights from the hub (or `weights`).")
     weights: Path | None = Field(None, description="Local pretrained-weights file for the backbone.")
     in_chans: Literal[1, 3] = 1
-    head: Literal["linear", "sed"] = "linear"
+    head: Literal["linear", "sed", "mlp"] = "linear"
     pooling: Literal["avgmax", "gem"] = Field(
         "avgmax", description="Global pooling of the linear head: mean of average and max, or GeM."
     )
@@ -142,6 +142,45 @@ class ModelSettings(_Section):
             hint = f"; similar: {', '.join(close)}" if close else ""
             raise ValueError(f"timm has no backbone named {value!r}{hint}")
         return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"weights file {value} does not exist")
+        return value
+
+
+class EmbeddingSettings(_Section):
+    """A head trained on a frozen pretrained bird-sound backbone instead of a fine-tuned timm CNN.
+
+    Used when ``backbone`` names a backbone of the zoo (``birdnet``, ``perch-v2``; ``train --backbone``
+    sets it for a zoo name): every clip is embedded under ``draws`` waveform augmentations (the
+    ``augment`` section: noise-bank mixes at random SNR, gain, shift...) *before* the backbone, the
+    embeddings are cached on disk, and a small head trains on them (``train`` section: epochs, lr,
+    batch size; ``imbalance`` section; ``augment.mixup_*`` mixes embeddings).
+    """
+
+    backbone: str | None = Field(
+        None, description="Zoo backbone (birdnet, perch-v2); None: fine-tune model.backbone."
+    )
+    weights: Path | None = Field(None, description="The backbone's weights file (default: its own).")
+    head: Literal["linear", "mlp"] = Field("linear", description="Head on the embeddings.")
+    draws: int = Field(
+        8, ge=1, description="Embeddings per clip: the clean clip, then draws - 1 augmented random crops."
+    )
+    negatives: int = Field(
+        16, ge=0,
+        description="Bird-free noise-bank windows embedded as all-negative examples "
+        "(needs augment.noise_dir).",
+    )
+    steps_per_epoch: int = Field(
+        25, ge=1, description="Head training steps per epoch (batches drawn from the cached embeddings)."
+    )
+    pooling: Literal["mean", "max"] = Field(
+        "mean", description="Pooling of the backbone's sub-window embeddings over one clip window."
+    )
+    sub_windows: int | None = Field(None, ge=1, description="Sub-windows per clip window (None: fewest).")
 
     @field_validator("weights")
     @classmethod
@@ -220,6 +259,7 @@ class Config(_Section):
     augment: AugmentSettings = AugmentSettings()
     imbalance: ImbalanceSettings = ImbalanceSettings()
     model: ModelSettings = ModelSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
     train: TrainSettings = TrainSettings()
 
     @model_validator(mode="before")

@@ -6,8 +6,12 @@ registered under the name the configuration uses (``model.head``) with :func:`re
 here without touching the classifier or its callers. Heads today:
 
 - ``linear``: global pooling (average+max or GeM) -> dropout -> linear layer.
+- ``mlp``: global pooling -> dropout -> linear -> GELU -> dropout -> linear (:data:`MLP_HIDDEN` units).
 - ``sed``: sound-event detection with attention pooling over time (BirdCLEF 2021/2022 "AttBlockV2");
   it returns a :class:`SedOutput` whose ``logits`` the classifier passes on.
+
+``linear`` and ``mlp`` also take an embedding ``(B, C)`` (a frozen backbone's output, see
+:mod:`dawnchorus.models.embedding_classifier`): there is nothing to pool, so pooling is skipped.
 
 This module owns the head layers and the registry; it does not own the backbone or the model file
 (:mod:`dawnchorus.models.classifier`, :mod:`dawnchorus.models.modelfile`).
@@ -25,6 +29,10 @@ from torch import Tensor, nn
 from dawnchorus.errors import ModelError
 
 Pooling = Literal["avgmax", "gem"]
+
+# Hidden units of the mlp head: a small MLP on a 1024-d BirdNET embedding (the size of
+# BirdNET-Analyzer's custom-classifier hidden layer is a user choice; 256 keeps the head small).
+MLP_HIDDEN = 256
 
 # SED clipwise probabilities are clamped to [eps, 1 - eps] before the logit, so logits stay finite.
 PROBABILITY_EPS = 1e-6
@@ -106,6 +114,11 @@ class AvgMaxPool(nn.Module):
         return 0.5 * (features.mean(dim=(-2, -1)) + features.amax(dim=(-2, -1)))
 
 
+def pooled(pool: nn.Module, features: Tensor) -> Tensor:
+    """``pool(features)`` for a feature map ``(B, C, H, W)``; an embedding ``(B, C)`` as it is."""
+    return features if features.ndim == 2 else pool(features)
+
+
 class LinearHead(nn.Module):
     """Global pooling -> dropout -> linear layer: one logit per class."""
 
@@ -118,8 +131,34 @@ class LinearHead(nn.Module):
         self.fc = nn.Linear(num_features, num_classes)
 
     def forward(self, features: Tensor) -> Tensor:
-        """Feature map ``(B, C, H, W)`` -> logits ``(B, K)``."""
-        return self.fc(self.dropout(self.pool(features)))
+        """Feature map ``(B, C, H, W)`` (or embedding ``(B, C)``) -> logits ``(B, K)``."""
+        return self.fc(self.dropout(pooled(self.pool, features)))
+
+
+class MlpHead(nn.Module):
+    """Global pooling -> dropout -> linear -> GELU -> dropout -> linear: one logit per class."""
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        drop_rate: float,
+        pooling: Pooling = "avgmax",
+        hidden: int = MLP_HIDDEN,
+    ) -> None:
+        super().__init__()
+        self.pool = GeM() if pooling == "gem" else AvgMaxPool()
+        self.layers = nn.Sequential(
+            nn.Dropout(drop_rate),
+            nn.Linear(num_features, hidden),
+            nn.GELU(),
+            nn.Dropout(drop_rate),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Feature map ``(B, C, H, W)`` (or embedding ``(B, C)``) -> logits ``(B, K)``."""
+        return self.layers(pooled(self.pool, features))
 
 
 class SedHead(nn.Module):
@@ -162,6 +201,12 @@ class SedHead(nn.Module):
 def linear(num_features: int, num_classes: int, *, drop_rate: float, pooling: Pooling) -> nn.Module:
     """:class:`LinearHead` with the configured global pooling."""
     return LinearHead(num_features, num_classes, drop_rate, pooling)
+
+
+@register_head("mlp")
+def mlp(num_features: int, num_classes: int, *, drop_rate: float, pooling: Pooling) -> nn.Module:
+    """:class:`MlpHead` with the configured global pooling and :data:`MLP_HIDDEN` hidden units."""
+    return MlpHead(num_features, num_classes, drop_rate, pooling)
 
 
 @register_head("sed")

@@ -1,7 +1,12 @@
 """The self-contained model file: weights, labels, settings, thresholds and the package version.
 
 :func:`save_model_file` writes it, :func:`load_model` restores it with no other input into a
-:class:`LoadedModel`. This module owns only the file format; the network it holds is built by
+:class:`LoadedModel`. A model on a frozen pretrained backbone (``train --backbone birdnet``) holds
+its head's weights and the backbone's record (name, version, SHA-256 of its weights: a
+:class:`~dawnchorus.embed.base.BackboneInfo` as plain data), never the backbone's weights; the
+inference layer builds that backbone and checks it against the record.
+
+This module owns only the file format; the network it holds is built by
 :mod:`dawnchorus.models.classifier`, and prediction lives in :mod:`dawnchorus.inference`. It does
 not import Lightning, so prediction (and every dask worker) starts without it.
 """
@@ -21,9 +26,10 @@ import torch
 from pydantic import ValidationError
 
 from dawnchorus.config import Config
-from dawnchorus.errors import ModelFileError
+from dawnchorus.errors import ModelError, ModelFileError
 from dawnchorus.io.files import atomic_write
 from dawnchorus.models.classifier import SpectrogramClassifier, build_model
+from dawnchorus.models.embedding_classifier import EmbeddingClassifier
 from dawnchorus.models.features import LogMel
 from dawnchorus.version import __version__
 
@@ -41,15 +47,21 @@ REQUIRED_ENTRIES: dict[str, tuple[type, ...]] = {
 
 @dataclass
 class LoadedModel:
-    """A trained model restored from its file: everything ``predict`` needs."""
+    """A trained model restored from its file: everything ``predict`` needs.
 
-    network: SpectrogramClassifier
+    ``backbone`` is None for a fine-tuned timm model (``network`` a :class:`SpectrogramClassifier`:
+    audio in); for a head on a frozen pretrained backbone it is that backbone's record (plain data)
+    and ``network`` an :class:`EmbeddingClassifier` (embeddings in).
+    """
+
+    network: SpectrogramClassifier | EmbeddingClassifier
     labels: list[str]
     config: Config
     thresholds: dict[str, Any] = field(default_factory=lambda: {"global": 0.5, "per_class": None})
     scored_labels: list[str] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    backbone: dict[str, Any] | None = None
 
     @property
     def class_thresholds(self) -> np.ndarray:
@@ -70,20 +82,26 @@ class LoadedModel:
             thresholds=self.thresholds,
             scored_labels=self.scored_labels,
             metadata=self.metadata,
+            backbone=self.backbone,
         )
         return target
 
 
 def save_model_file(
     path: str | Path,
-    network: SpectrogramClassifier,
+    network: SpectrogramClassifier | EmbeddingClassifier,
     labels: list[str],
     config: Config,
     thresholds: dict[str, Any] | None = None,
     scored_labels: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    backbone: dict[str, Any] | None = None,
 ) -> Path:
-    """One file: weights, labels, settings, thresholds, package version. Written atomically."""
+    """One file: weights, labels, settings, thresholds, package version. Written atomically.
+
+    ``backbone``: the record of the frozen backbone an :class:`EmbeddingClassifier` runs on
+    (``BackboneInfo.as_dict()``: str, int and float values only); stored as plain data.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     thresholds = thresholds or {"global": 0.5, "per_class": None}
@@ -104,6 +122,8 @@ def save_model_file(
         "metadata": json.dumps(metadata or {}),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in network.classifier.state_dict().items()},
     }
+    if backbone is not None:
+        payload["backbone"] = _plain_record(dict(backbone), path)
     def write(temporary: Path) -> None:
         # Through a file object: a full disk is then an OSError (ENOSPC) that atomic_write names,
         # where torch.save to a path reports only "file write failed".
@@ -135,9 +155,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise ModelFileError(f"{path}: damaged model file: its settings are not valid JSON ({exc})") from None
     config = _portable_config(stored_config, path)
     labels = list(payload["labels"])
-    classifier = build_model(config.model, len(labels))
+    backbone = payload.get("backbone")
+    if backbone is not None:
+        backbone = _plain_record(backbone, path)
+        classifier = _embedding_classifier(backbone, config, len(labels), path)
+    else:
+        classifier = build_model(config.model, len(labels))
     try:
-        classifier.load_state_dict(payload["state_dict"])
+        stored_part = classifier.classifier if isinstance(classifier, EmbeddingClassifier) else classifier
+        stored_part.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines()]
         detail = lines[1] if len(lines) > 1 else lines[0]  # the first names only the network class
@@ -145,9 +171,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             f"{path}: damaged model file: its weights do not fit its settings and {len(labels)} labels "
             f"({detail[:200]})"
         ) from None
-    network = SpectrogramClassifier(
-        LogMel.from_settings(config.audio, config.frontend), classifier, channels_last=False
-    )
+    if isinstance(classifier, EmbeddingClassifier):
+        network: SpectrogramClassifier | EmbeddingClassifier = classifier
+    else:
+        network = SpectrogramClassifier(
+            LogMel.from_settings(config.audio, config.frontend), classifier, channels_last=False
+        )
     network.eval().to(device)
     return LoadedModel(
         network=network,
@@ -157,6 +186,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         scored_labels=payload.get("scored_labels"),
         metadata=metadata,
         path=path,
+        backbone=backbone,
     )
 
 
@@ -232,6 +262,8 @@ def _portable_config(stored: dict[str, Any], path: Path) -> Config:
     stored.setdefault("model", {}).update({"pretrained": False, "weights": None})
     stored.setdefault("augment", {})["noise_dir"] = None
     stored.setdefault("train", {})["cache_dir"] = None
+    if isinstance(stored.get("embedding"), dict):
+        stored["embedding"]["weights"] = None
     backbone = stored["model"].get("backbone")
     if isinstance(backbone, str) and not timm.is_model(backbone):
         raise ModelFileError(
@@ -248,3 +280,28 @@ def _portable_config(stored: dict[str, Any], path: Path) -> Config:
             f"{path}: settings stored in the model file are not valid for dawnchorus {__version__}: "
             f"{problems}"
         ) from None
+
+
+def _plain_record(record: Any, path: Path) -> dict[str, Any]:
+    """A backbone record as plain data (str keys; str, int, float values) with the fields a model
+    needs; anything else is a :class:`ModelFileError` naming the file."""
+    if not isinstance(record, dict) or not all(
+        isinstance(key, str) and isinstance(value, str | int | float) and not isinstance(value, bool)
+        for key, value in record.items()
+    ):
+        raise ModelFileError(f"{path}: damaged model file: its 'backbone' entry is not a backbone record")
+    for key, kind in (("name", str), ("embedding_size", int), ("weights_sha256", str)):
+        if not isinstance(record.get(key), kind):
+            raise ModelFileError(f"{path}: damaged model file: its backbone record has no {key!r}")
+    return dict(record)
+
+
+def _embedding_classifier(
+    backbone: dict[str, Any], config: Config, num_classes: int, path: Path
+) -> EmbeddingClassifier:
+    try:
+        return EmbeddingClassifier(
+            int(backbone["embedding_size"]), num_classes, config.embedding.head, config.model.drop_rate
+        )
+    except ModelError as exc:
+        raise ModelFileError(f"{path}: damaged model file: {exc}") from None
