@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from dawnchorus.augment.batch import BatchAugment
-from dawnchorus.config import Config
+from dawnchorus.config import Config, ImbalanceSettings
 from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap
 from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.features import LogMel
@@ -61,28 +61,8 @@ class BirdModule(L.LightningModule):
         return self.network(audio)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Weighted mean over clips of the per-class BCE (or focal) loss.
-
-        Label smoothing (``imbalance.label_smoothing``) is applied here and nowhere else: targets move
-        towards 0.5 by ``label_smoothing / 2`` after mixup, so validation targets stay hard.
-        """
-        settings = self.config.imbalance
-        if settings.label_smoothing:
-            targets = targets * (1 - settings.label_smoothing) + settings.label_smoothing / 2
-        if settings.loss == "focal":
-            per_item = sigmoid_focal_loss(
-                logits.float(),
-                targets,
-                alpha=settings.focal_alpha if settings.focal_alpha is not None else -1,
-                gamma=settings.focal_gamma,
-                reduction="none",
-            )
-        else:
-            per_item = nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), targets, reduction="none"
-            )
-        per_item = per_item.mean(dim=1)
-        return (per_item * weights).sum() / weights.sum().clamp_min(1e-6)
+        """Weighted mean over clips of the per-class BCE (or focal) loss (:func:`clip_loss`)."""
+        return clip_loss(logits, targets, weights, self.config.imbalance)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         spec = self.network.spectrogram(batch["audio"])
@@ -140,6 +120,30 @@ class BirdModule(L.LightningModule):
         if math.isfinite(batches):
             return max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
         return max(1, total // max(1, self.trainer.max_epochs or 1))
+
+
+def clip_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, settings: ImbalanceSettings
+) -> torch.Tensor:
+    """Weighted mean over clips of the per-class BCE (or focal) loss, as ``settings`` choose.
+
+    Label smoothing (``imbalance.label_smoothing``) is applied here and nowhere else: targets move
+    towards 0.5 by ``label_smoothing / 2`` after mixup, so validation targets stay hard.
+    """
+    if settings.label_smoothing:
+        targets = targets * (1 - settings.label_smoothing) + settings.label_smoothing / 2
+    if settings.loss == "focal":
+        per_item = sigmoid_focal_loss(
+            logits.float(),
+            targets,
+            alpha=settings.focal_alpha if settings.focal_alpha is not None else -1,
+            gamma=settings.focal_gamma,
+            reduction="none",
+        )
+    else:
+        per_item = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    per_item = per_item.mean(dim=1)
+    return (per_item * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
 def first_of_each_index(indices: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
