@@ -60,11 +60,11 @@ def label_columns(table: pd.DataFrame) -> list[str]:
 def validate_predictions(
     table: pd.DataFrame, source: str = "predictions", probability_dtype: type = np.float32
 ) -> pd.DataFrame:
-    """Check the canonical columns and types; return a copy with ``float32`` probabilities.
+    """Check the canonical columns and types; return a copy with ``probability_dtype`` probabilities.
 
-    ``probability_dtype=np.float64`` keeps every digit of a full-precision table (scoring does: in
-    ``float32`` scores closer than ~6e-8 become ties). Raises :class:`OutputError` naming ``source``
-    and the missing or non-numeric columns.
+    ``float32`` by default, the written tables' type; ``np.float64`` keeps every digit of a
+    full-precision table (scoring does: in ``float32`` scores closer than ~6e-8 become ties). Raises
+    :class:`OutputError` naming ``source`` and the missing or non-numeric columns.
     """
     missing = [column for column in KEY_COLUMNS if column not in table.columns]
     if missing:
