@@ -29,8 +29,8 @@ from dawnchorus.config import (
     load_config,
     load_predict_settings,
 )
-from dawnchorus.errors import ConfigError
-from dawnchorus.inference.run import run_prediction, saved_windows_path
+from dawnchorus.errors import AudioError, ConfigError
+from dawnchorus.inference.run import predict_frame, run_prediction, saved_windows_path
 from dawnchorus.inference.windows import recording_key
 from dawnchorus.io import outputs
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
@@ -161,6 +161,55 @@ def test_bad_recordings_are_named_and_good_ones_predicted(model_file: Path, tmp_
     output = "".join(result.output.split())  # rich may wrap long paths
     for name in ("corrupt.flac", "empty.ogg", "notes.ogg"):
         assert name in output
+
+
+def test_a_broken_link_and_a_folder_that_cannot_be_listed_are_named_in_errors_csv(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "recordings"
+    for name in ("site_a.wav", "nested/site_b.wav", "locked/site_c.wav"):
+        write_audio(folder / name, synthetic_audio(6.0, seed=len(name)), 32000)
+    moved_away = tmp_path / "elsewhere" / "site_d.wav"
+    (folder / "site_d.wav").symlink_to(moved_away)  # the drive it pointed to is not mounted
+    locked = folder / "locked"
+    list_folder = os.scandir
+
+    def permission_denied_in_locked(path: str | Path = ".") -> object:  # root reads any folder: a seam
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return list_folder(path)
+
+    monkeypatch.setattr(os, "scandir", permission_denied_in_locked)
+    out = tmp_path / "out"
+    command = ["predict", str(model_file), str(folder), "--out", str(out), "--format", "csv"]
+    result = runner.invoke(app, command)
+    monkeypatch.undo()
+
+    assert "Traceback" not in result.output
+    errors = pd.read_csv(out / "errors.csv")
+    assert dict(zip(errors["file"], errors["error"], strict=True)) == {
+        str(locked): "folder cannot be read (permission denied): its recordings were left out",
+        str(folder / "site_d.wav"): f"broken symbolic link: its target {moved_away} does not exist",
+    }
+    assert f"failed: {folder / 'site_d.wav'}: broken symbolic link" in result.stderr
+    assert f"failed: {locked}: folder cannot be read (permission denied)" in result.stderr
+    table = pd.read_csv(out / "predictions.csv")
+    predicted = [str(folder / "nested" / "site_b.wav"), str(folder / "site_a.wav")]
+    assert sorted(table["file"].unique()) == predicted
+    assert "2 recordings predicted, 0 already complete, 2 failed" in result.stdout
+
+
+def test_python_predict_raises_on_a_broken_link_or_leaves_it_out(model_file: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    write_audio(folder / "site_a.wav", synthetic_audio(6.0, seed=0), 32000)
+    (folder / "site_b.wav").symlink_to(tmp_path / "gone.wav")
+    model = load_model(model_file)
+    with pytest.raises(AudioError) as raised:
+        dawnchorus.predict(model, folder)
+    link, gone = folder / "site_b.wav", tmp_path / "gone.wav"
+    assert str(raised.value) == f"{link}: broken symbolic link: its target {gone} does not exist"
+    table = predict_frame(model, folder, raise_errors=False)
+    assert table.index.get_level_values("file").unique().tolist() == [str(folder / "site_a.wav")]
 
 
 def test_a_full_disk_stops_predict_with_one_line_and_a_rerun_resumes(

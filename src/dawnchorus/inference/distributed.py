@@ -495,7 +495,7 @@ def run_distributed_prediction(
         recordings=len(folder.recordings),
         predicted=len(folder.todo) - len(failed),
         skipped=len(folder.recordings) - len(folder.todo),
-        failed=failed,
+        failed=folder.failures(failed),
         audio_seconds=float(sum(o.duration_s for o in succeeded)),
         wall_seconds=wall,
         windows=int(sum(o.windows for o in succeeded)),

@@ -38,6 +38,7 @@ from dawnchorus.inference.windows import (
     RecordingPlan,
     Segment,
     expand_inputs,
+    find_recordings,
     plan_recordings,
     recording_key,
     whole_recording,
@@ -64,7 +65,7 @@ class PredictionSummary:
     recordings: int
     predicted: int
     skipped: int
-    failed: list[tuple[str, str]]
+    failed: list[tuple[str, str]]  # (recording, why): unreadable inputs first, then failed recordings
     audio_seconds: float
     wall_seconds: float
     windows: int
@@ -156,7 +157,7 @@ def run_prediction(
         recordings=len(folder.recordings),
         predicted=len(folder.todo) - len(failed),
         skipped=len(folder.recordings) - len(folder.todo),
-        failed=failed,
+        failed=folder.failures(failed),
         audio_seconds=audio_seconds,
         wall_seconds=wall,
         windows=windows,
@@ -175,12 +176,16 @@ def predict_frame(
     """Python API: per-window probabilities indexed by (file, start_s, end_s); nothing is written.
 
     ``settings`` (default :class:`PredictSettings`) give the hop, batch size, engine and device; a
-    recording that cannot be read raises :class:`AudioError` (``raise_errors``) or is left out.
+    recording that cannot be read (or a broken link, an unreadable folder among the inputs) raises
+    :class:`AudioError` (``raise_errors``) or is left out.
     """
     settings = settings or PredictSettings()
     if isinstance(paths, str | Path):
         paths = [paths]
-    recordings = expand_inputs(paths)
+    found = find_recordings(paths)
+    if found.unreadable and raise_errors:
+        raise AudioError(*found.unreadable[0])
+    recordings = found.recordings
     batch_size = resolve_batch_size(settings.batch_size, settings.device)
     frames = []
     with torch_threads_kept():
@@ -225,22 +230,25 @@ class RunFolder:
     thresholds: np.ndarray
     formats: list[str]
     started: float
+    unreadable: list[tuple[Path, str]]  # seen among the inputs, cannot be read: see find_recordings
 
     @classmethod
     def open(
         cls, model: LoadedModel, inputs: Sequence[str | Path], out_dir: str | Path, settings: PredictSettings
     ) -> RunFolder:
         """Set up ``out_dir`` for a run over ``inputs``; raises :class:`PredictionError` when the
-        inputs hold no recording."""
+        inputs hold no recording and nothing that could not be read."""
         out_dir = output_folder(out_dir)
         parts_dir = output_folder(out_dir / "parts", "folder of finished recordings")
         remove_stale_temporaries(parts_dir)  # left by a run killed mid-write
-        recordings = expand_inputs(inputs)
-        if not recordings:
+        found = find_recordings(inputs)
+        if not found.recordings and not found.unreadable:
             raise PredictionError("no recordings found in the given inputs")
         thresholds = class_thresholds(model, settings.threshold)
+        recordings = found.recordings
         todo = [p for p in recordings if not part_path(parts_dir, recording_key(p)).is_file()]
-        return cls(out_dir, recordings, todo, thresholds, list(settings.formats), time.perf_counter())
+        started = time.perf_counter()
+        return cls(out_dir, recordings, todo, thresholds, list(settings.formats), started, found.unreadable)
 
     @property
     def parts_dir(self) -> Path:
@@ -264,12 +272,16 @@ class RunFolder:
             frame, plan.key, model.labels, self.thresholds, self.out_dir, self.formats, merge, plan.split
         )
 
+    def failures(self, failed: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Every (path, reason) of the run: the unreadable inputs, then the ``failed`` recordings."""
+        return [(str(path), reason) for path, reason in self.unreadable] + list(failed)
+
     def close(self, model: LoadedModel, failed: Sequence[tuple[str, str]]) -> dict[str, Path]:
-        """Rebuild the combined tables from every recording's part and write ``errors.csv`` (with
-        ``failed``); returns what was written, by format."""
+        """Rebuild the combined tables from every recording's part and write ``errors.csv`` (the
+        unreadable inputs and ``failed``); returns what was written, by format."""
         parts = [part_path(self.parts_dir, recording_key(p)) for p in self.recordings]
         written = write_combined(model, parts, self.out_dir, self.thresholds, self.formats)
-        written["errors"] = write_errors(failed, self.out_dir)
+        written["errors"] = write_errors(self.failures(failed), self.out_dir)
         return written
 
     @contextmanager

@@ -12,6 +12,7 @@ Decoding, batching and classifying belong to ``pipeline.py``; nothing here reads
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,13 +26,29 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files, folders (recursive) and text files listing paths (one per line, # comments) -> recordings.
 
     Missing paths are kept: reading them fails later and is reported per file like any bad recording.
+    What a folder holds but cannot be read (a broken symbolic link, a subfolder that cannot be
+    listed) is left out here: :func:`find_recordings` names it.
     """
+    return find_recordings(inputs).recordings
+
+
+@dataclass(frozen=True)
+class FoundInputs:
+    """The recordings the inputs hold, and what was seen among them but cannot be read, with why."""
+
+    recordings: list[Path]
+    unreadable: list[tuple[Path, str]]
+
+
+def find_recordings(inputs: Sequence[str | Path]) -> FoundInputs:
+    """:func:`expand_inputs`, plus every path seen that cannot be read: a broken symbolic link (inside
+    a folder, in a list, or given), an audio-named entry that is not a regular file, a folder that
+    cannot be listed. A run reports each of them (``errors.csv``) instead of skipping it silently."""
     found: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found.extend(
-                sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            )
+            found.extend(_walk_recordings(item, unreadable))
         elif item.suffix.lower() in {".txt", ".lst", ".list"} and item.is_file():
             base = item.parent
             for line in item.read_text().splitlines():
@@ -43,8 +60,11 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             found.append(item)
     unique: dict[str, Path] = {}
     for path in found:
-        unique.setdefault(str(path.resolve()), path)
-    return list(unique.values())
+        if path.is_symlink() and not path.exists():
+            unreadable.append((path, _broken_link(path)))
+        else:
+            unique.setdefault(str(path.resolve()), path)
+    return FoundInputs(list(unique.values()), unreadable)
 
 
 def recording_key(path: Path) -> str:
@@ -173,3 +193,35 @@ def plan_recordings(
     plans = [p for p in planned if isinstance(p, RecordingPlan)]
     failed = [p for p in planned if not isinstance(p, RecordingPlan)]
     return plans, failed
+
+
+def _walk_recordings(folder: Path, unreadable: list[tuple[Path, str]]) -> list[Path]:
+    """The audio files under ``folder`` (recursive, symbolic links to folders not followed), sorted;
+    audio-named entries that are no regular file, and folders that cannot be listed, go to
+    ``unreadable`` with the reason."""
+    found: list[Path] = []
+
+    def cannot_list(exc: OSError) -> None:
+        reason = f"folder cannot be read ({(exc.strerror or str(exc)).lower()}): its recordings were left out"
+        unreadable.append((Path(exc.filename or folder), reason))
+
+    for root, _, names in os.walk(folder, onerror=cannot_list):
+        for name in names:
+            path = Path(root) / name
+            if path.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            if path.is_file():
+                found.append(path)
+            elif path.is_symlink() and not path.exists():
+                found.append(path)  # named by find_recordings with the other broken links
+            else:
+                unreadable.append((path, "not a regular file"))
+    return sorted(found)
+
+
+def _broken_link(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return "broken symbolic link: its target does not exist"
+    return f"broken symbolic link: its target {target} does not exist"
