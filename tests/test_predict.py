@@ -149,7 +149,7 @@ def test_bad_recordings_are_named_and_good_ones_predicted(model_file: Path, tmp_
 
     out = tmp_path / "out"
     result = runner.invoke(app, ["predict", str(model_path), str(folder), "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # some recordings failed: listed, the others complete
     table = pd.read_csv(out / "predictions.csv")
     assert sorted(Path(f).name for f in table["file"].unique()) == ["good_a.ogg", "good_b.flac", "good_c.wav"]
     assert len(table) == 3 * 3  # 12 s -> windows at 0, 5, 10
@@ -161,6 +161,20 @@ def test_bad_recordings_are_named_and_good_ones_predicted(model_file: Path, tmp_
     output = "".join(result.output.split())  # rich may wrap long paths
     for name in ("corrupt.flac", "empty.ogg", "notes.ogg"):
         assert name in output
+
+
+def test_a_run_in_which_every_recording_failed_never_exits_0(model_file: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for name in ("a.wav", "b.flac"):
+        (folder / name).write_text("not audio\n" * 20)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(model_file), str(folder), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "0 recordings predicted, 0 already complete, 2 failed" in result.stdout
+    assert sorted(Path(f).name for f in pd.read_csv(out / "errors.csv")["file"]) == ["a.wav", "b.flac"]
+    rerun = runner.invoke(app, ["predict", str(model_file), str(folder), "--out", str(out)])
+    assert rerun.exit_code == 1  # failed recordings are tried again, and fail again
 
 
 def test_a_broken_link_and_a_folder_that_cannot_be_listed_are_named_in_errors_csv(
@@ -186,6 +200,7 @@ def test_a_broken_link_and_a_folder_that_cannot_be_listed_are_named_in_errors_cs
     monkeypatch.undo()
 
     assert "Traceback" not in result.output
+    assert result.exit_code == 1, result.output
     errors = pd.read_csv(out / "errors.csv")
     assert dict(zip(errors["file"], errors["error"], strict=True)) == {
         str(locked): "folder cannot be read (permission denied): its recordings were left out",

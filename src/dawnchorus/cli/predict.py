@@ -15,6 +15,9 @@ import typer
 from dawnchorus.cli.console import console, err_console, fail, load_model_or_fail
 from dawnchorus.errors import ExportError
 
+# The exit status of a run that finished but could not predict every recording (see README, exit codes).
+PARTIAL_FAILURE_EXIT = 1
+
 
 def predict(
     ctx: typer.Context,
@@ -53,7 +56,11 @@ def predict(
         ),
     ] = "auto",
 ) -> None:
-    """Predict species per window in long recordings; resumable, bad files reported and skipped."""
+    """Predict species per window in long recordings; resumable, bad files reported and skipped.
+
+    Exit status: 0 every recording predicted, 1 some could not be (listed and in errors.csv), 2 bad
+    input or usage (nothing predicted).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dawnchorus.config import load_predict_settings
@@ -127,6 +134,8 @@ def predict(
     )
     for name, path in summary.outputs.items():
         console.print(f"  {name:13s} {path}")
+    if summary.failed:  # listed above and in errors.csv; a run that lost recordings never exits 0
+        raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 
 def export(
