@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from dawnchorus.config import Config, PredictSettings
     from dawnchorus.models.modelfile import LoadedModel
-    from dawnchorus.training.run import TrainResult
+    from dawnchorus.training.result import TrainResult
 
 
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:

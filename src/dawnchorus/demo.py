@@ -53,7 +53,7 @@ from dawnchorus.synth.soundscapes import make_dataset
 
 if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
-    from dawnchorus.training.run import TrainResult
+    from dawnchorus.training.result import TrainResult
 
 AMBIENCE_S = 30.0
 AMBIENCE_RATE = 32000

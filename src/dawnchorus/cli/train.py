@@ -21,12 +21,21 @@ def train(
         "run"
     ),
     config: Annotated[Path | None, typer.Option(help="YAML settings file (any subset).")] = None,
-    backbone: Annotated[str | None, typer.Option(help="timm backbone name.")] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="timm backbone name (fine-tuned), or a pretrained bird-sound backbone: birdnet or "
+            "perch-v2 (frozen; a head is trained on its embeddings)."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Clips per batch.")] = None,
     fold: Annotated[int | None, typer.Option(help="Validate on fold K (K-fold).")] = None,
     noise_dir: Annotated[Path | None, typer.Option(help="Background-noise bank folder.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Local pretrained backbone weights.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Local pretrained backbone weights (timm, or the birdnet / perch-v2 file)."),
+    ] = None,
     pretrained: Annotated[
         bool | None, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights.")
     ] = None,
@@ -35,16 +44,24 @@ def train(
     num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node training.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.ckpt.")] = False,
 ) -> None:
-    """Train a multi-label classifier and write one self-contained model file."""
-    from dawnchorus.config import load_config
+    """Train a multi-label classifier and write one self-contained model file.
 
+    --backbone birdnet trains a head on BirdNET 2.4's frozen embeddings (every clip embedded under
+    noise-bank mixes, cached; seconds to train). Needs pip install "dawnchorus\\[birdnet]". The BirdNET
+    model is licensed CC BY-NC-SA 4.0 (non-commercial, share-alike); it is never copied into the model
+    file, which records its name, version and SHA-256.
+    """
+    from dawnchorus.config import load_config
+    from dawnchorus.embed.registry import is_embedding_model
+
+    frozen = backbone is not None and is_embedding_model(backbone)
     overrides = {
-        "model.backbone": backbone,
+        "embedding.backbone" if frozen else "model.backbone": backbone,
         "train.epochs": epochs,
         "train.batch_size": batch_size,
         "train.fold": fold,
         "augment.noise_dir": str(noise_dir) if noise_dir else None,
-        "model.weights": str(weights) if weights else None,
+        "embedding.weights" if frozen else "model.weights": str(weights) if weights else None,
         "model.pretrained": pretrained,
         "train.devices": int(devices) if devices and devices.isdigit() else devices,
         "train.strategy": strategy,

@@ -8,7 +8,9 @@ batch-size choice (:func:`default_batch_size`, :func:`resolve_batch_size`). It d
 audio, batch windows or write files (``pipeline.py``, ``run.py``), nor export graphs (``export.py``).
 
 ``onnxruntime`` is the optional extra ``dawnchorus[onnx]``; it is imported only when the ONNX engine
-is used.
+is used. A model on a frozen pretrained backbone (``train --backbone birdnet``) has one engine
+whatever is asked: its backbone in the backbone's own runtime and its head in torch
+(:mod:`dawnchorus.inference.frozen`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dawnchorus.inference.export import (
     export_onnx,
     require,
 )
+from dawnchorus.inference.frozen import FrozenBackboneFunction, frozen_batch_function
 from dawnchorus.io.files import usable_cores
 
 if TYPE_CHECKING:
@@ -139,8 +142,11 @@ def torch_batch_function(
     stage, the CNN (in channels-last layout, faster with oneDNN) its ``classify`` stage, run in
     ``lanes`` threads (give each lane one torch thread: ``torch.set_num_threads(1)``). On CUDA the
     audio goes through a pinned buffer of ``batch_size`` windows and the CNN runs under float16
-    autocast (the STFT stays float32).
+    autocast (the STFT stays float32). A model on a frozen backbone gets its
+    :func:`~dawnchorus.inference.frozen.frozen_batch_function`.
     """
+    if model.backbone is not None:
+        return frozen_batch_function(model, device)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     network = model.network.to(device).eval()
     if device.type == "cuda":
@@ -343,7 +349,9 @@ def batch_function_for(
     the graph cached beside the model file (exported on first use); by default the log-mel stays
     in torch (onnxruntime's STFT is slower), ``include_frontend=True`` runs it in the graph too.
     The graph comes from ``model.path`` as saved: weights changed in memory and not saved are not
-    in it (a model without a file is exported afresh).
+    in it (a model without a file is exported afresh). A model on a frozen backbone runs its
+    backbone (``threads`` threads) and torch head whatever ``engine`` says: there is no ONNX graph of
+    a backbone that is not in the model file.
     """
     engine = resolve_engine(engine, device)
     if batch_size < 1:
@@ -360,6 +368,8 @@ def batch_function_for(
     lanes = 1 if on_gpu else min(lanes or threads, threads)
     per_lane = max(1, threads // lanes)
     torch.set_num_threads(per_lane)
+    if model.backbone is not None:
+        return frozen_batch_function(model, device if on_gpu else "cpu", threads=threads)
     if engine == "torch":
         return torch_batch_function(model, device, batch_size=batch_size, lanes=lanes)
     return onnx_batch_function(
@@ -373,6 +383,8 @@ def batch_function_for(
 
 def describe_engine(batch_function: BatchFunction) -> dict[str, Any]:
     """What a batch function runs on, for logs and benchmark tables."""
+    if isinstance(batch_function, FrozenBackboneFunction):
+        return batch_function.describe()
     staged = isinstance(batch_function, StagedBatchFunction)
     target = batch_function.classify if staged else batch_function
     lanes = batch_function.lanes if staged else 1

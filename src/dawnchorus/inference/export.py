@@ -110,8 +110,14 @@ def export_onnx(
     is ``spectrogram`` ``(batch, 1, n_mels, frames)`` and the caller computes the log-mel in torch.
     The batch axis is dynamic. ``model_sha256`` (default: the hash of ``model.path`` when set) is
     stored in the metadata so a cache can tell which model file the graph came from. The file is
-    written atomically.
+    written atomically. A model on a frozen backbone (``train --backbone birdnet``) is refused: its
+    backbone is not in the model file, so there is no graph to write.
     """
+    if model.backbone is not None:
+        raise ExportError(
+            f"{model.path or 'model'}: a head on the frozen {model.backbone.get('name')} backbone cannot "
+            "be exported to ONNX (the backbone is not in the model file); predict runs it as it is"
+        )
     onnx = require("onnx")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@ It reads a BirdCLEF-layout or folder-per-class set (:class:`~dawnchorus.training
 trains a timm classifier on log-mel spectrograms (:class:`~dawnchorus.training.module.BirdModule`), keeps
 the best checkpoint by the chosen validation metric, tunes thresholds on validation and writes
 ``out/model.pt``: one file with weights, labels, settings, thresholds and the package version (see
-:mod:`dawnchorus.models.modelfile`). ``resume`` continues from ``out/checkpoints/last.ckpt`` and keeps
-the interrupted run's metric rows.
+:mod:`dawnchorus.models.modelfile`). A config naming a zoo backbone (``embedding.backbone``) trains a
+head on that frozen backbone instead (:mod:`dawnchorus.training.frozen`). ``resume`` continues
+from ``out/checkpoints/last.ckpt`` and keeps the interrupted run's metric rows.
 
 This module owns the run folder, the trainer, the checkpoints and the model file written at the end;
 data and model live in :mod:`dawnchorus.training.datamodule` and :mod:`dawnchorus.training.module`.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +36,9 @@ from dawnchorus.evaluate.thresholds import tune_thresholds
 from dawnchorus.io.files import output_folder
 from dawnchorus.models.modelfile import load_refusal, save_model_file
 from dawnchorus.training.datamodule import BirdDataModule
+from dawnchorus.training.frozen import train_frozen
 from dawnchorus.training.module import BirdModule, ThroughputMonitor
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    model_path: Path
-    run_dir: Path
-    best_score: float | None
-    monitor: str
-    epochs_run: int
-    throughput: list[dict[str, float]]
-    thresholds: dict[str, Any]
-    dropped_problems: list[str]
+from dawnchorus.training.result import TrainResult, check_monitor
 
 
 def train(
@@ -65,7 +53,12 @@ def train(
 
     ``resume`` continues an interrupted run from ``out/checkpoints/last.ckpt``; ``drop_bad`` skips
     clips with problems (listed in ``TrainResult.dropped_problems``) instead of refusing the set.
+    With ``config.embedding.backbone`` set (a zoo backbone such as ``birdnet``), a head is trained on
+    that frozen backbone's embeddings instead (:func:`~dawnchorus.training.frozen.train_frozen`;
+    ``resume`` then retrains the head from the cached embeddings, in seconds).
     """
+    if config.embedding.backbone is not None:
+        return train_frozen(data, out, config, drop_bad=drop_bad)
     run_dir = Path(out)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
@@ -139,24 +132,6 @@ def train(
         thresholds=thresholds,
         dropped_problems=[str(p) for p in data_module.training_set.problems],
     )
-
-
-CLIP_METRICS = ("val/roc_auc", "val/cmap", "val/loss", "train/loss_epoch")
-SOUNDSCAPE_METRICS = ("val_soundscape/roc_auc", "val_soundscape/cmap")
-
-
-def check_monitor(monitor: str, has_soundscapes: bool) -> None:
-    """Refuse, before training, a ``train.monitor`` the run will never log (a typo would otherwise
-    silently disable best-checkpoint selection, or stop early stopping after the first epoch)."""
-    available = CLIP_METRICS + (SOUNDSCAPE_METRICS if has_soundscapes else ())
-    if monitor in available:
-        return
-    reason = (
-        "the training set has no labelled soundscapes (test_soundscapes/ and test_labels.csv)"
-        if monitor in SOUNDSCAPE_METRICS
-        else "no such metric"
-    )
-    raise TrainingError(f"train.monitor: {monitor!r}: {reason}; choose one of {', '.join(available)}")
 
 
 EARLIER_METRICS_NAME = "metrics.before_resume.csv"

@@ -1,0 +1,588 @@
+"""Training a head on a frozen pretrained backbone: ``dawnchorus train DATA --backbone birdnet``.
+
+The recipe (what makes a few clips per species enough):
+
+1. The training set is read, split, oversampled and its targets encoded (secondary labels included)
+   exactly as for the timm path (:mod:`dawnchorus.data`).
+2. Every training clip is embedded ``embedding.draws`` times by the backbone: draw 0 is the clean
+   start of the clip, each later draw a random crop through the waveform augmentation
+   (:class:`~dawnchorus.augment.waveform.WaveformAugment`: noise-bank mixes at random SNRs, gain,
+   shift, coloured noise) applied *before* the backbone, so the head sees the clip as it would sound
+   in a noisy soundscape. ``embedding.negatives`` bird-free windows of the noise bank are embedded
+   as all-negative examples. Validation clips (draw 0) and labelled soundscape windows are embedded
+   clean. Clip windows are as long as prediction windows (``audio.clip_s``) and pooled over the
+   backbone's sub-windows (:func:`~dawnchorus.embed.base.window_embeddings`), as ``predict`` does.
+3. Every embedding is cached on disk (:class:`EmbeddingCache`), one file per clip and draw, keyed by
+   everything that changes it (backbone and weights SHA-256, the clip file's identity, window and
+   pooling, the waveform settings, the noise bank's files, the seed, the draw), never by the run:
+   a second run (another head, split, epochs, mixup) embeds nothing again.
+4. The head (:class:`~dawnchorus.models.embedding_classifier.EmbeddingClassifier`, ``linear`` or
+   ``mlp``) trains in a plain torch loop (seconds: the embeddings are in memory):
+   ``embedding.steps_per_epoch`` batches per epoch, each item a training clip (weighted sampler
+   when asked) with one of its draws at random, or a negative; mixup of embeddings
+   (``augment.mixup_*``); the timm path's loss (:func:`~dawnchorus.training.module.clip_loss`) and
+   warmup-cosine schedule. Each epoch is validated (the same metric names as the timm path) and
+   the best head by ``train.monitor`` is kept.
+5. Thresholds are tuned on validation (labelled soundscapes when the set has them, else clips) and
+   ``RUN/model.pt`` holds the head, labels, thresholds and the backbone's record, never its weights.
+
+The model file is read back by :mod:`dawnchorus.models.modelfile` and run by
+:mod:`dawnchorus.inference.frozen`. ``resume`` does not apply: a re-run reuses every cached
+embedding and repeats only the seconds of head training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dawnchorus.augment.batch import mixup
+from dawnchorus.augment.noise import NoiseBank
+from dawnchorus.augment.waveform import WaveformAugment
+from dawnchorus.config import Config
+from dawnchorus.data.datasets import AudioCache, encode_targets, soundscape_windows
+from dawnchorus.data.layouts import TrainingSet, load_training_set
+from dawnchorus.data.splits import class_balanced_weights, fold_split, oversample, stratified_split
+from dawnchorus.embed.base import BackboneInfo, EmbeddingModel, window_embeddings
+from dawnchorus.embed.registry import create_embedding_model
+from dawnchorus.errors import TrainingError
+from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap
+from dawnchorus.evaluate.thresholds import tune_thresholds
+from dawnchorus.io import audio
+from dawnchorus.io.audio import find_audio_files
+from dawnchorus.io.files import atomic_write, output_folder
+from dawnchorus.models.embedding_classifier import EmbeddingClassifier
+from dawnchorus.models.modelfile import save_model_file
+from dawnchorus.training.module import clip_loss, warmup_cosine
+from dawnchorus.training.result import TrainResult, check_monitor
+
+# Windows per backbone call while embedding (BirdNET's throughput is flat from 8 windows up).
+EMBED_BATCH = 8
+# The augment settings that act on the batch, not the waveform: they never change an embedding.
+BATCH_AUGMENT_FIELDS = frozenset(
+    {"mixup_p", "mixup_alpha", "cutmix_p", "specaugment_p", "time_masks", "time_mask_fraction",
+     "freq_masks", "freq_mask_fraction", "background_only_p"}
+)
+CACHE_ENV = "DAWNCHORUS_CACHE"
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def train_frozen(
+    data: str | Path,
+    out: str | Path,
+    config: Config,
+    drop_bad: bool = True,
+    backbone: EmbeddingModel | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train a head on ``config.embedding.backbone``'s embeddings of ``data``; write ``out/model.pt``.
+
+    ``backbone``: an already built backbone (default: built from the zoo with
+    ``embedding.weights``). ``progress(done, total)`` is called as embeddings are computed.
+    ``drop_bad`` skips clips with problems (listed in ``TrainResult.dropped_problems``).
+    """
+    settings = config.embedding
+    if settings.backbone is None:
+        raise TrainingError("embedding.backbone is not set: nothing to train a head on")
+    started = time.perf_counter()
+    training_set = load_training_set(data, on_problem="drop" if drop_bad else "raise")
+    if len(training_set.labels) < 2:
+        raise TrainingError(f"{data}: need at least two classes to train, found {len(training_set.labels)}")
+    if backbone is None:
+        options = {} if settings.weights is None else {"weights": settings.weights}
+        backbone = create_embedding_model(settings.backbone, **options)
+    if backbone.name != settings.backbone:
+        raise TrainingError(
+            f"embedding.backbone is {settings.backbone!r}, the backbone given is {backbone.name!r}"
+        )
+    config = at_backbone_rate(config, backbone)
+    run_dir = output_folder(Path(out), "run folder")
+    config.to_yaml(run_dir / "config.yaml")
+    cache = EmbeddingCache(embedding_cache_dir(config), backbone, config)
+    data_set = embed_training_set(training_set, config, cache, run_dir, progress)
+    check_monitor(config.train.monitor, has_soundscapes=data_set.soundscape is not None)
+    embed_seconds = time.perf_counter() - started
+
+    head, history, best = fit_head(data_set, config, len(training_set.labels), backbone.embedding_size)
+    write_metrics(history, run_dir / "logs" / "metrics.csv")
+    validation = data_set.soundscape or data_set.validation
+    thresholds: dict[str, Any] = {"global": 0.5, "per_class": None}
+    if validation is not None and len(validation.targets):
+        probs = predict_embeddings(head, validation.embeddings)
+        global_threshold, per_class = tune_thresholds((validation.targets >= 0.5).astype(int), probs)
+        thresholds = {"global": float(global_threshold), "per_class": [float(t) for t in per_class]}
+    model_path = run_dir / "model.pt"
+    save_model_file(
+        model_path,
+        head,
+        training_set.labels,
+        config,
+        thresholds=thresholds,
+        scored_labels=training_set.scored_labels,
+        metadata={
+            "trained_on": str(Path(data).resolve()),
+            "train_clips": int(len(data_set.train_clips)),
+            "val_clips": 0 if data_set.validation is None else int(len(data_set.validation.targets)),
+            "monitor": config.train.monitor,
+            "best_score": best.score,
+            "epochs": int(best.epoch),
+            "backbone": f"{backbone.name} {backbone.version}",
+            "embeddings_computed": cache.computed,
+            "embeddings_reused": cache.reused,
+            "embedding_seconds": round(embed_seconds, 2),
+            "head_seconds": round(time.perf_counter() - started - embed_seconds, 2),
+        },
+        backbone=backbone.info().as_dict(),
+    )
+    return TrainResult(
+        model_path=model_path,
+        run_dir=run_dir,
+        best_score=best.score,
+        monitor=config.train.monitor,
+        epochs_run=len(history),
+        throughput=[],
+        thresholds=thresholds,
+        dropped_problems=[str(p) for p in training_set.problems],
+    )
+
+
+def at_backbone_rate(config: Config, backbone: EmbeddingModel) -> Config:
+    """``config`` with audio decoded at the backbone's sample rate (what ``predict`` decodes at)."""
+    data = config.model_dump(mode="json")
+    data["audio"]["sample_rate"] = int(backbone.sample_rate)
+    data["frontend"]["fmax"] = min(float(data["frontend"]["fmax"]), backbone.sample_rate / 2)
+    data["embedding"]["backbone"] = backbone.name
+    return Config.model_validate(data)
+
+
+def embedding_cache_dir(config: Config) -> Path:
+    """Where embeddings are cached: ``train.cache_dir/embeddings`` when set, else
+    ``$DAWNCHORUS_CACHE/embeddings``, else ``$XDG_CACHE_HOME/dawnchorus/embeddings`` (``~/.cache``):
+    shared by every run, so a second run on the same clips embeds nothing."""
+    if config.train.cache_dir is not None:
+        return Path(config.train.cache_dir) / "embeddings"
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]) / "embeddings"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dawnchorus" / "embeddings"
+
+
+# --- the embedding cache -----------------------------------------------------------------------------
+
+
+class EmbeddingCache:
+    """Pooled embeddings on disk, one ``.npy`` per item, under a folder per backbone and weights.
+
+    :meth:`key` hashes what an embedding depends on; :meth:`get_or_compute` returns the cached ones
+    and computes the missing ones in batches (``computed`` and ``reused`` count them). Files are
+    written atomically, so runs may share a cache.
+    """
+
+    def __init__(self, folder: str | Path, backbone: EmbeddingModel, config: Config) -> None:
+        self.backbone = backbone
+        self.info: BackboneInfo = backbone.info()
+        self.folder = Path(folder) / f"{self.info.name}-{self.info.weights_sha256[:12]}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.window_s = float(config.audio.clip_s)
+        self.pooling = config.embedding.pooling
+        self.sub_windows = config.embedding.sub_windows
+        self.computed = self.reused = 0
+        self._base = {
+            "backbone": self.info.as_dict(),
+            "window_s": self.window_s,
+            "pooling": self.pooling,
+            "sub_windows": self.sub_windows,
+        }
+
+    def key(self, **parts: Any) -> str:
+        """The cache key of an item described by ``parts`` (JSON-able), with the backbone, window
+        and pooling."""
+        text = json.dumps({**self._base, **parts}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.npy"
+
+    def get_or_compute(
+        self,
+        keys: Sequence[str],
+        windows: Callable[[int], np.ndarray],
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Embeddings ``(len(keys), D)``: cached ones read, the others computed from
+        ``windows(i)`` (one window of ``window_s`` at the backbone's rate) and stored."""
+        result = np.zeros((len(keys), self.info.embedding_size), dtype=np.float32)
+        missing = []
+        for index, key in enumerate(keys):
+            cached = self._read(self.path(key))
+            if cached is None:
+                missing.append(index)
+            else:
+                result[index] = cached
+        self.reused += len(keys) - len(missing)
+        for first in range(0, len(missing), EMBED_BATCH):
+            chunk = missing[first:first + EMBED_BATCH]
+            batch = np.stack([windows(index) for index in chunk])
+            output = window_embeddings(self.backbone, batch, self.window_s, self.pooling, self.sub_windows)
+            for index, embedding in zip(chunk, output.embeddings, strict=True):
+                result[index] = embedding
+                self._write(self.path(keys[index]), embedding)
+            self.computed += len(chunk)
+            if progress is not None:
+                progress(first + len(chunk), len(missing))
+        return result
+
+    def _read(self, path: Path) -> np.ndarray | None:
+        try:
+            values = np.load(path)
+        except (OSError, ValueError):  # absent, or damaged (a full disk): computed again
+            return None
+        return values if values.shape == (self.info.embedding_size,) else None
+
+    def _write(self, path: Path, embedding: np.ndarray) -> None:
+        def write(temporary: Path) -> None:
+            with open(temporary, "wb") as handle:
+                np.save(handle, np.asarray(embedding, dtype=np.float32))
+
+        atomic_write(path, write)
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """What identifies a file's content for the cache: absolute path, size, modification time."""
+    absolute = os.path.abspath(path)
+    stat = os.stat(absolute)
+    return {"path": absolute, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+# --- embedding a training set ----------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddedSet:
+    """Embeddings ``(N, D)`` and targets ``(N, C)`` of validation clips or soundscape windows."""
+
+    embeddings: np.ndarray
+    targets: np.ndarray
+
+
+@dataclass
+class EmbeddedTrainingSet:
+    """Everything the head trains and validates on.
+
+    ``train_draws``: ``(clips, draws, D)`` for the training clips (after oversampling: repeats share
+    their draws), ``train_targets`` ``(clips, C)``, ``train_weights`` ``(clips,)``, ``train_primary``
+    their primary labels; ``negatives`` ``(n, D)`` bird-free windows; ``validation`` clips and
+    ``soundscape`` windows (None when there are none).
+    """
+
+    train_clips: np.ndarray
+    train_draws: np.ndarray
+    train_targets: np.ndarray
+    train_weights: np.ndarray
+    train_primary: np.ndarray
+    negatives: np.ndarray
+    validation: EmbeddedSet | None
+    soundscape: EmbeddedSet | None
+
+
+def embed_training_set(
+    training_set: TrainingSet,
+    config: Config,
+    cache: EmbeddingCache,
+    run_dir: Path,
+    progress: ProgressCallback | None = None,
+) -> EmbeddedTrainingSet:
+    """Split ``training_set`` as the timm path does and embed it (see the module docstring)."""
+    clips, labels = training_set.clips, training_set.labels
+    settings = config.train
+    targets = encode_targets(clips, labels, secondary_weight=config.imbalance.secondary_weight)
+    if settings.fold is not None:
+        train_idx, val_idx = fold_split(clips, settings.folds, settings.fold, settings.seed)
+    else:
+        train_idx, val_idx = stratified_split(clips, settings.val_fraction, settings.seed)
+    primary = clips["primary_label"].to_numpy()
+    paths = clips["path"].to_numpy()
+    rate, clip_samples = config.audio.sample_rate, config.audio.clip_samples
+    bank = NoiseBank.cached(config.augment.noise_dir, rate) if config.augment.noise_dir else None
+    waveform = {
+        k: v for k, v in config.augment.model_dump(mode="json").items() if k not in BATCH_AUGMENT_FIELDS
+    }
+    waveform["noise_dir"] = _bank_identity(config.augment.noise_dir)
+    draws = config.embedding.draws
+
+    # Training clips: each under `draws` draws (the unique clips; oversampled repeats share them).
+    unique_train = np.unique(train_idx)
+    keys, makers = [], []
+    decoded: dict[str, np.ndarray] = {}
+
+    def samples_of(path: str) -> np.ndarray:
+        if path not in decoded:
+            decoded.clear()  # clips are drawn in order: keep one decoded at a time
+            decoded[path] = audio.load(path, sample_rate=rate)
+        return decoded[path]
+
+    for clip in unique_train:
+        identity = file_identity(paths[clip])
+        for draw in range(draws):
+            if draw == 0:
+                keys.append(cache.key(item="clip", file=identity))
+            else:
+                keys.append(cache.key(item="draw", file=identity, draw=draw, seed=settings.seed,
+                                      waveform=waveform))
+            makers.append((str(paths[clip]), draw))
+
+    def train_window(index: int) -> np.ndarray:
+        path, draw = makers[index]
+        return clip_draw(samples_of(path), draw, clip_samples, rate, config, bank, path)
+
+    embedded = cache.get_or_compute(keys, train_window, progress)
+    by_clip = embedded.reshape(len(unique_train), draws, -1)
+    position = {int(clip): row for row, clip in enumerate(unique_train)}
+
+    # Oversampling repeats rare classes' clips (each repeat draws among the clip's cached draws).
+    train_rows = oversample(
+        train_idx, primary[train_idx], config.imbalance.min_clips_per_class, settings.seed
+    )
+    rating = clips["rating"].fillna(5.0).clip(lower=0.5).to_numpy(dtype=np.float32) / 5.0
+    weights = rating if config.imbalance.rating_weight else np.ones(len(clips), dtype=np.float32)
+
+    negatives = np.zeros((0, cache.info.embedding_size), dtype=np.float32)
+    if bank is not None and config.embedding.negatives:
+        bank_id = waveform["noise_dir"]
+        neg_keys = [cache.key(item="negative", bank=bank_id, index=i, seed=settings.seed)
+                    for i in range(config.embedding.negatives)]
+        negatives = cache.get_or_compute(
+            neg_keys,
+            lambda i: bank.random_segment(clip_samples, np.random.default_rng([settings.seed, 7, i])),
+        )
+
+    validation = None
+    if len(val_idx):
+        val_keys = [cache.key(item="clip", file=file_identity(paths[clip])) for clip in val_idx]
+        val_embeddings = cache.get_or_compute(
+            val_keys, lambda i: clip_draw(samples_of(str(paths[val_idx[i]])), 0, clip_samples, rate, config)
+        )
+        validation = EmbeddedSet(val_embeddings, targets[val_idx])
+
+    soundscape = None
+    windows = soundscape_windows(training_set, labels, config, AudioCache(run_dir / "cache", rate))
+    if windows is not None:
+        sound_keys = [
+            cache.key(item="soundscape", file=file_identity(path), start=int(start))
+            for path, start in zip(windows.paths, windows.starts, strict=True)
+        ]
+        sound_embeddings = cache.get_or_compute(
+            sound_keys, lambda i: windows[i]["audio"].numpy()
+        )
+        soundscape = EmbeddedSet(sound_embeddings, np.asarray(windows.targets, dtype=np.float32))
+
+    return EmbeddedTrainingSet(
+        train_clips=train_rows,
+        train_draws=by_clip[[position[int(row)] for row in train_rows]],
+        train_targets=targets[train_rows],
+        train_weights=weights[train_rows],
+        train_primary=primary[train_rows],
+        negatives=negatives,
+        validation=validation,
+        soundscape=soundscape,
+    )
+
+
+def clip_draw(
+    samples: np.ndarray,
+    draw: int,
+    clip_samples: int,
+    sample_rate: int,
+    config: Config,
+    bank: NoiseBank | None = None,
+    path: str = "",
+) -> np.ndarray:
+    """Draw ``draw`` of a clip: ``clip_samples`` samples. Draw 0 is the clip's start (zero-padded),
+    as validation and the timm path's validation read it; draw ``k > 0`` a random crop through the
+    waveform augmentation, seeded by ``train.seed``, the clip's path and ``k`` (reproducible, and the
+    same whatever other clips or draws are embedded)."""
+    if draw == 0:
+        return np.asarray(audio.crop_or_pad(samples, clip_samples, mode="start"), dtype=np.float32)
+    stream = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "little")
+    rng = np.random.default_rng([config.train.seed, draw, stream])
+    crop = np.array(audio.crop_or_pad(samples, clip_samples, mode="random", rng=rng), dtype=np.float32)
+    augmented = WaveformAugment(config.augment, sample_rate, seed=rng, noise_bank=bank)(crop, sample_rate)
+    return np.asarray(audio.crop_or_pad(augmented, clip_samples, mode="start"), dtype=np.float32)
+
+
+def _bank_identity(folder: Path | None) -> list[Any] | None:
+    """The noise bank's files (relative path, size, modification time), for cache keys."""
+    if folder is None:
+        return None
+    root = Path(folder).resolve()
+    return [
+        [str(path.relative_to(root)), path.stat().st_size, path.stat().st_mtime_ns]
+        for path in find_audio_files(root)
+    ]
+
+
+# --- the head ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Best:
+    """The best epoch so far by the monitored metric."""
+
+    epoch: int = 0
+    score: float | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+
+def fit_head(
+    data: EmbeddedTrainingSet, config: Config, num_classes: int, embedding_size: int
+) -> tuple[EmbeddingClassifier, list[dict[str, float]], Best]:
+    """Train the head; returns it (with the best epoch's weights), one metrics row per epoch, and
+    the best epoch."""
+    settings, train = config.embedding, config.train
+    torch.manual_seed(train.seed)
+    generator = torch.Generator().manual_seed(train.seed)
+    rng = np.random.default_rng(train.seed)
+    head = EmbeddingClassifier(embedding_size, num_classes, settings.head, config.model.drop_rate)
+    head.fit_scaler(np.concatenate([data.train_draws.reshape(-1, embedding_size), data.negatives]))
+
+    clips, draws = data.train_draws.shape[:2]
+    negatives = len(data.negatives)
+    if config.imbalance.sampler == "weighted":
+        clip_weights = class_balanced_weights(list(data.train_primary), config.imbalance.sampler_power)
+    else:
+        clip_weights = np.ones(clips)
+    chances = np.concatenate([clip_weights, np.ones(negatives)])
+    chances = chances / chances.sum()
+    all_draws = torch.from_numpy(data.train_draws)
+    negative_embeddings = torch.from_numpy(data.negatives)
+    all_targets = torch.from_numpy(data.train_targets)
+    all_weights = torch.from_numpy(data.train_weights.astype(np.float32))
+
+    optimizer = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    total = train.epochs * settings.steps_per_epoch
+    if train.max_steps > 0:
+        total = min(total, train.max_steps)
+    warmup = min(total // 2, int(train.warmup_epochs * settings.steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+    mode_max = train.monitor_mode == "max"
+    best, history, step, stale = Best(), [], 0, 0
+    for epoch in range(train.epochs):
+        head.train()
+        losses = []
+        for _ in range(settings.steps_per_epoch):
+            if step >= total:
+                break
+            items = rng.choice(clips + negatives, size=train.batch_size, p=chances)
+            x, targets, weights = _batch(items, clips, rng, draws, all_draws, negative_embeddings,
+                                         all_targets, all_weights)
+            if config.augment.mixup_p > 0 and rng.random() < config.augment.mixup_p and len(x) > 1:
+                x, targets = mixup(x, targets, config.augment.mixup_alpha, generator)
+            loss = clip_loss(head(x), targets, weights, config.imbalance)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+        row = {
+            "epoch": epoch, "step": step, "train/loss_epoch": float(np.mean(losses)) if losses else math.nan
+        }
+        row.update(validation_metrics(head, data))
+        history.append(row)
+        score = row.get(train.monitor, math.nan)
+        # Ties go to the later epoch: a small validation set saturates early (ROC-AUC 1.0 after a
+        # few steps), and the head trained longer is the better one on unseen soundscapes.
+        if math.isfinite(score) and (
+            best.score is None or (score >= best.score if mode_max else score <= best.score)
+        ):
+            best = Best(epoch, float(score), {k: v.clone() for k, v in head.state_dict().items()})
+            stale = 0
+        else:
+            stale += 1
+        if (train.patience and stale >= train.patience) or step >= total:
+            break
+    if best.state is not None:
+        head.load_state_dict(best.state)
+    else:
+        best = Best(len(history) - 1, None, None)  # the monitored metric was never defined: last epoch
+    return head.eval(), history, best
+
+
+def _batch(
+    items: np.ndarray,
+    clips: int,
+    rng: np.random.Generator,
+    draws: int,
+    all_draws: torch.Tensor,
+    negatives: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embeddings, targets and weights of sampled items: a clip (one of its draws at random) or a
+    negative (all-zero targets, weight 1)."""
+    is_clip = items < clips
+    x = torch.empty((len(items), all_draws.shape[-1]), dtype=torch.float32)
+    y = torch.zeros((len(items), targets.shape[1]), dtype=torch.float32)
+    w = torch.ones(len(items), dtype=torch.float32)
+    clip_items = torch.from_numpy(items[is_clip])
+    chosen = torch.from_numpy(rng.integers(draws, size=int(is_clip.sum())))
+    mask = torch.from_numpy(is_clip)
+    x[mask] = all_draws[clip_items, chosen]
+    y[mask] = targets[clip_items]
+    w[mask] = weights[clip_items]
+    if (~is_clip).any():
+        x[~mask] = negatives[torch.from_numpy(items[~is_clip] - clips)]
+    return x, y, w
+
+
+@torch.no_grad()
+def predict_embeddings(head: EmbeddingClassifier, embeddings: np.ndarray) -> np.ndarray:
+    """Probabilities ``(N, C)`` of embeddings ``(N, D)``."""
+    head.eval()
+    return torch.sigmoid(head(torch.from_numpy(np.ascontiguousarray(embeddings)))).numpy()
+
+
+def validation_metrics(head: EmbeddingClassifier, data: EmbeddedTrainingSet) -> dict[str, float]:
+    """The timm path's validation metrics: ``val/*`` on clips, ``val_soundscape/*`` on soundscape
+    windows (NaN where a metric is undefined, e.g. no validation clip has a positive)."""
+    metrics: dict[str, float] = {}
+    for prefix, part in (("val", data.validation), ("val_soundscape", data.soundscape)):
+        if part is None:
+            continue
+        probs = predict_embeddings(head, part.embeddings)
+        truth = (part.targets >= 0.5).astype(int)
+        metrics[f"{prefix}/roc_auc"] = _safe(macro_roc_auc, truth, probs)
+        metrics[f"{prefix}/cmap"] = _safe(padded_cmap, truth, probs)
+        if prefix == "val":
+            clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+            loss = -(part.targets * np.log(clipped) + (1 - part.targets) * np.log(1 - clipped)).mean()
+            metrics["val/loss"] = float(loss)
+    return metrics
+
+
+def write_metrics(history: list[dict[str, float]], path: Path) -> None:
+    """One row per epoch (``epoch, step, train/loss_epoch, val/...``), as the timm path's CSV log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(history)
+    atomic_write(path, lambda temporary: frame.to_csv(temporary, index=False))
+
+
+def _safe(metric: Callable[[np.ndarray, np.ndarray], float], truth: np.ndarray, probs: np.ndarray) -> float:
+    try:
+        return float(metric(truth, probs))
+    except ValueError:
+        return math.nan
