@@ -67,6 +67,9 @@ def predict(
     from dawnchorus.inference.run import run_prediction
     from dawnchorus.inference.windows import expand_inputs
 
+    for item in inputs:  # a mistyped argument is a usage error; a missing file in a list is reported per file
+        if not item.exists() and not item.is_symlink():
+            fail(f"{item}: input not found (no such file or folder)")
     model = load_model_or_fail(model_path)
     # The --config file gives the settings; options typed on the command line override it.
     options = {
