@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dawnchorus.embed.base import BackboneInfo, EmbeddingModel, check_backbone, window_embeddings
-from dawnchorus.embed.registry import create_embedding_model
+from dawnchorus.embed.registry import EmbeddingModelSpec, create_embedding_model, embedding_model_spec
 from dawnchorus.errors import ModelError
 from dawnchorus.io.files import usable_cores
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # Backbones built in this process, by (name, weights, threads): building BirdNET reads and edits a
 # 50 MB file; threshold tuning, evaluation and predict may each ask for the same one.
-_BACKBONES: dict[tuple[str, str | None, int], EmbeddingModel] = {}
+_BACKBONES: dict[tuple[EmbeddingModelSpec, str | None, int], EmbeddingModel] = {}
 _LOCK = threading.Lock()
 
 
@@ -62,7 +62,12 @@ def model_backbone(
     record = backbone_record(model)
     where = _where(model)
     threads = max(1, threads or usable_cores())
-    key = (record.name, None if weights is None else str(Path(weights).resolve()), threads)
+    try:
+        spec = embedding_model_spec(record.name)
+    except ModelError as exc:
+        raise ModelError(f"{where}: this model runs on a backbone this installation lacks: {exc}") from None
+    # The spec is part of the key: a backbone registered again under the same name is built afresh.
+    key = (spec, None if weights is None else str(Path(weights).resolve()), threads)
     with _LOCK:
         backbone = _BACKBONES.get(key)
         if backbone is None:

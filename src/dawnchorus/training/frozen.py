@@ -470,7 +470,7 @@ def fit_head(
     all_targets = torch.from_numpy(data.train_targets)
     all_weights = torch.from_numpy(data.train_weights.astype(np.float32))
 
-    optimizer = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=train.weight_decay)
     total = train.epochs * settings.steps_per_epoch
     if train.max_steps > 0:
         total = min(total, train.max_steps)

