@@ -194,8 +194,8 @@ def load_refusal(exc: Exception) -> tuple[str | None, str]:
     """What a weights-only :func:`torch.load` found wrong with a file: (the Python object it refused
     to call, or None; its diagnosis in one line).
 
-    PyTorch's message goes on to advise loading the file again with ``weights_only=False``; for a
-    crafted file that is the exploit, so only the diagnosis is kept.
+    PyTorch's message goes on to advise loading the file again without the weights-only restriction;
+    for a crafted file that is the exploit, so only the diagnosis is kept.
     """
     text = str(exc)
     marker = "WeightsUnpickler error:"
@@ -212,8 +212,8 @@ def _read_payload(path: Path) -> dict[str, Any]:
     """The unpickled dictionary of a model file, checked for the entries :func:`load_model` reads.
 
     Unpickling is weights-only: a file holding any other Python object is refused before it is
-    built, so nothing in it runs. PyTorch's own message then advises retrying with
-    ``weights_only=False``, which for a crafted file is the exploit: only its diagnosis is kept.
+    built, so nothing in it runs. PyTorch's own message then advises retrying without that
+    restriction, which for a crafted file is the exploit: only its diagnosis is kept.
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
