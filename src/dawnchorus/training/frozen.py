@@ -33,6 +33,7 @@ embedding and repeats only the seconds of head training.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -115,7 +116,12 @@ def train_frozen(
     check_monitor(config.train.monitor, has_soundscapes=data_set.soundscape is not None)
     embed_seconds = time.perf_counter() - started
 
-    head, history, best = fit_head(data_set, config, len(training_set.labels), backbone.embedding_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the head's matrices are tiny: more threads only synchronise
+    try:
+        head, history, best = fit_head(data_set, config, len(training_set.labels), backbone.embedding_size)
+    finally:
+        torch.set_num_threads(threads)
     write_metrics(history, run_dir / "logs" / "metrics.csv")
     validation = data_set.soundscape or data_set.validation
     thresholds: dict[str, Any] = {"global": 0.5, "per_class": None}
@@ -315,7 +321,9 @@ def embed_training_set(
     primary = clips["primary_label"].to_numpy()
     paths = clips["path"].to_numpy()
     rate, clip_samples = config.audio.sample_rate, config.audio.clip_samples
-    bank = NoiseBank.cached(config.augment.noise_dir, rate) if config.augment.noise_dir else None
+    noise_dir = config.augment.noise_dir
+    # Decoded only when an embedding must be computed: a run on cached embeddings never loads it.
+    bank = functools.cache(lambda: NoiseBank.cached(noise_dir, rate) if noise_dir else None)
     waveform = {
         k: v for k, v in config.augment.model_dump(mode="json").items() if k not in BATCH_AUGMENT_FIELDS
     }
@@ -345,7 +353,7 @@ def embed_training_set(
 
     def train_window(index: int) -> np.ndarray:
         path, draw = makers[index]
-        return clip_draw(samples_of(path), draw, clip_samples, rate, config, bank, path)
+        return clip_draw(samples_of(path), draw, clip_samples, rate, config, bank(), path)
 
     embedded = cache.get_or_compute(keys, train_window, progress)
     by_clip = embedded.reshape(len(unique_train), draws, -1)
@@ -359,13 +367,13 @@ def embed_training_set(
     weights = rating if config.imbalance.rating_weight else np.ones(len(clips), dtype=np.float32)
 
     negatives = np.zeros((0, cache.info.embedding_size), dtype=np.float32)
-    if bank is not None and config.embedding.negatives:
+    if noise_dir is not None and config.embedding.negatives:
         bank_id = waveform["noise_dir"]
         neg_keys = [cache.key(item="negative", bank=bank_id, index=i, seed=settings.seed)
                     for i in range(config.embedding.negatives)]
         negatives = cache.get_or_compute(
             neg_keys,
-            lambda i: bank.random_segment(clip_samples, np.random.default_rng([settings.seed, 7, i])),
+            lambda i: bank().random_segment(clip_samples, np.random.default_rng([settings.seed, 7, i])),
         )
 
     validation = None
@@ -457,7 +465,7 @@ def fit_head(
     head = EmbeddingClassifier(embedding_size, num_classes, settings.head, config.model.drop_rate)
     head.fit_scaler(np.concatenate([data.train_draws.reshape(-1, embedding_size), data.negatives]))
 
-    clips, draws = data.train_draws.shape[:2]
+    clips = len(data.train_draws)
     negatives = len(data.negatives)
     if config.imbalance.sampler == "weighted":
         clip_weights = class_balanced_weights(list(data.train_primary), config.imbalance.sampler_power)
@@ -465,11 +473,6 @@ def fit_head(
         clip_weights = np.ones(clips)
     chances = np.concatenate([clip_weights, np.ones(negatives)])
     chances = chances / chances.sum()
-    all_draws = torch.from_numpy(data.train_draws)
-    negative_embeddings = torch.from_numpy(data.negatives)
-    all_targets = torch.from_numpy(data.train_targets)
-    all_weights = torch.from_numpy(data.train_weights.astype(np.float32))
-
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=train.weight_decay)
     total = train.epochs * settings.steps_per_epoch
     if train.max_steps > 0:
@@ -485,8 +488,7 @@ def fit_head(
             if step >= total:
                 break
             items = rng.choice(clips + negatives, size=train.batch_size, p=chances)
-            x, targets, weights = _batch(items, clips, rng, draws, all_draws, negative_embeddings,
-                                         all_targets, all_weights)
+            x, targets, weights = _batch(items, rng, data)
             if config.augment.mixup_p > 0 and rng.random() < config.augment.mixup_p and len(x) > 1:
                 x, targets = mixup(x, targets, config.augment.mixup_alpha, generator)
             loss = clip_loss(head(x), targets, weights, config.imbalance)
@@ -523,30 +525,21 @@ def fit_head(
 
 
 def _batch(
-    items: np.ndarray,
-    clips: int,
-    rng: np.random.Generator,
-    draws: int,
-    all_draws: torch.Tensor,
-    negatives: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
+    items: np.ndarray, rng: np.random.Generator, data: EmbeddedTrainingSet
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embeddings, targets and weights of sampled items: a clip (one of its draws at random) or a
-    negative (all-zero targets, weight 1)."""
+    negative (all-zero targets, weight 1; items from ``len(train_draws)`` on)."""
+    clips, draws, size = data.train_draws.shape
     is_clip = items < clips
-    x = torch.empty((len(items), all_draws.shape[-1]), dtype=torch.float32)
-    y = torch.zeros((len(items), targets.shape[1]), dtype=torch.float32)
-    w = torch.ones(len(items), dtype=torch.float32)
-    clip_items = torch.from_numpy(items[is_clip])
-    chosen = torch.from_numpy(rng.integers(draws, size=int(is_clip.sum())))
-    mask = torch.from_numpy(is_clip)
-    x[mask] = all_draws[clip_items, chosen]
-    y[mask] = targets[clip_items]
-    w[mask] = weights[clip_items]
-    if (~is_clip).any():
-        x[~mask] = negatives[torch.from_numpy(items[~is_clip] - clips)]
-    return x, y, w
+    clip_items = items[is_clip]
+    x = np.empty((len(items), size), dtype=np.float32)
+    y = np.zeros((len(items), data.train_targets.shape[1]), dtype=np.float32)
+    w = np.ones(len(items), dtype=np.float32)
+    x[is_clip] = data.train_draws[clip_items, rng.integers(draws, size=len(clip_items))]
+    y[is_clip] = data.train_targets[clip_items]
+    w[is_clip] = data.train_weights[clip_items]
+    x[~is_clip] = data.negatives[items[~is_clip] - clips]
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
 
 
 @torch.no_grad()
