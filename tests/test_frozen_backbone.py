@@ -309,3 +309,14 @@ def test_birdnet_head_on_real_focal_clips(real_data: Path, tmp_path: Path) -> No
     # The storm-petrel recordings are 14-15 s: every window's top class is the storm-petrel.
     table = predict_frame(model, real_data / "focal" / "eurstp1")
     assert (table[model.labels].idxmax(axis=1) == "eurstp1").mean() >= 0.8
+
+
+def test_cluster_workers_run_backbone_and_head_without_an_onnx_export(trained: Path) -> None:
+    from dawnchorus.inference.distributed import TaskOptions, prepare_engine, worker_batch_function
+
+    model = load_model(trained)
+    prepare_engine("auto", None, trained, model)  # was: the ONNX export refused the model
+    prepare_engine("onnx", None, trained, model)
+    assert not list(trained.parent.glob("*.onnx"))
+    options = TaskOptions(str(trained), (0, 0), 5.0, 4, (0.5,) * 3, "out", ("csv",), False, None, 1, "auto")
+    assert isinstance(worker_batch_function(model, options, None), FrozenBackboneFunction)

@@ -521,6 +521,8 @@ def prepare_engine(engine: str, device: str | None, model_path: Path, model: Loa
     wanted = engine == "onnx" or (engine == "auto" and onnx_available())
     if not wanted or (device is not None and device.startswith("cuda")):
         return
+    if model.backbone is not None:  # a head on a frozen backbone: each worker runs backbone + head
+        return
     try:
         cached_onnx_path(model_path, model, include_frontend=False)
     except ExportError as exc:
