@@ -320,3 +320,28 @@ def test_cluster_workers_run_backbone_and_head_without_an_onnx_export(trained: P
     assert not list(trained.parent.glob("*.onnx"))
     options = TaskOptions(str(trained), (0, 0), 5.0, 4, (0.5,) * 3, "out", ("csv",), False, None, 1, "auto")
     assert isinstance(worker_batch_function(model, options, None), FrozenBackboneFunction)
+
+
+def test_labelled_soundscapes_validate_the_head_and_tune_its_thresholds(
+    tone_set: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    data, noise = tone_set
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    (root / "test_soundscapes").mkdir()
+    scene = np.concatenate([tone(600.0, 5.0, 50), tone(3000.0, 5.0, 51), 0.01 * tone(1500.0, 5.0, 52)])
+    sf.write(root / "test_soundscapes" / "scene.wav", scene, RATE)
+    (root / "test_labels.csv").write_text(
+        "row_id,audio_id,seconds,birds\nscene_5,scene,5,low\nscene_10,scene,10,high\nscene_15,scene,15,nocall\n"
+    )
+    config = frozen_config(noise, tmp_path / "cache", **{"train.monitor": "val_soundscape/roc_auc"})
+    result = train(root, tmp_path / "run", config)
+    metrics = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert {"val_soundscape/roc_auc", "val_soundscape/cmap", "val/roc_auc"} <= set(metrics.columns)
+    assert result.best_score == pytest.approx(1.0)
+    assert result.thresholds["per_class"] is not None
+    assert not (tmp_path / "run" / "cache").exists()  # decoded soundscapes are not kept in the run
+    again = train(root, tmp_path / "again", config)
+    assert load_model(again.model_path).metadata["embeddings_computed"] == 0  # windows cached too

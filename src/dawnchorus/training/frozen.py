@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ def train_frozen(
     run_dir = output_folder(Path(out), "run folder")
     config.to_yaml(run_dir / "config.yaml")
     cache = EmbeddingCache(embedding_cache_dir(config), backbone, config)
-    data_set = embed_training_set(training_set, config, cache, run_dir, progress)
+    data_set = embed_training_set(training_set, config, cache, progress)
     check_monitor(config.train.monitor, has_soundscapes=data_set.soundscape is not None)
     embed_seconds = time.perf_counter() - started
 
@@ -307,7 +308,6 @@ def embed_training_set(
     training_set: TrainingSet,
     config: Config,
     cache: EmbeddingCache,
-    run_dir: Path,
     progress: ProgressCallback | None = None,
 ) -> EmbeddedTrainingSet:
     """Split ``training_set`` as the timm path does and embed it (see the module docstring)."""
@@ -385,16 +385,16 @@ def embed_training_set(
         validation = EmbeddedSet(val_embeddings, targets[val_idx])
 
     soundscape = None
-    windows = soundscape_windows(training_set, labels, config, AudioCache(run_dir / "cache", rate))
-    if windows is not None:
-        sound_keys = [
-            cache.key(item="soundscape", file=file_identity(path), start=int(start))
-            for path, start in zip(windows.paths, windows.starts, strict=True)
-        ]
-        sound_embeddings = cache.get_or_compute(
-            sound_keys, lambda i: windows[i]["audio"].numpy()
-        )
-        soundscape = EmbeddedSet(sound_embeddings, np.asarray(windows.targets, dtype=np.float32))
+    # Soundscapes are decoded (into a temporary folder) only for windows not yet in the cache.
+    with tempfile.TemporaryDirectory(prefix="dawnchorus-soundscapes-") as decoded_dir:
+        windows = soundscape_windows(training_set, labels, config, AudioCache(decoded_dir, rate))
+        if windows is not None:
+            sound_keys = [
+                cache.key(item="soundscape", file=file_identity(path), start=int(start))
+                for path, start in zip(windows.paths, windows.starts, strict=True)
+            ]
+            sound_embeddings = cache.get_or_compute(sound_keys, lambda i: windows[i]["audio"].numpy())
+            soundscape = EmbeddedSet(sound_embeddings, np.asarray(windows.targets, dtype=np.float32))
 
     return EmbeddedTrainingSet(
         train_clips=train_rows,
