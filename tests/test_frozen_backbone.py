@@ -6,6 +6,7 @@ table. A fake spectral backbone keeps most tests fast and deterministic; one tes
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,28 @@ def test_labelled_soundscapes_validate_the_head_and_tune_its_thresholds(
     assert not (tmp_path / "run" / "cache").exists()  # decoded soundscapes are not kept in the run
     again = train(root, tmp_path / "again", config)
     assert load_model(again.model_path).metadata["embeddings_computed"] == 0  # windows cached too
+
+
+def test_missing_birdnet_extra_names_the_model_file_and_the_install_command(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_model(trained)
+    model.backbone = {**model.backbone, "name": "birdnet"}
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(ModelError, match=r'model\.pt: this model runs on the birdnet backbone.*'
+                                         r'pip install "dawnchorus\[birdnet\]"'):
+        model_backbone(model, threads=3)  # threads: not a backbone built by an earlier test
+
+
+def test_imbalance_options_apply_to_the_head(tone_set: tuple[Path, Path], tmp_path: Path) -> None:
+    data, noise = tone_set
+    plain = frozen_config(noise, tmp_path / "cache")
+    balanced = frozen_config(noise, tmp_path / "cache", **{
+        "imbalance.min_clips_per_class": 6, "imbalance.sampler": "weighted", "imbalance.loss": "focal",
+    })
+    first = load_model(train(data, tmp_path / "plain", plain).model_path).metadata
+    second = load_model(train(data, tmp_path / "balanced", balanced).model_path).metadata
+    assert first["train_clips"] == 10
+    assert second["train_clips"] == 18  # every class oversampled to 6 training entries
+    assert second["embeddings_computed"] == 0  # repeats share their clip's cached draws
