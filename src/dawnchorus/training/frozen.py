@@ -33,6 +33,7 @@ embedding and repeats only the seconds of head training.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -40,7 +41,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,13 @@ def train_frozen(
     drop_bad: bool = True,
     backbone: EmbeddingModel | None = None,
     progress: ProgressCallback | None = None,
+    progress_bar: bool = False,
 ) -> TrainResult:
     """Train a head on ``config.embedding.backbone``'s embeddings of ``data``; write ``out/model.pt``.
 
     ``backbone``: an already built backbone (default: built from the zoo with
-    ``embedding.weights``). ``progress(done, total)`` is called as embeddings are computed.
+    ``embedding.weights``). ``progress(done, total)`` is called as embeddings are computed;
+    ``progress_bar`` shows a bar on the terminal instead (when ``progress`` is None).
     ``drop_bad`` skips clips with problems (listed in ``TrainResult.dropped_problems``).
     """
     settings = config.embedding
@@ -113,7 +116,8 @@ def train_frozen(
     run_dir = output_folder(Path(out), "run folder")
     config.to_yaml(run_dir / "config.yaml")
     cache = EmbeddingCache(embedding_cache_dir(config), backbone, config)
-    data_set = embed_training_set(training_set, config, cache, progress)
+    with _embedding_bar(progress_bar and progress is None, backbone.name) as bar:
+        data_set = embed_training_set(training_set, config, cache, progress or bar)
     check_monitor(config.train.monitor, has_soundscapes=data_set.soundscape is not None)
     embed_seconds = time.perf_counter() - started
 
@@ -428,6 +432,24 @@ def clip_draw(
     crop = np.array(audio.crop_or_pad(samples, clip_samples, mode="random", rng=rng), dtype=np.float32)
     augmented = WaveformAugment(config.augment, sample_rate, seed=rng, noise_bank=bank)(crop, sample_rate)
     return np.asarray(audio.crop_or_pad(augmented, clip_samples, mode="start"), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _embedding_bar(show: bool, name: str) -> Iterator[ProgressCallback | None]:
+    """A transient terminal bar fed by ``(done, total)`` calls (one phase after another), or None."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(f"embedding ({name})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("embedding", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def _bank_identity(folder: Path | None) -> list[Any] | None:

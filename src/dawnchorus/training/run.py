@@ -58,7 +58,7 @@ def train(
     ``resume`` then retrains the head from the cached embeddings, in seconds).
     """
     if config.embedding.backbone is not None:
-        return train_frozen(data, out, config, drop_bad=drop_bad)
+        return train_frozen(data, out, config, drop_bad=drop_bad, progress_bar=progress_bar)
     run_dir = Path(out)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
