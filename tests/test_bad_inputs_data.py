@@ -22,14 +22,14 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner, Result
 
 from dawnchorus.cli.app import app
+from dawnchorus.cli.console import PARTIAL_FAILURE_EXIT  # some recordings failed (listed), the rest done
 from dawnchorus.io.audio import write_audio
 
 runner = CliRunner()
 RATE = 32000
 GOOD_SECONDS = 12.0  # windows at 0, 5 and 10 s
 GOOD_WINDOWS = 3
-# predict: some recordings failed and are listed in errors.csv, the others were predicted
-PARTIAL_FAILURE_EXIT = 1
+
 # data check: the set has problems, listed
 PROBLEMS_EXIT = 1
 # evaluate: inputs that cannot be scored (an InputError)

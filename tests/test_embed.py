@@ -33,7 +33,7 @@ from dawnchorus.embed.registry import (
     list_embedding_models,
     register_embedding_model,
 )
-from dawnchorus.errors import ModelError
+from dawnchorus.errors import AudioError, ModelError
 from dawnchorus.inference.embeddings import EmbedSettings, embedding_frame, run_embedding, run_tag
 from dawnchorus.io.audio import crop_or_pad, iter_windows, load, window_count
 
@@ -424,6 +424,36 @@ def test_a_bad_file_among_good_ones_goes_to_errors_csv_and_the_run_goes_on(
     assert errors["file"].tolist() == [str(bad)] and errors["error"].iloc[0]
     table = pd.read_parquet(summary.table)
     assert table["file"].unique().tolist() == [str(good[0]), str(good[1])]
+
+
+def test_a_broken_link_in_an_input_folder_is_listed_not_skipped(fake: FakeBackbone, tmp_path: Path) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    write_tone(folder / "a.wav", 4.0, 1)
+    (folder / "gone.wav").symlink_to(tmp_path / "moved-away.wav")
+    summary = run_embedding(fake, [folder], tmp_path / "out")
+    assert summary.embedded == 1
+    assert [(Path(file).name, "broken symbolic link" in why) for file, why in summary.failed] == [
+        ("gone.wav", True)
+    ]
+    assert pd.read_csv(tmp_path / "out" / "errors.csv")["file"].tolist() == [str(folder / "gone.wav")]
+    with pytest.raises(AudioError, match="gone.wav: broken symbolic link"):
+        embedding_frame(fake, folder)
+
+
+def test_embed_command_exits_1_when_a_recording_failed_and_2_for_a_mistyped_input(
+    fake_registered: list[FakeBackbone], tmp_path: Path
+) -> None:
+    good, bad = write_tone(tmp_path / "a.wav", 4.0, 1), tmp_path / "b.wav"
+    bad.write_bytes(b"RIFF but not really audio")
+    result = runner.invoke(app, ["embed", "test-fake", str(good), str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert f"failed: {bad}:" in result.stderr and "1 recordings embedded" in result.output
+    missing = tmp_path / "typo.wav"
+    result = runner.invoke(app, ["embed", "test-fake", str(missing), "--out", str(tmp_path / "other")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {missing}: input not found (no such file or folder)"
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_long_recording_saved_in_segments_gives_the_table_of_an_unsplit_run(

@@ -12,7 +12,13 @@ from typing import Annotated
 
 import typer
 
-from dawnchorus.cli.console import console, err_console
+from dawnchorus.cli.console import (
+    PARTIAL_FAILURE_EXIT,
+    console,
+    print_failures,
+    print_summary,
+    require_inputs,
+)
 
 
 def embed(
@@ -59,6 +65,7 @@ def embed(
     )
     options = {"threads": threads} | ({"weights": weights} if weights is not None else {})
     model = create_embedding_model(backbone, **options)
+    require_inputs(inputs)
     console.print(
         escape(f"backbone: {model.name} {model.version} ({model.weights_path.name}, SHA-256 "
         f"{model.weights_sha256[:12]}), licence {model.licence}; {settings.window_for(model):g}-s windows, "
@@ -86,12 +93,12 @@ def embed(
             progress.update(task, total=todo, completed=done, rate=rate)
 
         summary = run_embedding(model, inputs, out, settings, progress=report)
-    for file, reason in summary.failed:
-        err_console.print(f"[red]failed:[/] {escape(f'{file}: {reason}')}", highlight=False, soft_wrap=True)
-    console.print(
-        f"[green]done:[/] {summary.embedded} recordings embedded, {summary.skipped} already complete, "
+    print_failures(summary.failed)
+    print_summary(
+        f"{summary.embedded} recordings embedded, {summary.skipped} already complete, "
         f"{len(summary.failed)} failed; {summary.windows} windows, {summary.audio_seconds / 3600:.3f} h of "
-        f"audio in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.0f}x real time)"
+        f"audio in {summary.wall_seconds:.1f} s ({summary.realtime_factor:.0f}x real time)",
+        {"embeddings": summary.table, "errors": summary.out_dir / "errors.csv"},
     )
-    console.print(f"  embeddings    {escape(str(summary.table))}", highlight=False)
-    console.print(f"  errors        {escape(str(summary.out_dir / 'errors.csv'))}", highlight=False)
+    if summary.failed:  # listed above and in errors.csv: a run that lost recordings never exits 0
+        raise typer.Exit(PARTIAL_FAILURE_EXIT)

@@ -12,11 +12,16 @@ from typing import Annotated
 
 import typer
 
-from dawnchorus.cli.console import console, err_console, fail, load_model_or_fail
+from dawnchorus.cli.console import (
+    PARTIAL_FAILURE_EXIT,
+    console,
+    fail,
+    load_model_or_fail,
+    print_failures,
+    print_summary,
+    require_inputs,
+)
 from dawnchorus.errors import ExportError
-
-# The exit status of a run that finished but could not predict every recording (see README, exit codes).
-PARTIAL_FAILURE_EXIT = 1
 
 
 def predict(
@@ -67,9 +72,7 @@ def predict(
     from dawnchorus.inference.run import run_prediction
     from dawnchorus.inference.windows import expand_inputs
 
-    for item in inputs:  # a mistyped argument is a usage error; a missing file in a list is reported per file
-        if not item.exists() and not item.is_symlink():
-            fail(f"{item}: input not found (no such file or folder)")
+    require_inputs(inputs)
     model = load_model_or_fail(model_path)
     # The --config file gives the settings; options typed on the command line override it.
     options = {
@@ -128,15 +131,13 @@ def predict(
             summary = run_distributed_prediction(
                 model_path, inputs, out, settings, cluster=cluster, progress=report
             )
-    for file, reason in summary.failed:
-        err_console.print(f"[red]failed:[/] {file}: {reason}", highlight=False, soft_wrap=True)
-    console.print(
-        f"[green]done:[/] {summary.predicted} recordings predicted, {summary.skipped} already complete, "
+    print_failures(summary.failed)
+    print_summary(
+        f"{summary.predicted} recordings predicted, {summary.skipped} already complete, "
         f"{len(summary.failed)} failed; {summary.audio_seconds / 3600:.3f} h of audio in "
-        f"{summary.wall_seconds:.1f} s ({summary.realtime_factor:.0f}x real time)"
+        f"{summary.wall_seconds:.1f} s ({summary.realtime_factor:.0f}x real time)",
+        summary.outputs,
     )
-    for name, path in summary.outputs.items():
-        console.print(f"  {name:13s} {path}")
     if summary.failed:  # listed above and in errors.csv; a run that lost recordings never exits 0
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
 

@@ -49,13 +49,13 @@ from dawnchorus.inference.run import part_path, remove_saved_windows, saved_wind
 from dawnchorus.inference.windows import (
     RecordingPlan,
     Segment,
-    expand_inputs,
+    find_recordings,
     plan_recordings,
     recording_key,
     whole_recording,
 )
 from dawnchorus.io.audio import AudioError
-from dawnchorus.io.files import atomic_write, atomic_write_text, remove_stale_temporaries
+from dawnchorus.io.files import atomic_write, atomic_write_text, output_folder, remove_stale_temporaries
 
 EmbeddingProgress = Callable[[RecordingResult, int, int], None]
 
@@ -171,12 +171,12 @@ def run_embedding(
     """
     settings = settings or EmbedSettings()
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    parts_dir = out_dir / "parts" / run_tag(model, settings)
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
+    parts_dir = output_folder(out_dir / "parts" / run_tag(model, settings), "folder of finished recordings")
     remove_stale_temporaries(parts_dir)  # left by a run killed mid-write
-    recordings = expand_inputs(inputs)
-    if not recordings:
+    found = find_recordings(inputs)  # broken links, unreadable folders: listed, never skipped silently
+    recordings = found.recordings
+    if not recordings and not found.unreadable:
         raise PredictionError("no recordings found in the given inputs")
     todo = [path for path in recordings if not part_path(parts_dir, recording_key(path)).is_file()]
     window_s, hop_s = settings.window_for(model), settings.hop_for(model)
@@ -195,7 +195,7 @@ def run_embedding(
     to_run = {
         plan.path: [s for s in plan.segments if not plan.split or not saved(s).is_file()] for plan in plans
     }
-    failed: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = [(str(path), reason) for path, reason in found.unreadable]
     failed_paths: set[Path] = set()
     audio_seconds, windows, done = 0.0, 0, 0
 
@@ -252,7 +252,7 @@ def run_embedding(
         out_dir=out_dir,
         table=table_path,
         recordings=len(recordings),
-        embedded=len(todo) - len(failed),
+        embedded=len(todo) - (len(failed) - len(found.unreadable)),
         skipped=len(recordings) - len(todo),
         failed=failed,
         audio_seconds=audio_seconds,
@@ -289,9 +289,12 @@ def embedding_frame(
     if isinstance(paths, str | Path):
         paths = [paths]
     labels = embedding_columns(model.embedding_size)
+    found = find_recordings(paths)
+    if found.unreadable and raise_errors:
+        raise AudioError(*found.unreadable[0])
     frames = []
     for result in iter_predictions(
-        expand_inputs(paths),
+        found.recordings,
         batch_embedder(model, settings),
         labels,
         model.sample_rate,
