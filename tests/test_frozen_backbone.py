@@ -341,7 +341,8 @@ def test_labelled_soundscapes_validate_the_head_and_tune_its_thresholds(
     result = train(root, tmp_path / "run", config)
     metrics = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
     assert {"val_soundscape/roc_auc", "val_soundscape/cmap", "val/roc_auc"} <= set(metrics.columns)
-    assert result.best_score == pytest.approx(1.0)
+    assert result.best_score == pytest.approx(metrics["val_soundscape/roc_auc"].max())  # the monitored one
+    assert result.best_score > 0.5
     assert result.thresholds["per_class"] is not None
     assert not (tmp_path / "run" / "cache").exists()  # decoded soundscapes are not kept in the run
     again = train(root, tmp_path / "again", config)

@@ -324,6 +324,7 @@ def embed_training_set(
         train_idx, val_idx = stratified_split(clips, settings.val_fraction, settings.seed)
     primary = clips["primary_label"].to_numpy()
     paths = clips["path"].to_numpy()
+    names = clips["filename"].to_numpy()  # relative to the audio folder: draws do not depend on where it is
     rate, clip_samples = config.audio.sample_rate, config.audio.clip_samples
     noise_dir = config.augment.noise_dir
     # Decoded only when an embedding must be computed: a run on cached embeddings never loads it.
@@ -353,11 +354,11 @@ def embed_training_set(
             else:
                 keys.append(cache.key(item="draw", file=identity, draw=draw, seed=settings.seed,
                                       waveform=waveform))
-            makers.append((str(paths[clip]), draw))
+            makers.append((str(paths[clip]), str(names[clip]), draw))
 
     def train_window(index: int) -> np.ndarray:
-        path, draw = makers[index]
-        return clip_draw(samples_of(path), draw, clip_samples, rate, config, bank(), path)
+        path, name, draw = makers[index]
+        return clip_draw(samples_of(path), draw, clip_samples, rate, config, bank(), name)
 
     embedded = cache.get_or_compute(keys, train_window, progress)
     by_clip = embedded.reshape(len(unique_train), draws, -1)
@@ -419,15 +420,16 @@ def clip_draw(
     sample_rate: int,
     config: Config,
     bank: NoiseBank | None = None,
-    path: str = "",
+    name: str = "",
 ) -> np.ndarray:
     """Draw ``draw`` of a clip: ``clip_samples`` samples. Draw 0 is the clip's start (zero-padded),
     as validation and the timm path's validation read it; draw ``k > 0`` a random crop through the
-    waveform augmentation, seeded by ``train.seed``, the clip's path and ``k`` (reproducible, and the
-    same whatever other clips or draws are embedded)."""
+    waveform augmentation, seeded by ``train.seed``, the clip's ``name`` (its file name in the data
+    set) and ``k``: reproducible wherever the data set lies, and the same whatever other clips or
+    draws are embedded."""
     if draw == 0:
         return np.asarray(audio.crop_or_pad(samples, clip_samples, mode="start"), dtype=np.float32)
-    stream = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "little")
+    stream = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
     rng = np.random.default_rng([config.train.seed, draw, stream])
     crop = np.array(audio.crop_or_pad(samples, clip_samples, mode="random", rng=rng), dtype=np.float32)
     augmented = WaveformAugment(config.augment, sample_rate, seed=rng, noise_bank=bank)(crop, sample_rate)
