@@ -352,8 +352,8 @@ def embed_training_set(
             if draw == 0:
                 keys.append(cache.key(item="clip", file=identity))
             else:
-                keys.append(cache.key(item="draw", file=identity, draw=draw, seed=settings.seed,
-                                      waveform=waveform))
+                keys.append(cache.key(item="draw", file=identity, name=str(names[clip]), draw=draw,
+                                      seed=settings.seed, waveform=waveform))
             makers.append((str(paths[clip]), str(names[clip]), draw))
 
     def train_window(index: int) -> np.ndarray:
