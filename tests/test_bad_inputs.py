@@ -353,6 +353,17 @@ def bad_train_config_key(bench: Bench) -> Outcome:
     )
 
 
+def mistyped_train_backbone(bench: Bench) -> Outcome:
+    run = bench.tmp / "run"
+    result = train(bench, "--out", run, "--backbone", "birdnte")
+    return Outcome(
+        result,
+        ("'birdnte'",),
+        "did you mean birdnet",
+        after=nothing_written(run),
+    )
+
+
 def resume_without_checkpoint(bench: Bench) -> Outcome:
     run = bench.tmp / "run"
     result = train(bench, "--out", run, "--resume")
@@ -450,6 +461,7 @@ CASES = {
     "predict-out-cannot-be-created": Case(predict_out_cannot_be_created, BAD_INPUT),
     "predict-out-not-writable": Case(predict_out_not_writable, BAD_INPUT),
     "bad-train-config-key": Case(bad_train_config_key, BAD_INPUT),
+    "mistyped-train-backbone": Case(mistyped_train_backbone, BAD_INPUT),
     "resume-without-checkpoint": Case(resume_without_checkpoint, SOME_FAILED),
     "crafted-checkpoint": Case(crafted_checkpoint, SOME_FAILED),
     "empty-noise-dir": Case(empty_noise_dir, BAD_INPUT),

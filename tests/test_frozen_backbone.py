@@ -279,6 +279,7 @@ def test_cli_train_and_predict_with_a_zoo_backbone(
         app, ["predict", str(tmp_path / "run" / "model.pt"), str(data / "low"), "--out", str(tmp_path / "p")]
     )
     assert predicted.exit_code == 0, predicted.output
+    assert f"engine: torch ({FAKE} 1 + head)" in predicted.output  # the user sees what runs
     table = pd.read_csv(tmp_path / "p" / "predictions.csv")
     first = table[table["start_s"] == 0.0]  # one full window per clip (later ones are mostly padding)
     assert len(first) == 4 and (first[sorted(TONES)].idxmax(axis=1) == "low").all()

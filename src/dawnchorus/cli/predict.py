@@ -174,6 +174,6 @@ def _engine_line(described: dict) -> str:
     if described["engine"] == "onnx":
         what = f"onnx ({Path(described['graph']).name}, log-mel in {described['frontend']})"
     else:
-        what = "torch"
+        what = f"torch ({described['backbone']} + head)" if "backbone" in described else "torch"
     threads = described["threads_per_lane"]
     return f"engine: {what}, {described['lanes']} lane(s) x {threads} thread{'s' if threads > 1 else ''}"

@@ -52,9 +52,11 @@ def train(
     file, which records its name, version and SHA-256.
     """
     from dawnchorus.config import load_config
-    from dawnchorus.embed.registry import is_embedding_model
+    from dawnchorus.embed.registry import is_embedding_model, suggest_zoo_backbone
 
     frozen = backbone is not None and is_embedding_model(backbone)
+    if backbone is not None and not frozen:
+        suggest_zoo_backbone(backbone)
     overrides = {
         "embedding.backbone" if frozen else "model.backbone": backbone,
         "train.epochs": epochs,

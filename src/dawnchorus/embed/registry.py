@@ -59,6 +59,21 @@ def list_embedding_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def suggest_zoo_backbone(name: str) -> None:
+    """Refuse a backbone name that is a near miss of a zoo name (``birdnte``) and no timm model, with
+    the correction; any other name is left to the timm check of the configuration."""
+    import difflib
+
+    import timm
+
+    close = difflib.get_close_matches(name, list_embedding_models(), n=1, cutoff=0.75)
+    if close and not timm.is_model(name):
+        raise ModelError(
+            f"unknown backbone {name!r}: did you mean {close[0]}? (pretrained bird-sound backbones: "
+            f"{', '.join(list_embedding_models())}; any timm model name fine-tunes a CNN)"
+        )
+
+
 def is_embedding_model(name: str) -> bool:
     """Whether ``name`` is a backbone of this zoo (not a timm model name)."""
     return name in _REGISTRY
