@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dawnchorus.errors import ConfigError
 
@@ -119,6 +127,11 @@ class ImbalanceSettings(_Section):
     rating_weight: bool = Field(False, description="Weight each clip's loss by its rating / 5.")
 
 
+# Validation context key: leave model.backbone unchecked (checking imports timm, ~1.5 s); the model
+# file's loader sets it when the timm network may never be built (predict on a cached ONNX graph).
+DEFER_BACKBONE_CHECK = "defer_backbone_check"
+
+
 class ModelSettings(_Section):
     """The timm backbone and the classification head."""
 
@@ -134,7 +147,9 @@ class ModelSettings(_Section):
 
     @field_validator("backbone")
     @classmethod
-    def _known_backbone(cls, value: str) -> str:
+    def _known_backbone(cls, value: str, info: ValidationInfo) -> str:
+        if info.context and info.context.get(DEFER_BACKBONE_CHECK):
+            return value  # a model file read without its network: checked where the network is built
         import timm
 
         if not timm.is_model(value):
