@@ -57,11 +57,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_model_or_fail(path: Path) -> LoadedModel:
-    """Load a model file; a missing file is a usage error (exit 2), not a traceback."""
+def load_model_or_fail(path: Path, *, build_network: bool = True) -> LoadedModel:
+    """Load a model file; a missing file is a usage error (exit 2), not a traceback.
+
+    ``build_network=False``: the timm network is built on first use (see
+    :func:`dawnchorus.models.modelfile.load_model`)."""
     from dawnchorus.models.modelfile import load_model
 
     try:
-        return load_model(path)
+        return load_model(path, build_network=build_network)
     except FileNotFoundError as exc:  # load_model raises the builtin for a missing file
         fail(str(exc))

@@ -73,7 +73,8 @@ def predict(
     from dawnchorus.inference.windows import expand_inputs
 
     require_inputs(inputs)
-    model = load_model_or_fail(model_path)
+    # The timm network is built only if the engine runs it (not the ONNX engine on a cached graph).
+    model = load_model_or_fail(model_path, build_network=False)
     # The --config file gives the settings; options typed on the command line override it.
     options = {
         "hop_s": ("hop", hop),
@@ -91,6 +92,17 @@ def predict(
         if config_path is None or _typed(ctx, name)
     }
     settings = load_predict_settings(config_path, overrides)
+    batch_function = None
+    if cluster is None:
+        from dawnchorus.inference.engines import batch_function_for, resolve_batch_size
+
+        windows_per_batch = resolve_batch_size(settings.batch_size, settings.device)
+        try:  # builds (and checks) the network where the engine needs it, before any output
+            batch_function = batch_function_for(
+                model, settings.engine, device=settings.device, batch_size=windows_per_batch
+            )
+        except ExportError as exc:  # an engine that cannot be used here is a usage error: exit 2
+            fail(str(exc))
     total = len(expand_inputs(inputs))
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -111,16 +123,9 @@ def predict(
             rate = f"{audio_s / 3600 / max(elapsed, 1e-9):.2f} audio-h/s"
             progress.update(task, total=todo, completed=done, rate=rate)
 
-        if cluster is None:
-            from dawnchorus.inference.engines import batch_function_for, describe_engine, resolve_batch_size
+        if batch_function is not None:
+            from dawnchorus.inference.engines import describe_engine
 
-            windows_per_batch = resolve_batch_size(settings.batch_size, settings.device)
-            try:
-                batch_function = batch_function_for(
-                    model, settings.engine, device=settings.device, batch_size=windows_per_batch
-                )
-            except ExportError as exc:  # an engine that cannot be used here is a usage error: exit 2
-                fail(str(exc))
             progress.console.print(_engine_line(describe_engine(batch_function)), highlight=False)
             summary = run_prediction(
                 model, inputs, out, settings, batch_function=batch_function, progress=report

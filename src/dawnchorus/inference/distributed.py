@@ -327,7 +327,9 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
                 torch.set_num_threads(options.torch_threads)
             reuse_large_allocations()
             _MODEL_CACHE.clear()  # a new model file replaces the old one
-            model = load_model(options.model_path)
+            # The timm network is built only by the torch engine: an ONNX worker runs the graph the
+            # client exported (checked against the model file's SHA-256) and never imports timm.
+            model = load_model(options.model_path, build_network=False)
             _MODEL_CACHE[key] = (model, worker_batch_function(model, options, worker_device(options.device)))
             _MODEL_LOADS[options.model_path] += 1
         return _MODEL_CACHE[key]
@@ -445,7 +447,7 @@ def run_distributed_prediction(
 
     settings = settings or PredictSettings()
     model_path = Path(model_path)
-    model = load_model(model_path)
+    model = load_model(model_path, build_network=False)  # built by prepare_engine where needed
     audio = model.config.audio
     hop_s = audio.clip_s if settings.hop_s is None else settings.hop_s
     # Resolved here, as ``predict`` always has: the workers share one batch size (and chunk grid).
@@ -513,15 +515,20 @@ def model_stamp(path: Path) -> tuple[int, int]:
 
 
 def prepare_engine(engine: str, device: str | None, model_path: Path, model: LoadedModel) -> None:
-    """Export the ONNX graph CPU workers will load (once, before they start).
+    """Export the ONNX graph CPU workers will load (once, before they start), or, where the workers
+    run torch, build the network here so that a model this installation cannot build fails once,
+    before any task, as the single-process run does.
 
-    ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs."""
+    ``auto`` is resolved by each worker: the client cannot know whether the workers have GPUs. With
+    ``auto`` (or ``onnx``) on CPU and a graph already cached for this model file, nothing is built:
+    a GPU worker that then cannot build the network reports it for each of its recordings."""
     from dawnchorus.inference.export import ExportError, cached_onnx_path
 
+    if model.backbone is not None:  # a head on a frozen backbone: each worker runs backbone + head
+        return
     wanted = engine == "onnx" or (engine == "auto" and onnx_available())
     if not wanted or (device is not None and device.startswith("cuda")):
-        return
-    if model.backbone is not None:  # a head on a frozen backbone: each worker runs backbone + head
+        model.network  # noqa: B018 - built (and checked) now
         return
     try:
         cached_onnx_path(model_path, model, include_frontend=False)

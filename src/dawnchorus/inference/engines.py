@@ -10,13 +10,16 @@ audio, batch windows or write files (``pipeline.py``, ``run.py``), nor export gr
 ``onnxruntime`` is the optional extra ``dawnchorus[onnx]``; it is imported only when the ONNX engine
 is used. A model on a frozen pretrained backbone (``train --backbone birdnet``) has one engine
 whatever is asked: its backbone in the backbone's own runtime and its head in torch
-(:mod:`dawnchorus.inference.frozen`).
+(:mod:`dawnchorus.inference.frozen`, imported only for such a model). The ONNX engine builds the
+timm network only when the graph must be exported: with a graph cached for the model file it runs
+the log-mel frontend (torch) and the graph, and timm is never imported.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +40,6 @@ from dawnchorus.inference.export import (
     export_onnx,
     require,
 )
-from dawnchorus.inference.frozen import FrozenBackboneFunction, frozen_batch_function
 from dawnchorus.io.files import usable_cores
 
 if TYPE_CHECKING:
@@ -146,6 +148,8 @@ def torch_batch_function(
     :func:`~dawnchorus.inference.frozen.frozen_batch_function`.
     """
     if model.backbone is not None:
+        from dawnchorus.inference.frozen import frozen_batch_function
+
         return frozen_batch_function(model, device)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     network = model.network.to(device).eval()
@@ -261,7 +265,7 @@ class OnnxRunner:
 
 
 def _torch_frontend(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
-    frontend = model.network.frontend.cpu().eval()
+    frontend = model.frontend.cpu().eval()  # without building the network
 
     @torch.inference_mode()
     def spectrogram(audio: np.ndarray) -> np.ndarray:
@@ -369,6 +373,8 @@ def batch_function_for(
     per_lane = max(1, threads // lanes)
     torch.set_num_threads(per_lane)
     if model.backbone is not None:
+        from dawnchorus.inference.frozen import frozen_batch_function
+
         return frozen_batch_function(model, device if on_gpu else "cpu", threads=threads)
     if engine == "torch":
         return torch_batch_function(model, device, batch_size=batch_size, lanes=lanes)
@@ -383,7 +389,8 @@ def batch_function_for(
 
 def describe_engine(batch_function: BatchFunction) -> dict[str, Any]:
     """What a batch function runs on, for logs and benchmark tables."""
-    if isinstance(batch_function, FrozenBackboneFunction):
+    frozen = sys.modules.get("dawnchorus.inference.frozen")  # imported by whoever built such a function
+    if frozen is not None and isinstance(batch_function, frozen.FrozenBackboneFunction):
         return batch_function.describe()
     staged = isinstance(batch_function, StagedBatchFunction)
     target = batch_function.classify if staged else batch_function

@@ -8,18 +8,21 @@ when the model file changes (its sha256 is stored in the ONNX metadata). Running
 onnxruntime engine) and choosing an engine belong to :mod:`dawnchorus.inference.engines`.
 
 ``onnx`` and ``onnxruntime`` are the optional extra ``dawnchorus[onnx]``; they are imported only
-when an ONNX function is used.
+when an ONNX function is used, and ``onnx`` only to export: checking a cached graph reads its
+metadata without it and needs no network, so a current graph runs without timm being imported.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 from torch import nn
@@ -166,13 +169,88 @@ def export_onnx(
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of an ONNX file (without loading its weights into a session)."""
-    onnx = require("onnx")
+    """The metadata_props of an ONNX file, read without loading its graph or importing ``onnx``.
+
+    The file is walked field by field as the protobuf wire format lays out an ONNX ``ModelProto``
+    (field 14: ``metadata_props``, each a key (1) / value (2) string pair); the graph and its
+    weights are skipped over, not read. ``import onnx`` alone took ~0.6 s here (most of it
+    ml_dtypes), longer than checking a cached graph should take. A file that is no such message (or
+    has no graph) is an :class:`ExportError` naming it.
+    """
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises many types on a damaged file
-        raise ExportError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
-    return {entry.key: entry.value for entry in proto.metadata_props}
+        with open(path, "rb") as handle:
+            fields = _message_fields(handle, os.fstat(handle.fileno()).st_size, wanted={_METADATA_FIELD})
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot read the ONNX file ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise ExportError(f"{path}: not a readable ONNX file ({exc})") from exc
+    if _GRAPH_FIELD not in fields.seen:
+        raise ExportError(f"{path}: not a readable ONNX file (it holds no graph)")
+    metadata: dict[str, str] = {}
+    for entry in fields.values.get(_METADATA_FIELD, []):
+        try:
+            pair = _message_fields(io.BytesIO(entry), len(entry), wanted={1, 2})
+            key = b"".join(pair.values.get(1, [b""])[-1:]).decode("utf-8")
+            value = b"".join(pair.values.get(2, [b""])[-1:]).decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ExportError(f"{path}: not a readable ONNX file (damaged metadata: {exc})") from exc
+        metadata[key] = value
+    return metadata
+
+
+# ModelProto field numbers (onnx/onnx.proto): the graph, and the metadata_props export_onnx writes.
+_GRAPH_FIELD = 7
+_METADATA_FIELD = 14
+
+
+@dataclass
+class _Fields:
+    seen: set[int] = field(default_factory=set)  # every field number met
+    values: dict[int, list[bytes]] = field(default_factory=dict)  # length-delimited values of wanted ones
+
+
+def _message_fields(handle: BinaryIO, size: int, wanted: set[int]) -> _Fields:
+    """The fields of one protobuf message filling ``size`` bytes of ``handle``: the number of every
+    field, and the bytes of the length-delimited ``wanted`` ones (others are skipped by seeking)."""
+    fields = _Fields()
+    end = handle.tell() + size
+    while handle.tell() < end:
+        tag = _varint(handle)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        fields.seen.add(number)
+        if wire_type == 0:
+            _varint(handle)
+        elif wire_type == 1 or wire_type == 5:
+            handle.seek(8 if wire_type == 1 else 4, io.SEEK_CUR)
+        elif wire_type == 2:
+            length = _varint(handle)
+            if handle.tell() + length > end:
+                raise ValueError(f"field {number} runs past the end")
+            if number in wanted:
+                fields.values.setdefault(number, []).append(handle.read(length))
+            else:
+                handle.seek(length, io.SEEK_CUR)
+        else:
+            raise ValueError(f"field {number} has wire type {wire_type}")
+    if handle.tell() != end:
+        raise ValueError("the last field runs past the end")
+    return fields
+
+
+def _varint(handle: BinaryIO) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = handle.read(1)
+        if not byte:
+            raise ValueError("cut short")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
 
 
 # --- the cache beside the model file ----------------------------------------------------------------

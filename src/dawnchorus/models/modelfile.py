@@ -8,7 +8,10 @@ inference layer builds that backbone and checks it against the record.
 
 This module owns only the file format; the network it holds is built by
 :mod:`dawnchorus.models.classifier`, and prediction lives in :mod:`dawnchorus.inference`. It does
-not import Lightning, so prediction (and every dask worker) starts without it.
+not import Lightning, and imports timm only when a timm network is built: ``load_model(path,
+build_network=False)`` reads the file's settings and weights and leaves the network to its first
+use, so ``predict`` with the ONNX engine and a cached graph (and every dask worker running it) starts
+without timm and torchvision.
 """
 
 from __future__ import annotations
@@ -18,20 +21,21 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import timm
 import torch
 from pydantic import ValidationError
 
-from dawnchorus.config import Config
+from dawnchorus.config import DEFER_BACKBONE_CHECK, Config
 from dawnchorus.errors import ModelError, ModelFileError
 from dawnchorus.io.files import atomic_write
-from dawnchorus.models.classifier import SpectrogramClassifier, build_model
 from dawnchorus.models.embedding_classifier import EmbeddingClassifier
 from dawnchorus.models.features import LogMel
 from dawnchorus.version import __version__
+
+if TYPE_CHECKING:  # the timm network: imported where it is built
+    from dawnchorus.models.classifier import SpectrogramClassifier
 
 MODEL_FORMAT = "dawnchorus-model"
 MODEL_FORMAT_VERSION = 1
@@ -52,9 +56,14 @@ class LoadedModel:
     ``backbone`` is None for a fine-tuned timm model (``network`` a :class:`SpectrogramClassifier`:
     audio in); for a head on a frozen pretrained backbone it is that backbone's record (plain data)
     and ``network`` an :class:`EmbeddingClassifier` (embeddings in).
+
+    A model loaded with ``load_model(path, build_network=False)`` holds its stored weights
+    (``stored_state``) and builds its timm network on the first use of :attr:`network` (which then
+    raises what loading would have: a backbone the installed timm lacks, weights that do not fit);
+    :attr:`frontend` gives the log-mel frontend without building it.
     """
 
-    network: SpectrogramClassifier | EmbeddingClassifier
+    built_network: SpectrogramClassifier | EmbeddingClassifier | None
     labels: list[str]
     config: Config
     thresholds: dict[str, Any] = field(default_factory=lambda: {"global": 0.5, "per_class": None})
@@ -62,6 +71,41 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     backbone: dict[str, Any] | None = None
+    stored_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    device: str | torch.device = "cpu"
+    _frontend: LogMel | None = field(default=None, init=False, repr=False)
+
+    @property
+    def network(self) -> SpectrogramClassifier | EmbeddingClassifier:
+        """The network, in eval mode on :attr:`device`; built from the stored weights on first use."""
+        if self.built_network is None:
+            if self.stored_state is None:
+                raise ModelError(f"{self.path or 'model'}: neither a network nor stored weights to build one")
+            self.built_network = _spectrogram_classifier(
+                self.config, self.labels, self.stored_state, self.path or Path("model"), self._frontend
+            )
+            self.built_network.eval().to(self.device)
+            self.stored_state = None
+        return self.built_network
+
+    @property
+    def network_is_built(self) -> bool:
+        """Whether :attr:`network` has been built (always, unless loaded with ``build_network=False``)."""
+        return self.built_network is not None
+
+    @property
+    def frontend(self) -> LogMel:
+        """The log-mel frontend of a timm model (on CPU, eval mode), without building its network.
+
+        Built from the stored settings exactly as the network builds it (the frontend has no
+        stored weights); the network's own once the network is built."""
+        if self.backbone is not None:
+            raise ModelError(f"{self.path or 'model'}: a head on a frozen backbone has no log-mel frontend")
+        if self.built_network is not None:
+            return self.built_network.frontend
+        if self._frontend is None:
+            self._frontend = LogMel.from_settings(self.config.audio, self.config.frontend).eval()
+        return self._frontend
 
     @property
     def class_thresholds(self) -> np.ndarray:
@@ -133,11 +177,20 @@ def save_model_file(
     return atomic_write(path, write)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, build_network: bool = True
+) -> LoadedModel:
     """Restore a model file with no other input (weights-only unpickling: safe on untrusted files).
 
     A file that cannot be read as a model file, or lacks an entry one holds, is a
     :class:`ModelFileError` naming the file and the problem in one line; nothing stored in it runs.
+
+    ``build_network=False`` checks the file, its settings and labels but builds the timm network
+    (importing timm) only on the first use of :attr:`LoadedModel.network`, which raises then what
+    would otherwise be raised here: the backbone the installed timm lacks, weights that do not fit
+    the settings. ``predict`` loads so: with the ONNX engine and a graph cached for this very file
+    (same SHA-256) the network is never built. A head on a frozen backbone is always built here (no
+    timm in it).
     """
     path = Path(path)
     if not path.is_file():
@@ -153,33 +206,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         metadata = json.loads(payload.get("metadata") or "{}")
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: damaged model file: its settings are not valid JSON ({exc})") from None
-    config = _portable_config(stored_config, path)
-    labels = list(payload["labels"])
     backbone = payload.get("backbone")
+    config = _portable_config(stored_config, path, check_backbone=build_network and backbone is None)
+    labels = list(payload["labels"])
+    network: SpectrogramClassifier | EmbeddingClassifier | None = None
     if backbone is not None:
         backbone = _plain_record(backbone, path)
-        classifier = _embedding_classifier(backbone, config, len(labels), path)
-    else:
-        classifier = build_model(config.model, len(labels))
-    try:
-        stored_part = classifier.classifier if isinstance(classifier, EmbeddingClassifier) else classifier
-        stored_part.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines()]
-        detail = lines[1] if len(lines) > 1 else lines[0]  # the first names only the network class
-        raise ModelFileError(
-            f"{path}: damaged model file: its weights do not fit its settings and {len(labels)} labels "
-            f"({detail[:200]})"
-        ) from None
-    if isinstance(classifier, EmbeddingClassifier):
-        network: SpectrogramClassifier | EmbeddingClassifier = classifier
-    else:
-        network = SpectrogramClassifier(
-            LogMel.from_settings(config.audio, config.frontend), classifier, channels_last=False
-        )
-    network.eval().to(device)
-    return LoadedModel(
-        network=network,
+        network = _embedding_classifier(backbone, config, len(labels), path)
+        _load_weights(network.classifier, payload["state_dict"], len(labels), path)
+        network.eval().to(device)
+    model = LoadedModel(
+        built_network=network,
         labels=labels,
         config=config,
         thresholds=dict(payload["thresholds"]),
@@ -187,7 +224,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         metadata=metadata,
         path=path,
         backbone=backbone,
+        stored_state=payload["state_dict"] if network is None else None,
+        device=device,
     )
+    if build_network:
+        model.network  # noqa: B018 - built now: its problems are raised by load_model
+    return model
 
 
 def load_refusal(exc: Exception) -> tuple[str | None, str]:
@@ -252,11 +294,12 @@ def _first_sentence(text: str) -> str:
     return text.strip().split(". ")[0].rstrip(".")
 
 
-def _portable_config(stored: dict[str, Any], path: Path) -> Config:
+def _portable_config(stored: dict[str, Any], path: Path, check_backbone: bool = True) -> Config:
     """The stored settings, minus machine-specific paths that need not exist where the model is used.
 
-    Settings this installation cannot use raise :class:`ModelFileError` naming the file: above all a
-    backbone the installed timm does not have (a model trained with a newer timm).
+    Settings this installation cannot use raise :class:`ModelFileError` naming the file; with
+    ``check_backbone`` above all a backbone the installed timm does not have (a model trained with a
+    newer timm), checked before the settings themselves.
     """
     stored = json.loads(json.dumps(stored))
     stored.setdefault("model", {}).update({"pretrained": False, "weights": None})
@@ -264,14 +307,10 @@ def _portable_config(stored: dict[str, Any], path: Path) -> Config:
     stored.setdefault("train", {})["cache_dir"] = None
     if isinstance(stored.get("embedding"), dict):
         stored["embedding"]["weights"] = None
-    backbone = stored["model"].get("backbone")
-    if isinstance(backbone, str) and not timm.is_model(backbone):
-        raise ModelFileError(
-            f"{path}: the model's backbone {backbone!r} is not in the installed timm {timm.__version__}; "
-            f"install the timm version the model was trained with (or a newer one)"
-        )
+    if check_backbone:
+        _check_timm_backbone(stored["model"].get("backbone"), path)
     try:
-        return Config.model_validate(stored)
+        return Config.model_validate(stored, context={DEFER_BACKBONE_CHECK: not check_backbone})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
@@ -305,3 +344,47 @@ def _embedding_classifier(
         )
     except ModelError as exc:
         raise ModelFileError(f"{path}: damaged model file: {exc}") from None
+
+
+def _check_timm_backbone(backbone: Any, path: Path) -> None:
+    """A backbone name the installed timm does not have is a :class:`ModelFileError` naming the file."""
+    import timm
+
+    if isinstance(backbone, str) and not timm.is_model(backbone):
+        raise ModelFileError(
+            f"{path}: the model's backbone {backbone!r} is not in the installed timm {timm.__version__}; "
+            f"install the timm version the model was trained with (or a newer one)"
+        )
+
+
+def _spectrogram_classifier(
+    config: Config,
+    labels: list[str],
+    state: dict[str, torch.Tensor],
+    path: Path,
+    frontend: LogMel | None = None,
+) -> SpectrogramClassifier:
+    """The timm network of a model file (log-mel frontend + classifier) with its stored weights.
+
+    ``frontend``: one already built from the same settings (reused, so a frontend handed out before
+    the network was built stays the network's)."""
+    from dawnchorus.models.classifier import SpectrogramClassifier, build_model
+
+    _check_timm_backbone(config.model.backbone, path)
+    classifier = build_model(config.model, len(labels))
+    _load_weights(classifier, state, len(labels), path)
+    frontend = frontend or LogMel.from_settings(config.audio, config.frontend)
+    return SpectrogramClassifier(frontend, classifier, channels_last=False)
+
+
+def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], labels: int, path: Path) -> None:
+    """Load stored weights; weights that do not fit the network are a :class:`ModelFileError`."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # the first names only the network class
+        raise ModelFileError(
+            f"{path}: damaged model file: its weights do not fit its settings and {labels} labels "
+            f"({detail[:200]})"
+        ) from None

@@ -1,0 +1,256 @@
+"""Start-up: what ``dawnchorus --help`` and ``predict`` import, and a model file's network built only
+when it runs (issue 16).
+
+``predict`` with the ONNX engine on a graph cached beside the model file runs the log-mel frontend
+(torch) and the graph: it must not import timm, torchvision, Lightning, matplotlib, scikit-learn,
+dask or the pretrained-backbone zoo, which took seconds to import on a 2-core machine. Each check
+runs in a fresh interpreter (a subprocess), since this test process has imported everything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dawnchorus.cli.app import app
+from dawnchorus.errors import ModelFileError
+from dawnchorus.inference.export import cached_onnx_path, export_onnx, file_sha256, onnx_path_beside
+from dawnchorus.io.audio import write_audio
+from dawnchorus.models.modelfile import load_model
+from tests.conftest import MODEL_LABELS, REPO, synthetic_audio
+
+HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx/onnxruntime (the onnx extra) are not installed")
+
+# Not run by predict on a cached ONNX graph, and each slow to import (timm pulls in torchvision).
+NOT_RUN_BY_ONNX_PREDICT = (
+    "timm",
+    "torchvision",
+    "lightning",
+    "pytorch_lightning",
+    "matplotlib",
+    "sklearn",
+    "dask",
+    "distributed",
+    "onnx",  # onnxruntime runs the graph; the onnx package is only needed to export one
+    "dawnchorus.embed",
+    "dawnchorus.inference.frozen",
+    "dawnchorus.models.classifier",
+)
+PARITY = 1e-4  # onnxruntime against eager torch, as tests/test_export.py
+
+
+def modules_after(code: str, cwd: Path) -> set[str]:
+    """The top-level and dawnchorus modules a fresh interpreter holds after running ``code``."""
+    script = textwrap.dedent(code) + textwrap.dedent(
+        """
+        import json, sys
+        print("MODULES=" + json.dumps(sorted(sys.modules)))
+        """
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=environment, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("MODULES="))
+    return set(json.loads(line.removeprefix("MODULES=")))
+
+
+def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` (packages: any submodule counts) are among ``modules``."""
+    return [name for name in names if any(m == name or m.startswith(name + ".") for m in modules)]
+
+
+@pytest.fixture
+def cached_model(model_file: Path, tmp_path: Path) -> Path:
+    """A copy of the shared model file with its graph (log-mel kept in torch) cached beside it."""
+    model_path = tmp_path / "model" / "model.pt"
+    model_path.parent.mkdir()
+    shutil.copy2(model_file, model_path)
+    assert cached_onnx_path(model_path, include_frontend=False) == model_path.with_suffix(".cnn.onnx")
+    return model_path
+
+
+@pytest.fixture
+def recordings(tmp_path: Path) -> Path:
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for index, seconds in enumerate((12.0, 7.5)):
+        write_audio(folder / f"r{index}.wav", synthetic_audio(seconds, seed=index), 32000)
+    return folder
+
+
+def run_cli(*arguments: str | Path) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in arguments])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+# --- what is imported ------------------------------------------------------------------------------------
+
+
+def test_help_imports_no_torch(tmp_path: Path) -> None:
+    modules = modules_after(
+        """
+        from dawnchorus.cli.app import app
+        for arguments in (["--help"], ["predict", "--help"], ["train", "--help"]):
+            try:
+                app(arguments)
+            except SystemExit as exit:
+                assert exit.code == 0, exit.code
+        """,
+        tmp_path,
+    )
+    assert loaded(modules, ("torch", "numpy", "pandas", *NOT_RUN_BY_ONNX_PREDICT)) == []
+
+
+@needs_onnx
+def test_onnx_predict_on_a_cached_graph_imports_nothing_it_does_not_run(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    modules = modules_after(
+        f"""
+        from dawnchorus.cli.app import app
+        try:
+            app(["predict", {str(cached_model)!r}, {str(recordings)!r}, "--out", {str(out)!r},
+                 "--engine", "onnx"])
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        """,
+        tmp_path,
+    )
+    assert (out / "predictions.csv").is_file()
+    assert "onnxruntime" in modules and "torch" in modules  # the graph, and the log-mel frontend
+    assert loaded(modules, NOT_RUN_BY_ONNX_PREDICT) == []
+
+
+@needs_onnx
+def test_dask_worker_on_a_cached_graph_imports_nothing_it_does_not_run(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    """A worker's start-up: the model and its batch function, as ``worker_model`` loads them for the
+    first task (dask itself is the worker's own; here the task functions run without it)."""
+    modules = modules_after(
+        f"""
+        from pathlib import Path
+        import numpy as np
+        from dawnchorus.inference.distributed import TaskOptions, model_stamp, worker_model
+        path = Path({str(cached_model)!r})
+        options = TaskOptions(
+            model_path=str(path), model_stamp=model_stamp(path), hop_s=5.0, batch_size=4,
+            thresholds=(0.5, 0.5, 0.5), out_dir={str(tmp_path / "out")!r}, formats=("csv",),
+            merge=False, device="cpu", torch_threads=1, engine="auto",
+        )
+        model, run = worker_model(options)
+        assert run(np.zeros((2, 160000), np.float32)).shape == (2, 3)
+        """,
+        tmp_path,
+    )
+    not_run = tuple(name for name in NOT_RUN_BY_ONNX_PREDICT if name not in ("dask", "distributed"))
+    assert loaded(modules, not_run) == []
+
+
+# --- same outputs ----------------------------------------------------------------------------------------
+
+
+@needs_onnx
+def test_onnx_predict_without_the_network_equals_the_torch_engine(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    tables = {}
+    for engine in ("onnx", "torch"):
+        output = run_cli("predict", cached_model, recordings, "--out", tmp_path / engine, "--engine", engine,
+                         "--format", "csv")
+        assert f"engine: {engine}" in output
+        tables[engine] = pd.read_csv(tmp_path / engine / "predictions.csv")
+    keys = ["file", "start_s", "end_s"]
+    pd.testing.assert_frame_equal(tables["onnx"][keys], tables["torch"][keys])
+    labels = list(MODEL_LABELS)
+    np.testing.assert_allclose(tables["onnx"][labels], tables["torch"][labels], atol=PARITY)
+
+
+def test_lazy_model_builds_the_same_network_on_first_use(model_file: Path) -> None:
+    eager = load_model(model_file)
+    lazy = load_model(model_file, build_network=False)
+    assert not lazy.network_is_built
+    audio = torch.from_numpy(synthetic_audio(5.0, seed=3)[None])
+    with torch.inference_mode():
+        spectrogram = lazy.frontend(audio)  # the frontend alone builds no network
+        assert not lazy.network_is_built
+        torch.testing.assert_close(spectrogram, eager.network.frontend(audio), rtol=0, atol=0)
+        torch.testing.assert_close(lazy.network(audio), eager.network(audio), rtol=0, atol=0)
+    assert lazy.network_is_built and lazy.network.frontend is lazy.frontend
+    assert (lazy.labels, lazy.config, lazy.thresholds) == (eager.labels, eager.config, eager.thresholds)
+
+
+# --- a model file whose network cannot be built -----------------------------------------------------------
+
+
+def with_backbone_renamed(model_file: Path, target: Path, backbone: str) -> Path:
+    """A copy of ``model_file`` whose settings name ``backbone`` (one the installed timm lacks)."""
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    settings = json.loads(payload["config"])
+    settings["model"]["backbone"] = backbone
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**payload, "config": json.dumps(settings)}, target)
+    return target
+
+
+def test_unknown_backbone_is_raised_when_the_network_is_first_used(model_file: Path, tmp_path: Path) -> None:
+    path = with_backbone_renamed(model_file, tmp_path / "model.pt", "birdnet_v9_from_2031")
+    unknown = r"model\.pt: the model's backbone 'birdnet_v9_from_2031' is not in the installed timm"
+    with pytest.raises(ModelFileError, match=unknown):
+        load_model(path)
+    lazy = load_model(path, build_network=False)  # settings, labels and weights read; no network yet
+    assert lazy.labels == list(MODEL_LABELS)
+    with pytest.raises(ModelFileError, match=unknown):
+        lazy.network  # noqa: B018
+
+
+@needs_onnx
+def test_graph_cached_for_the_very_file_runs_when_timm_lacks_its_backbone(
+    model_file: Path, recordings: Path, tmp_path: Path
+) -> None:
+    """The documented choice: a graph whose SHA-256 is the model file's was exported from that file,
+    so ``--engine onnx`` runs it though timm here lacks the backbone; ``--engine torch`` cannot and
+    says why in one line (exit 2), and so does onnx once the graph is stale."""
+    path = with_backbone_renamed(model_file, tmp_path / "model" / "model.pt", "birdnet_v9_from_2031")
+    export_onnx(  # what an installation with that backbone exported from this very file
+        load_model(model_file), onnx_path_beside(path, False), include_frontend=False,
+        model_sha256=file_sha256(path),
+    )
+    output = run_cli(
+        "predict", path, recordings, "--out", tmp_path / "onnx", "--engine", "onnx", "--format", "csv"
+    )
+    assert "engine: onnx (model.cnn.onnx" in output
+    reference = tmp_path / "reference"
+    shutil.copy2(model_file, tmp_path / "reference.pt")
+    run_cli("predict", tmp_path / "reference.pt", recordings, "--out", reference, "--engine", "onnx",
+            "--format", "csv")
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "onnx" / "predictions.csv"), pd.read_csv(reference / "predictions.csv")
+    )
+
+    for engine, stale in (("torch", False), ("onnx", True)):
+        if stale:
+            onnx_path_beside(path, False).unlink()
+        out = tmp_path / f"{engine}-refused"
+        result = CliRunner().invoke(app, ["predict", str(path), str(recordings), "--out", str(out),
+                                          "--engine", engine])
+        assert result.exit_code == 2, result.output
+        assert "the model's backbone 'birdnet_v9_from_2031' is not in the installed timm" in result.output
+        assert "Traceback" not in result.output and not out.exists()
