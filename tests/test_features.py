@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import librosa
 import numpy as np
 import pytest
@@ -209,3 +211,36 @@ def test_bad_input_shapes_are_explained(audio, message):
 def test_bad_parameters_are_explained(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LogMel(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("sample_rate", "n_fft", "n_mels", "fmin", "fmax"),
+    [
+        (32000, 2048, 128, 50.0, 14000.0),  # the default frontend
+        (32000, 1024, 64, 0.0, 16000.0),
+        (22050, 512, 40, 300.0, 8000.0),
+        (48000, 4096, 256, 20.0, 24000.0),
+        (16000, 400, 80, 1000.0, 8000.0),  # fmin where the log part of the mel scale starts
+        (32000, 2048, 128, 999.9, 1000.5),  # every band at the bend: librosa warns of empty filters
+    ],
+)
+def test_filterbank_is_librosas_bit_for_bit(sample_rate, n_fft, n_mels, fmin, fmax):
+    """The frontend builds librosa's Slaney filterbank without importing librosa.filters (scipy.signal,
+    numba: ~0.5 s of prediction's start-up); a trained model's spectrogram must not move by one bit."""
+    from dawnchorus.models.features import slaney_mel_filterbank
+
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        expected = librosa.filters.mel(
+            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney"
+        )
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        built = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    assert built.dtype == expected.dtype and built.shape == expected.shape
+    assert built.tobytes() == expected.tobytes()
+    assert [str(w.message) for w in ours] == [str(w.message) for w in theirs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frontend = LogMel(sample_rate, n_fft, 512, n_mels, fmin, fmax)
+    assert frontend.mel_fb.numpy().tobytes() == expected.tobytes()

@@ -45,6 +45,8 @@ NOT_RUN_BY_ONNX_PREDICT = (
     "dask",
     "distributed",
     "onnx",  # onnxruntime runs the graph; the onnx package is only needed to export one
+    "scipy",  # librosa.filters imported scipy.signal and numba for the mel filterbank
+    "numba",
     "dawnchorus.embed",
     "dawnchorus.inference.frozen",
     "dawnchorus.models.classifier",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-import librosa
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -26,9 +26,9 @@ class LogMel(nn.Module):
     """Waveforms ``(B, T)`` -> log-mel spectrograms ``(B, 1, n_mels, 1 + T // hop_length)`` in dB.
 
     Steps: centred STFT (periodic Hann window, reflect padding), power spectrum, Slaney mel
-    filterbank (``librosa.filters.mel``), ``10 * log10(max(power, 1e-10))``, clipping to
-    ``max - top_db`` per sample, then (``normalize="per_sample"``) zero mean and unit standard
-    deviation per sample.
+    filterbank (``librosa.filters.mel``'s: :func:`slaney_mel_filterbank`),
+    ``10 * log10(max(power, 1e-10))``, clipping to ``max - top_db`` per sample, then
+    (``normalize="per_sample"``) zero mean and unit standard deviation per sample.
     """
 
     window: Tensor
@@ -56,9 +56,7 @@ class LogMel(nn.Module):
         self.top_db = top_db
         self.normalize = normalize
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
-        filterbank = librosa.filters.mel(
-            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney"
-        )
+        filterbank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
         self.register_buffer("mel_fb", torch.from_numpy(filterbank).float(), persistent=False)
 
     @classmethod
@@ -81,6 +79,8 @@ class LogMel(nn.Module):
 
     def mel_center_frequencies(self) -> Tensor:
         """Centre frequency (Hz) of each mel band, lowest first."""
+        import librosa
+
         edges = librosa.mel_frequencies(n_mels=self.n_mels + 2, fmin=self.fmin, fmax=self.fmax)
         return torch.from_numpy(edges[1:-1]).float()
 
@@ -157,6 +157,49 @@ def _normalize_per_sample(spec: Tensor) -> Tensor:
     mean = spec.mean(dim=(-2, -1), keepdim=True)
     std = spec.std(dim=(-2, -1), keepdim=True, unbiased=False)
     return (spec - mean) / (std + NORM_EPS)
+
+
+def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """``librosa.filters.mel(htk=False, norm="slaney")`` (float32 ``(n_mels, 1 + n_fft // 2)``), bit
+    for bit: the same float64 steps in numpy. ``librosa.filters`` imports scipy.signal and numba
+    (~0.5 s), which prediction would otherwise load for this one matrix."""
+    fft_frequencies = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    mel_f = _slaney_mel_to_hz(np.linspace(_slaney_hz_to_mel(fmin), _slaney_hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_frequencies)
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    if not np.all((mel_f[:-2] == 0) | (weights.max(axis=1) > 0)):
+        warnings.warn(
+            "Empty filters detected in mel frequency basis. Some channels will produce empty responses. "
+            "Try increasing your sampling rate (and fmax) or reducing n_mels.",
+            stacklevel=3,
+        )
+    return weights
+
+
+# Slaney's mel scale as librosa computes it: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
+_MEL_HZ_PER_MEL = 200.0 / 3
+_MEL_LOG_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _slaney_hz_to_mel(frequency: float) -> float:
+    if frequency >= _MEL_LOG_HZ:
+        return _MEL_LOG_HZ / _MEL_HZ_PER_MEL + np.log(frequency / _MEL_LOG_HZ) / _MEL_LOG_STEP
+    return frequency / _MEL_HZ_PER_MEL
+
+
+def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    log_start = _MEL_LOG_HZ / _MEL_HZ_PER_MEL
+    frequencies = _MEL_HZ_PER_MEL * mels
+    log_part = mels >= log_start
+    frequencies[log_part] = _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels[log_part] - log_start))
+    return frequencies
 
 
 def _check_parameters(
