@@ -141,6 +141,21 @@ def test_onnx_predict_on_a_cached_graph_imports_nothing_it_does_not_run(
 
 
 @needs_onnx
+def test_python_predict_of_a_model_file_on_a_cached_graph_imports_nothing_it_does_not_run(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    modules = modules_after(
+        f"""
+        import dawnchorus
+        frame = dawnchorus.predict({str(cached_model)!r}, {str(recordings)!r}, engine="onnx")
+        assert len(frame) > 0 and list(frame.columns) == ["aaa", "bbb", "ccc"], frame
+        """,
+        tmp_path,
+    )
+    assert loaded(modules, NOT_RUN_BY_ONNX_PREDICT) == []
+
+
+@needs_onnx
 def test_dask_worker_on_a_cached_graph_imports_nothing_it_does_not_run(
     cached_model: Path, recordings: Path, tmp_path: Path
 ) -> None:

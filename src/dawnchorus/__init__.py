@@ -44,8 +44,12 @@ def predict(
     if options:
         base = settings.model_dump() if settings is not None else {}
         settings = build_predict_settings({**base, **options}, source="predict() options")
-    loaded = load_model(model) if isinstance(model, str | Path) else model
-    return predict_frame(loaded, paths, settings)
+    if isinstance(model, str | Path):
+        from dawnchorus.models.modelfile import load_model as _load
+
+        # The network is built only if the engine runs it (not the ONNX engine on a cached graph).
+        model = _load(model, build_network=False)
+    return predict_frame(model, paths, settings)
 
 
 def train(data: str | Path, out: str | Path, config: Config | None = None, **options: Any) -> TrainResult:

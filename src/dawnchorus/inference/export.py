@@ -292,7 +292,10 @@ def cached_onnx_path(
     The graph is kept beside the model file (see :func:`onnx_path_beside`) and exported again when
     the model file is newer than it or the model file's sha256 differs from the one in its metadata.
     When the model's folder is not writable, the graph goes to ``~/.cache/dawnchorus/onnx``.
-    ``model`` (the loaded model file) saves loading it again when an export is needed.
+    ``model`` (the loaded model file) saves loading it again when an export is needed; its network
+    is built only then. A current graph is used as it is, without the network: it was exported from
+    these very bytes, so it runs even where the installed timm lacks the model's backbone (the
+    torch engine, or a new export, then fails naming the backbone).
     """
     model_path = Path(model_path)
     if not model_path.is_file():
