@@ -202,6 +202,26 @@ def test_export_writes_metadata_and_checks_inputs(small_model: LoadedModel, tmp_
 
 
 @needs_onnx
+def test_metadata_read_without_onnx_is_what_onnx_reads(small_model: LoadedModel, tmp_path: Path) -> None:
+    """The cache check reads a graph's metadata without importing onnx (~0.6 s); it must agree with
+    onnx's own parser, and a graph cut short (an interrupted copy) is refused, not half read."""
+    import onnx
+
+    graph = export_onnx(small_model, tmp_path / "cnn.onnx", include_frontend=False)
+    proto = onnx.load(str(graph), load_external_data=False)
+    proto.metadata_props.add(key="ünïcode key", value="")  # non-ASCII and empty values survive
+    onnx.save(proto, str(graph))
+    expected = {entry.key: entry.value for entry in onnx.load(str(graph)).metadata_props}
+    assert read_onnx_metadata(graph) == expected
+    assert expected["ünïcode key"] == "" and expected["dawnchorus.include_frontend"] == "0"
+    data = graph.read_bytes()
+    for cut in (len(data) - 3, len(data) // 2, 5):
+        (tmp_path / "cut.onnx").write_bytes(data[:cut])
+        with pytest.raises(ExportError, match=r"cut\.onnx: not a readable ONNX file"):
+            read_onnx_metadata(tmp_path / "cut.onnx")
+
+
+@needs_onnx
 def test_graph_of_another_model_is_refused(small_model: LoadedModel, tmp_path: Path) -> None:
     graph = export_onnx(small_model, tmp_path / "model.onnx")
     small_model.labels = [*LABELS[:-1], "foxtrot"]
