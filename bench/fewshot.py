@@ -96,6 +96,7 @@ WINDOW_S = 5.0
 CALL_MAX_S = 4.0
 CALL_CANDIDATES = 6  # random crops of a long clip; the loudest becomes the call
 TEST_FRACTION = 1 / 3
+TEST_STREAM, VALIDATION_STREAM = 40, 41  # the test and validation soundscapes never share draws
 # Bird-free ambiences: the training bank (augmentation, validation soundscapes) and the test bank
 # (test soundscapes only) hold the same kinds of sound, never the same recording.
 TRAIN_BANK = (
@@ -247,10 +248,10 @@ def call_segment(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def write_soundscapes(
     folder: Path, labels_csv: Path, prefix: str, count: int, clips: dict[str, list[Path]],
-    bank: list[np.ndarray], seed: int, duration_s: float = 60.0,
+    bank: list[np.ndarray], streams: tuple[int, ...], duration_s: float = 60.0,
 ) -> list[str]:
-    """Write ``count`` soundscapes of ``clips`` over ``bank`` and their 5-s window labels (appended
-    to ``labels_csv`` when it exists); returns their ids."""
+    """Write ``count`` soundscapes of ``clips`` over ``bank`` and their 5-s window labels into
+    ``labels_csv``; returns their ids. Soundscape ``i`` draws from ``stream_rng(*streams, i)``."""
     decoded: dict[Path, np.ndarray] = {}
     n = int(duration_s * RATE)
     window = int(WINDOW_S * RATE)
@@ -258,7 +259,7 @@ def write_soundscapes(
     species = sorted(clips)
     rows, ids = [], []
     for index in range(count):
-        rng = stream_rng(seed, 40, index)
+        rng = stream_rng(*streams, index)
         background = soundscape_background(n, rng, bank) * 10 ** (rng.uniform(-34, -24) / 20)
         community = rng.choice(species, size=min(len(species), int(rng.integers(2, 6))), replace=False)
         counts = rng.choice(len(CALLS_PER_WINDOW_WEIGHTS), size=n_windows, p=CALLS_PER_WINDOW_WEIGHTS)
@@ -301,8 +302,8 @@ def select(pools: Pools, k: int | None, seed: int) -> dict[str, list[str]]:
     return chosen
 
 
-def write_training_set(data: Path, chosen: dict[str, list[str]], pools: Pools, bank: list[np.ndarray],
-                       val_soundscapes: int, tag: str, seed: int) -> None:
+def write_training_set(data: Path, chosen: dict[str, list[str]], bank: list[np.ndarray],
+                       val_soundscapes: int, tag: str, streams: tuple[int, ...]) -> None:
     """Point ``data`` (one folder for every run, so clip paths and their cached embeddings stay the
     same) at the chosen clips and at validation soundscapes made of them."""
     rows = [{"primary_label": label, "secondary_labels": "[]", "filename": name}
@@ -312,7 +313,7 @@ def write_training_set(data: Path, chosen: dict[str, list[str]], pools: Pools, b
     clips = {label: [audio_dir / name for name in names] for label, names in chosen.items()}
     soundscapes = data / "test_soundscapes"
     if not any(soundscapes.glob(f"{tag}_*.flac")) or not (data / f"labels_{tag}.csv").is_file():
-        write_soundscapes(soundscapes, data / f"labels_{tag}.csv", tag, val_soundscapes, clips, bank, seed)
+        write_soundscapes(soundscapes, data / f"labels_{tag}.csv", tag, val_soundscapes, clips, bank, streams)
     (data / "test_labels.csv").write_text((data / f"labels_{tag}.csv").read_text())
 
 
@@ -452,6 +453,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     started = time.perf_counter()
     load_before = os.getloadavg()
     preset = args.preset
+    check_work_dir(work, {**preset, "data_seed": args.data_seed})
     rows = manifest_rows(real_data_dirs(args.real_data))
     train_bank = noise_bank(rows, TRAIN_BANK, work / "noise_train")
     test_bank = noise_bank(rows, TEST_BANK, work / "noise_test")
@@ -467,7 +469,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         audio_dir = data / "train_audio"
         clips = {label: [audio_dir / name for name in names] for label, names in pools.test.items()}
         write_soundscapes(test_dir, test_labels, "test", preset["test_soundscapes"], clips,
-                          load_bank(test_bank), args.data_seed)
+                          load_bank(test_bank), (args.data_seed, TEST_STREAM))
     test_files = sorted(test_dir.glob("*.flac"))
     truth = read_birdclef_labels(test_labels, labels=labels)
     print(f"{len(labels)} species ({len(pools.real)} real: {', '.join(pools.real)}); training pool "
@@ -483,7 +485,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
             k_name = "all" if k is None else str(k)
             tag = f"val_k{k_name}_s{seed}"
             chosen = select(pools, k, seed)
-            write_training_set(data, chosen, pools, train_noise, preset["val_soundscapes"], tag, seed)
+            streams = (seed, VALIDATION_STREAM, _k_order(k_name))
+            write_training_set(data, chosen, train_noise, preset["val_soundscapes"], tag, streams)
             val_files = sorted((data / "test_soundscapes").glob(f"{tag}_*.flac"))
             for arm in args.arms:
                 began = time.perf_counter()
@@ -506,6 +509,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(render_tables(ordered))
     print(f"\nwall time {time.perf_counter() - started:.0f} s; load average before "
           f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+
+
+def check_work_dir(work: Path, settings: dict[str, Any]) -> None:
+    """Refuse a work folder whose data (pools, soundscapes) were made with other settings."""
+    marker = work / "fewshot_data.json"
+    if marker.is_file() and json.loads(marker.read_text()) != settings:
+        sys.exit(f"{work} holds data made with other settings ({marker}): use another --work-dir")
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(settings))
 
 
 def _k_order(k: str) -> int:
