@@ -82,7 +82,6 @@ class AudioCache:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self.cache_dir = Path(cache_dir)
         self.sample_rate = int(sample_rate)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, path: str | Path) -> Path:
         """The cache file that holds (or will hold) ``path`` decoded at this sample rate."""
@@ -111,6 +110,7 @@ class AudioCache:
             with open(temporary, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(samples, dtype=np.float32))
 
+        cached.parent.mkdir(parents=True, exist_ok=True)  # on first use: a run that fails early leaves none
         atomic_write(cached, write)
 
 

@@ -57,6 +57,7 @@ class BirdDataModule(L.LightningDataModule):
         super().__init__()
         self.data, self.config, self.cache_dir, self.drop_bad = Path(data), config, Path(cache_dir), drop_bad
         self.training_set: TrainingSet | None = None
+        self._read: TrainingSet | None = None
         self.train_set: ClipDataset | None = None
         self.val_set: ClipDataset | None = None
         self.soundscapes: SoundscapeWindows | None = None
@@ -65,20 +66,27 @@ class BirdDataModule(L.LightningDataModule):
 
     @property
     def labels(self) -> list[str]:
-        """The class labels, in the model's output order (after :meth:`setup`)."""
-        if self.training_set is None:
+        """The class labels, in the model's output order (after :meth:`read` or :meth:`setup`)."""
+        if self._read is None:
             raise TrainingError("BirdDataModule.setup() must run before its labels are known")
-        return self.training_set.labels
+        return self._read.labels
+
+    def read(self) -> TrainingSet:
+        """Read and validate the training set (once), writing nothing: its labels are known after this."""
+        if self._read is None:
+            training_set = load_training_set(self.data, on_problem="drop" if self.drop_bad else "raise")
+            if len(training_set.labels) < 2:
+                raise TrainingError(
+                    f"{self.data}: need at least two classes to train, found {len(training_set.labels)}"
+                )
+            self._read = training_set
+        return self._read
 
     def setup(self, stage: str | None = None) -> None:
         """Read and split the training set and build the data sets (once; later calls do nothing)."""
         if self.training_set is not None:
             return
-        training_set = load_training_set(self.data, on_problem="drop" if self.drop_bad else "raise")
-        if len(training_set.labels) < 2:
-            raise TrainingError(
-                f"{self.data}: need at least two classes to train, found {len(training_set.labels)}"
-            )
+        training_set = self.read()
         cache = AudioCache(self.cache_dir, self.config.audio.sample_rate)
         self.train_set, self.val_set, self.soundscapes, self.train_idx, self.val_idx = build_datasets(
             training_set, self.config, cache

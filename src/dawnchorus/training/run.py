@@ -66,15 +66,17 @@ def train(
     resume_step = int(read_checkpoint(last).get("global_step", 0)) if resume else 0
     if config.augment.noise_dir is not None:  # loaded once per process: the data module reuses it
         NoiseBank.cached(config.augment.noise_dir, config.audio.sample_rate)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    data_module = BirdDataModule(data, config, config.train.cache_dir or run_dir / "cache", drop_bad)
+    # The network is built (pretrained weights fetched) before the run folder: offline, or with a
+    # weights file that does not fit, the run fails with nothing written.
+    module = BirdModule(config, data_module.read().labels)
     output_folder(run_dir, "run folder")  # only now: every input above was checked first
     if rank_zero_only.rank == 0:  # under DDP every process runs this function
         config.to_yaml(run_dir / "config.yaml")
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
-    data_module = BirdDataModule(data, config, config.train.cache_dir or run_dir / "cache", drop_bad)
     data_module.setup("fit")
     check_monitor(config.train.monitor, has_soundscapes=data_module.soundscapes is not None)
 
-    module = BirdModule(config, data_module.labels)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
