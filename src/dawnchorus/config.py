@@ -8,6 +8,7 @@ starts.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -338,7 +339,44 @@ class PredictSettings(_Section):
     checkpoint_s: float = Field(
         3600.0, gt=0, description="In one process: longer recordings are saved segment by segment."
     )
+    smoothing: list[float] | None = Field(
+        None,
+        description="Kernel smoothing each species over neighbouring windows of a recording (odd "
+        "length, weights >= 0, normalised to sum 1 when applied; a list or comma-separated), e.g. "
+        "0.1,0.2,0.4,0.2,0.1. None (or 'none'): off.",
+    )
+    overlap_average: bool = Field(
+        False,
+        description="With a hop dividing the window length: average overlapping windows back onto the "
+        "non-overlapping window grid (start_s multiples of the window length).",
+    )
     cluster: ClusterSettings = ClusterSettings()
+
+    @field_validator("smoothing", mode="before")
+    @classmethod
+    def _kernel(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+            return None
+        if isinstance(value, str):
+            try:
+                value = [float(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"must be comma-separated numbers, got {value!r}") from None
+        if value is None or not isinstance(value, list | tuple):
+            return value
+        try:
+            weights = [float(weight) for weight in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a list of numbers, got {value!r}") from None
+        if not weights:
+            raise ValueError("must hold at least one weight")
+        if len(weights) % 2 == 0:
+            raise ValueError(f"needs an odd number of weights (centred on the window), got {len(weights)}")
+        if any(not math.isfinite(weight) or weight < 0 for weight in weights):
+            raise ValueError(f"weights must be finite and >= 0, got {value!r}")
+        if sum(weights) <= 0:
+            raise ValueError("weights must not all be 0")
+        return weights
 
     @field_validator("batch_size", mode="before")
     @classmethod

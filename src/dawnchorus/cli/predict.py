@@ -60,6 +60,20 @@ def predict(
             "(exported once and cached beside the model)."
         ),
     ] = "auto",
+    smoothing: Annotated[
+        str | None,
+        typer.Option(
+            help="Smooth each species over neighbouring windows with this kernel (odd length, "
+            "normalised), e.g. 0.1,0.2,0.4,0.2,0.1; none: off (the default)."
+        ),
+    ] = None,
+    overlap_average: Annotated[
+        bool,
+        typer.Option(
+            help="With --hop dividing the window (e.g. 2.5 for 5-s windows): average overlapping "
+            "windows back onto the non-overlapping window grid."
+        ),
+    ] = False,
 ) -> None:
     """Predict species per window in long recordings; resumable, bad files reported and skipped.
 
@@ -85,6 +99,8 @@ def predict(
         "device": ("device", device),
         "chunk_s": ("chunk", chunk),
         "engine": ("engine", engine),
+        "smoothing": ("smoothing", smoothing),
+        "overlap_average": ("overlap_average", overlap_average),
     }
     overrides = {
         field: value

@@ -54,6 +54,7 @@ from dawnchorus.inference.engines import (
 )
 from dawnchorus.inference.pipeline import RecordingResult, iter_predictions, reuse_large_allocations
 from dawnchorus.inference.run import PredictionSummary, RunFolder, saved_windows_path, write_recording
+from dawnchorus.inference.smoothing import check_recipe, finish_table
 from dawnchorus.inference.windows import RecordingPlan, Segment, plan_recordings
 from dawnchorus.io.files import usable_cores
 from dawnchorus.io.outputs import read_probabilities, write_probabilities_parquet
@@ -262,6 +263,8 @@ class TaskOptions:
     device: str | None
     torch_threads: int | None
     engine: str  # torch, onnx or auto (resolved by each worker for its device)
+    smoothing: tuple[float, ...] | None = None  # PredictSettings.smoothing, applied to whole recordings
+    overlap_average: bool = False
 
 
 @dataclass
@@ -378,8 +381,9 @@ def predict_chunk(plan: RecordingPlan, segment: Segment, options: TaskOptions) -
 
 
 def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkResult) -> RecordingDone:
-    """Worker task: join a recording's chunks (or predict it whole when given none) and write its
-    outputs atomically: Raven/Audacity files first, the part file (the completion mark) last."""
+    """Worker task: join a recording's chunks (or predict it whole when given none), finish the whole
+    table (overlap averaging, smoothing: :func:`~dawnchorus.inference.smoothing.finish_table`) and
+    write its outputs atomically: Raven/Audacity files first, the part file (the completion mark) last."""
     if not chunks:
         chunks = (predict_chunk(plan, plan.segments[0], options),)
     model, _ = worker_model(options)
@@ -391,6 +395,8 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
     if failure is not None:
         return RecordingDone(str(plan.path), 0.0, 0, failure, loads)
     frame = pd.concat([c.frame for c in chunks], ignore_index=True)
+    clip_s, hop_s = model.config.audio.clip_s, options.hop_s
+    frame = finish_table(frame, model.labels, clip_s, hop_s, options.smoothing, options.overlap_average)
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
     write_recording(
         frame, plan.key, model.labels, thresholds, Path(options.out_dir), options.formats, options.merge,
@@ -453,6 +459,7 @@ def run_distributed_prediction(
     # Resolved here, as ``predict`` always has: the workers share one batch size (and chunk grid).
     batch_size = resolve_batch_size(settings.batch_size, settings.device)
     parse_cluster(cluster)  # a bad value fails before any header is read
+    check_recipe(settings, audio.clip_s)
     prepare_engine(settings.engine, settings.device, model_path, model)
     folder = RunFolder.open(model, inputs, out_dir, settings)
     plans, unreadable = plan_recordings(
@@ -479,6 +486,8 @@ def run_distributed_prediction(
                 device=settings.device,
                 torch_threads=torch_threads,
                 engine=settings.engine,
+                smoothing=None if settings.smoothing is None else tuple(settings.smoothing),
+                overlap_average=settings.overlap_average,
             )
             final, tasks = _submit(client, plans, options, retries)
             finished = _collect(final, progress, len(unreadable), len(folder.todo))

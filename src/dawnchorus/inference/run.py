@@ -16,7 +16,7 @@ import glob
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from dawnchorus.inference.engines import (
 )
 from dawnchorus.inference.pipeline import RecordingResult, iter_predictions, reuse_large_allocations
 from dawnchorus.inference.postprocess import class_thresholds, write_combined, write_detections, write_errors
+from dawnchorus.inference.smoothing import check_recipe, finish_table
 from dawnchorus.inference.windows import (
     RecordingPlan,
     Segment,
@@ -92,11 +93,14 @@ def run_prediction(
     recording longer than ``settings.checkpoint_s`` is predicted in segments of that length, each
     saved as it is done (see :func:`saved_windows_path`), so a re-run after an interruption
     recomputes at most one segment. The combined tables (CSV, Parquet, BirdCLEF submissions) are
-    rebuilt from the parts at the end. ``batch_function`` (default: the engine ``settings.engine``
-    on ``settings.device``) classifies batches. ``progress(result, recordings_done,
-    recordings_total)`` is called after each recording and each segment.
+    rebuilt from the parts at the end. A recording's whole table (never a segment) is finished by
+    ``settings.overlap_average`` and ``settings.smoothing`` (see
+    :func:`dawnchorus.inference.smoothing.finish_table`) before it is written. ``batch_function``
+    (default: the engine ``settings.engine`` on ``settings.device``) classifies batches.
+    ``progress(result, recordings_done, recordings_total)`` is called after each recording and each segment.
     """
     settings = settings or PredictSettings()
+    check_recipe(settings, model.config.audio.clip_s)
     folder = RunFolder.open(model, inputs, out_dir, settings)
     clip_s, sample_rate = model.config.audio.clip_s, model.config.audio.sample_rate
     hop = clip_s if settings.hop_s is None else settings.hop_s
@@ -177,9 +181,12 @@ def predict_frame(
 
     ``settings`` (default :class:`PredictSettings`) give the hop, batch size, engine and device; a
     recording that cannot be read (or a broken link, an unreadable folder among the inputs) raises
-    :class:`AudioError` (``raise_errors``) or is left out.
+    :class:`AudioError` (``raise_errors``) or is left out. Each recording's table is finished by
+    ``settings.overlap_average`` and ``settings.smoothing`` as in :func:`run_prediction`.
     """
     settings = settings or PredictSettings()
+    clip_s = model.config.audio.clip_s
+    check_recipe(settings, clip_s)
     if isinstance(paths, str | Path):
         paths = [paths]
     found = find_recordings(paths)
@@ -205,7 +212,16 @@ def predict_frame(
                 if raise_errors:
                     raise AudioError(result.path, result.error)
                 continue
-            frames.append(result.frame)
+            frames.append(
+                finish_table(
+                    result.frame,
+                    model.labels,
+                    clip_s,
+                    clip_s if settings.hop_s is None else settings.hop_s,
+                    settings.smoothing,
+                    settings.overlap_average,
+                )
+            )
     columns = ["file", "start_s", "end_s", *model.labels]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     return table.set_index(["file", "start_s", "end_s"])
@@ -231,6 +247,7 @@ class RunFolder:
     formats: list[str]
     started: float
     unreadable: list[tuple[Path, str]]  # seen among the inputs, cannot be read: see find_recordings
+    settings: PredictSettings = field(default_factory=PredictSettings)  # hop and recipe of the run
 
     @classmethod
     def open(
@@ -248,7 +265,8 @@ class RunFolder:
         recordings = found.recordings
         todo = [p for p in recordings if not part_path(parts_dir, recording_key(p)).is_file()]
         started = time.perf_counter()
-        return cls(out_dir, recordings, todo, thresholds, list(settings.formats), started, found.unreadable)
+        formats = list(settings.formats)
+        return cls(out_dir, recordings, todo, thresholds, formats, started, found.unreadable, settings)
 
     @property
     def parts_dir(self) -> Path:
@@ -267,7 +285,13 @@ class RunFolder:
     def write_recording(
         self, model: LoadedModel, plan: RecordingPlan, frame: pd.DataFrame, merge: bool
     ) -> None:
-        """One recording's outputs: see :func:`write_recording`."""
+        """One recording's outputs from its whole ``frame``, finished by the run's overlap averaging
+        and smoothing: see :func:`write_recording`."""
+        clip_s = model.config.audio.clip_s
+        hop_s = clip_s if self.settings.hop_s is None else self.settings.hop_s
+        frame = finish_table(
+            frame, model.labels, clip_s, hop_s, self.settings.smoothing, self.settings.overlap_average
+        )
         write_recording(
             frame, plan.key, model.labels, self.thresholds, self.out_dir, self.formats, merge, plan.split
         )
