@@ -309,6 +309,21 @@ def test_predict_command_smoothing_changes_outputs_exactly_as_the_kernel_says(
     assert np.isclose(submission[LABELS].to_numpy().sum(), found[LABELS].to_numpy().sum(), rtol=1e-4)
 
 
+def test_predict_config_file_gives_the_kernel_and_smoothing_none_typed_turns_it_off(
+    recordings: Path, model_file: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "predict.yaml"
+    config.write_text("smoothing: [1, 2, 1]\nengine: torch\nformats: [parquet]\n")
+    runner = CliRunner()
+    inputs = [str(model_file), str(recordings / "short.ogg"), "--config", str(config)]
+    assert runner.invoke(app, ["predict", *inputs, "--out", str(tmp_path / "yaml")]).exit_code == 0
+    off = runner.invoke(app, ["predict", *inputs, "--out", str(tmp_path / "off"), "--smoothing", "none"])
+    assert off.exit_code == 0, off.output
+    raw = parquet(tmp_path / "off")
+    assert raw[LABELS].to_numpy().std() > 1e-3
+    pd.testing.assert_frame_equal(parquet(tmp_path / "yaml"), smoothed_by_hand(raw), atol=1e-6)
+
+
 def test_predict_command_names_a_bad_kernel_or_hop_in_one_line(
     recordings: Path, model_file: Path, tmp_path: Path
 ) -> None:
@@ -321,3 +336,23 @@ def test_predict_command_names_a_bad_kernel_or_hop_in_one_line(
     assert hop.exit_code == 2 and "hop_s 2 must divide the model's window of 5 s" in hop.output
     assert "Traceback" not in bad.output + hop.output
     assert not (tmp_path / "b").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_a_local_cluster_run_smooths_and_averages_like_the_single_process_run(
+    recordings: Path, model_file: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("distributed", reason="needs the 'distributed' extra (dask.distributed)")
+    settings = PredictSettings(
+        hop_s=2.5, overlap_average=True, smoothing=BIRDCLEF_2025, chunk_s=20.0, engine="torch",
+        formats=["parquet"],
+    )
+    single = tmp_path / "single"
+    run_prediction(load_model(model_file), [recordings], single, settings)
+    cluster = tmp_path / "cluster"
+    summary = dist.run_distributed_prediction(model_file, [recordings], cluster, settings, cluster="local:2")
+    assert summary.predicted == 4 and summary.tasks > 5  # the long recordings ran in several chunks
+    expected, found = parquet(single), parquet(cluster)
+    pd.testing.assert_frame_equal(found[KEYS], expected[KEYS])
+    assert set(found["start_s"] % 5.0) == {0.0}  # the 5-s grid
+    np.testing.assert_allclose(found[LABELS], expected[LABELS], atol=1e-5)  # chunk resampler restarts
