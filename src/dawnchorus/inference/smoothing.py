@@ -49,7 +49,9 @@ def finish_table(
 ) -> pd.DataFrame:
     """One recording's final table (windows every ``hop_s`` seconds, in time order):
     :func:`average_overlaps` with ``overlap_average``, then :func:`smooth` with the ``smoothing``
-    kernel; the table itself when both are off (``PredictSettings.smoothing``, ``overlap_average``)."""
+    kernel; the table itself when both are off (``PredictSettings.smoothing``, ``overlap_average``).
+    With both on, the kernel's neighbours are grid windows (5 s apart for a 5-s model), otherwise
+    the windows as predicted (``hop_s`` apart)."""
     if overlap_average and len(frame):
         frame = average_overlaps(frame, labels, window_s, hop_s)
     if smoothing is not None and len(frame):
