@@ -165,7 +165,7 @@ def disk_full_mid_run(bench: Bench) -> Outcome:
     write_parquet = pd.DataFrame.to_parquet
 
     def disk_full_after_one_part(table: pd.DataFrame, path: Path, *args: object, **kwargs: object) -> None:
-        if any(parts.glob("*.parquet")):  # what pyarrow raises on a full disk
+        if any(parts.glob("*/*.parquet")):  # parts/<tag>/<key>.parquet; what pyarrow raises on a full disk
             raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left")
         write_parquet(table, path, *args, **kwargs)
 
@@ -174,7 +174,7 @@ def disk_full_mid_run(bench: Bench) -> Outcome:
     bench.monkeypatch.undo()
 
     def kept_then_resumed() -> None:
-        assert len(list(parts.glob("*.parquet"))) == 1  # what was finished stays
+        assert len(list(parts.glob("*/*.parquet"))) == 1  # what was finished stays
         resumed = bench.predict(folder, "--out", out)
         assert resumed.exit_code == ALL_DONE, resumed.output
         assert "2 recordings predicted, 1 already complete, 0 failed" in resumed.stdout

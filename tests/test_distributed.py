@@ -27,12 +27,13 @@ from dawnchorus.inference.distributed import (
 )
 from dawnchorus.inference.engines import describe_engine, resolve_engine
 from dawnchorus.inference.pipeline import prefetched
-from dawnchorus.inference.run import run_prediction
+from dawnchorus.inference.run import run_prediction, run_tag
 from dawnchorus.inference.windows import chunk_ranges, plan_recordings, whole_recording
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import iter_windows, write_audio
 from dawnchorus.io.outputs import read_probabilities
 from dawnchorus.models.modelfile import load_model
+from tests.conftest import write_model_file
 
 distributed = pytest.importorskip("distributed", reason="needs the 'distributed' extra (dask.distributed)")
 
@@ -82,7 +83,13 @@ def assert_same_outputs(reference: Path, candidate: Path, atol: float = PROBABIL
     assert expected[LABELS].to_numpy().std() > 1e-3  # the comparison is not between constants
     csv = pd.read_csv(candidate / "predictions.csv")
     np.testing.assert_allclose(csv[LABELS].to_numpy(), expected[LABELS].to_numpy(), rtol=0, atol=atol + 1e-6)
-    for folder in ("parts", "raven", "audacity"):
+    # parts/<tag>/<key>.parquet: the candidate's parts of the reference's model and settings
+    tags = [folder.name for folder in (reference / "parts").iterdir()]
+    parts = sorted(p.relative_to(reference) for tag in tags for p in (reference / "parts" / tag).iterdir())
+    assert sorted(
+        p.relative_to(candidate) for tag in tags for p in (candidate / "parts" / tag).iterdir()
+    ) == parts
+    for folder in ("raven", "audacity"):
         names = sorted(p.name for p in (reference / folder).iterdir())
         assert sorted(p.name for p in (candidate / folder).iterdir() if not p.name.startswith(".")) == names
     for name in sorted(p.name for p in (reference / "raven").iterdir()):
@@ -292,11 +299,16 @@ def test_cluster_slurm_submits_its_jobs_or_says_why_not(
 # --- saved chunks: an interrupted run does not recompute them -----------------------------------------
 
 
+def parts_of(out_dir: Path, model_path: Path, settings: PredictSettings | None = None) -> Path:
+    """The parts folder of a run of ``model_path`` with ``settings`` into ``out_dir``."""
+    return out_dir / "parts" / run_tag(load_model(model_path, build_network=False), settings or ON_CLUSTER)
+
+
 def task_options(model_path: Path, out_dir: Path, engine: str = "torch") -> dist.TaskOptions:
     return dist.TaskOptions(
         model_path=str(model_path), model_stamp=dist.model_stamp(model_path), hop_s=5.0, batch_size=4,
-        thresholds=(0.5,) * len(LABELS), out_dir=str(out_dir), formats=("csv",), merge=False, device="cpu",
-        torch_threads=1, engine=engine,
+        thresholds=(0.5,) * len(LABELS), out_dir=str(out_dir), parts_dir=str(parts_of(out_dir, model_path)),
+        formats=("csv",), merge=False, device="cpu", torch_threads=1, engine=engine,
     )
 
 
@@ -307,7 +319,8 @@ def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
     (plan,), _ = plan_recordings([long_file], 32000, 5.0, 5.0, segment_s=CHUNK_S, batch_size=4, absolute=True)
     assert len(plan.segments) == 4
     options = task_options(recordings["model"], tmp_path)
-    (tmp_path / "parts").mkdir()
+    parts = Path(options.parts_dir)
+    parts.mkdir(parents=True)
     first = dist.predict_chunk(plan, plan.segments[0], options)  # what a run killed later leaves
     saved = dist.chunk_part(plan, plan.segments[0], options)
     assert not first.reused
@@ -317,12 +330,13 @@ def test_chunks_of_a_split_recording_are_saved_and_reused_then_removed(
     assert [chunk.reused for chunk in chunks] == [True, False, False, False]  # the saved one is read
     done = dist.finish_recording(plan, options, *chunks)
     assert done.error is None and done.windows == 13
-    expected = read_probabilities(recordings["reference"] / "parts" / f"{plan.key}.parquet")
-    found = read_probabilities(tmp_path / "parts" / f"{plan.key}.parquet")
+    reference = parts_of(recordings["reference"], recordings["model"])
+    expected = read_probabilities(reference / f"{plan.key}.parquet")
+    found = read_probabilities(parts / f"{plan.key}.parquet")
     pd.testing.assert_frame_equal(found[KEYS], expected[KEYS])
     np.testing.assert_allclose(found[LABELS], expected[LABELS], atol=PROBABILITY_TOLERANCE)
     assert found["file"].iloc[0] == str(long_file)  # the path as given, although workers open it absolute
-    assert not list((tmp_path / "parts").glob("*.windows-*"))
+    assert not list(parts.glob("*.windows-*"))
 
 
 def test_a_recording_that_cannot_be_decoded_is_an_error_value(
@@ -463,3 +477,36 @@ def test_killing_a_busy_worker_mid_run_still_gives_complete_outputs(
         os.kill(pid, 0)
     assert summary.predicted == 4
     assert_same_outputs(recordings["reference"], out)
+
+
+@pytest.mark.slow
+def test_a_cluster_rerun_with_a_retrained_model_or_another_hop_recomputes_and_one_alike_resumes(
+    recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    model = tmp_path / "model.pt"
+    shutil.copy2(recordings["model"], model)
+    inputs, out = [recordings["folder"]], tmp_path / "out"
+    first = run_distributed_prediction(model, inputs, out, ON_CLUSTER, cluster="local:1")
+    assert first.predicted == 4
+    assert_same_outputs(recordings["reference"], out)
+
+    write_model_file(model, seed=1)  # retrained: same labels, saved over the old file
+    retrained = run_distributed_prediction(model, inputs, out, ON_CLUSTER, cluster="local:1")
+    assert retrained.predicted == 4 and retrained.skipped == 0
+    fresh = tmp_path / "fresh"
+    run_prediction(load_model(model), inputs, fresh, PredictSettings(threshold=0.5, engine="torch"))
+    assert_same_outputs(fresh, out)
+
+    hop = ON_CLUSTER.model_copy(update={"hop_s": 2.5})
+    other_hop = run_distributed_prediction(model, inputs, out, hop, cluster="local:1")
+    assert other_hop.predicted == 4 and other_hop.skipped == 0
+    fresh_hop = tmp_path / "fresh-hop"
+    single = PredictSettings(threshold=0.5, engine="torch", hop_s=2.5)
+    run_prediction(load_model(model), inputs, fresh_hop, single)
+    assert_same_outputs(fresh_hop, out)
+    assert not list(parts_of(out, model, hop).glob("*.windows-*"))  # chunks removed once assembled
+
+    again = run_distributed_prediction(model, inputs, out, hop, cluster="local:1")
+    assert again.skipped == 4 and again.predicted == 0 and again.tasks == 0
+    assert_same_outputs(fresh_hop, out)
+    assert len(list((out / "parts").iterdir())) == 3  # parts of other models and settings are left

@@ -320,7 +320,9 @@ def test_cluster_workers_run_backbone_and_head_without_an_onnx_export(trained: P
     prepare_engine("auto", None, trained, model)  # was: the ONNX export refused the model
     prepare_engine("onnx", None, trained, model)
     assert not list(trained.parent.glob("*.onnx"))
-    options = TaskOptions(str(trained), (0, 0), 5.0, 4, (0.5,) * 3, "out", ("csv",), False, None, 1, "auto")
+    options = TaskOptions(
+        str(trained), (0, 0), 5.0, 4, (0.5,) * 3, "out", "out/parts/tag", ("csv",), False, None, 1, "auto"
+    )
     assert isinstance(worker_batch_function(model, options, None), FrozenBackboneFunction)
 
 

@@ -30,7 +30,7 @@ from dawnchorus.config import (
     load_predict_settings,
 )
 from dawnchorus.errors import AudioError, ConfigError
-from dawnchorus.inference.run import predict_frame, run_prediction, saved_windows_path
+from dawnchorus.inference.run import predict_frame, run_prediction, run_tag, saved_windows_path
 from dawnchorus.inference.windows import recording_key
 from dawnchorus.io import outputs
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
@@ -241,7 +241,7 @@ def test_a_full_disk_stops_predict_with_one_line_and_a_rerun_resumes(
     write_parquet = pd.DataFrame.to_parquet
 
     def disk_full_after_two_parts(table: pd.DataFrame, path: Path, *args: object, **kwargs: object) -> None:
-        if len(list(parts.glob("*.parquet"))) >= 2:  # what pyarrow raises on a full disk
+        if len(list(parts.glob("*/*.parquet"))) >= 2:  # what pyarrow raises on a full disk
             raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left")
         write_parquet(table, path, *args, **kwargs)
 
@@ -256,7 +256,7 @@ def test_a_full_disk_stops_predict_with_one_line_and_a_rerun_resumes(
     assert lines[0].startswith(f"error: {parts}{os.sep}")  # names the file it could not write
     assert "cannot write this file: the disk is full (no space left on device)" in lines[0]
     assert f"the recordings finished so far are kept in {out}" in lines[0]
-    kept = sorted(path.name for path in parts.iterdir())
+    kept = sorted(path.name for path in parts_of(out).iterdir())
     assert len(kept) == 2 and all(name.endswith(".parquet") and not name.startswith(".") for name in kept)
 
     resumed = runner.invoke(app, [*command, "--out", str(out)])
@@ -264,6 +264,92 @@ def test_a_full_disk_stops_predict_with_one_line_and_a_rerun_resumes(
     assert "2 recordings predicted, 2 already complete, 0 failed" in resumed.stdout
     expected = pd.read_csv(clean / "predictions.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), expected)
+
+
+# --- a re-run into the same folder: parts are keyed by the model file and the settings ----------------
+
+
+def outputs_of(out: Path) -> dict[str, bytes]:
+    """Every file a run left in ``out`` but its parts, by path inside ``out``."""
+    files = [p for p in sorted(out.rglob("*")) if p.is_file() and p.relative_to(out).parts[0] != "parts"]
+    return {str(p.relative_to(out)): p.read_bytes() for p in files}
+
+
+@pytest.fixture
+def rerun(model_file: Path, tmp_path: Path):
+    """``rerun(out, *options)``: ``predict`` of a copy of the shared model (``tmp_path/model.pt``) on
+    three recordings into ``out``; returns its summary line."""
+    folder = tmp_path / "recordings"
+    for index in range(3):
+        write_audio(folder / f"site{index}.wav", synthetic_audio(12.0, seed=index), 32000)
+    shutil.copy2(model_file, tmp_path / "model.pt")
+
+    def predict(out: Path, *options: str) -> str:
+        command = ["predict", str(tmp_path / "model.pt"), str(folder), "--out", str(out), "--engine", "torch"]
+        result = runner.invoke(app, [*command, *options])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.stdout.split())
+
+    return predict
+
+
+def test_a_rerun_with_a_retrained_model_file_recomputes_what_a_fresh_run_gives(rerun, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rerun(out)
+    first = outputs_of(out)
+    write_model_file(tmp_path / "model.pt", seed=1)  # retrained: same labels, saved over the old file
+    assert "3 recordings predicted, 0 already complete, 0 failed" in rerun(out)
+    fresh = tmp_path / "fresh"
+    rerun(fresh)
+    assert outputs_of(out) == outputs_of(fresh)
+    assert outputs_of(out)["predictions.csv"] != first["predictions.csv"]
+    assert len(list((out / "parts").iterdir())) == 2  # the first model's parts are left in place
+
+
+def test_a_rerun_with_another_hop_recomputes_and_one_with_the_same_settings_resumes(
+    rerun, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    rerun(out)
+    first = outputs_of(out)
+    assert "3 recordings predicted, 0 already complete, 0 failed" in rerun(out, "--hop", "2.5")
+    fresh = tmp_path / "fresh"
+    rerun(fresh, "--hop", "2.5")
+    assert outputs_of(out) == outputs_of(fresh)
+    assert (pd.read_csv(out / "predictions.csv")["start_s"] % 5 == 2.5).any()  # windows of the new hop
+    assert "0 recordings predicted, 3 already complete, 0 failed" in rerun(out, "--hop", "2.5")
+    assert outputs_of(out) == outputs_of(fresh)
+    # back to the first settings (the clip length as the hop, given or not): their parts are reused
+    assert "0 recordings predicted, 3 already complete, 0 failed" in rerun(out, "--hop", "5")
+    assert outputs_of(out) == first
+
+
+def test_the_run_tag_names_everything_that_changes_a_part_and_nothing_else(
+    model_file: Path, tmp_path: Path
+) -> None:
+    model = load_model(model_file)
+    tag = run_tag(model, PredictSettings())
+    same = [
+        PredictSettings(hop_s=5.0),  # the clip length
+        PredictSettings(engine="onnx", batch_size=16, device="cpu", threshold=0.2, merge=True),
+        PredictSettings(formats=["csv"], checkpoint_s=60.0, chunk_s=30.0),
+        PredictSettings(hop_s=None, smoothing=None, overlap_average=False),
+    ]
+    assert {run_tag(model, settings) for settings in same} == {tag}
+    assert run_tag(model, PredictSettings(smoothing=[1, 2, 1])) == run_tag(
+        model, PredictSettings(smoothing=[0.25, 0.5, 0.25])  # normalised when applied: the same table
+    )
+    other = [
+        PredictSettings(hop_s=2.5),
+        PredictSettings(smoothing=[0.25, 0.5, 0.25]),
+        PredictSettings(smoothing=[0.1, 0.2, 0.4, 0.2, 0.1]),
+        PredictSettings(hop_s=2.5, overlap_average=True),
+        PredictSettings(hop_s=2.5, smoothing=[0.25, 0.5, 0.25]),
+    ]
+    tags = [run_tag(model, settings) for settings in other]
+    assert tag not in tags and len(set(tags)) == len(tags)
+    retrained = load_model(write_model_file(tmp_path / "model.pt", seed=1))
+    assert run_tag(retrained, PredictSettings()) != tag
 
 
 def test_predict_out_pointing_at_a_file_is_one_line_and_nothing_is_written(
@@ -295,7 +381,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
 
     def finished_parts() -> list[Path]:
         # A write cut short by the kill leaves a hidden temporary file, never a finished part.
-        return [p for p in parts.glob("*.parquet") if not p.name.startswith(".")]
+        return [p for p in parts.glob("*/*.parquet") if not p.name.startswith(".")]
 
     while process.poll() is None and len(finished_parts()) < 3:
         time.sleep(0.01)
@@ -313,7 +399,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     assert len(table) == count * 6
     assert not table.duplicated(["file", "start_s"]).any()
     assert table["file"].nunique() == count
-    assert not [p.name for p in parts.iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert not [p.name for p in parts_of(out).iterdir() if p.name.startswith(".")]  # no temporaries left
     shutil.rmtree(folder)
 
 
@@ -349,6 +435,12 @@ def long_recordings(model_file: Path, tmp_path: Path) -> dict[str, Path]:
     return {"folder": folder, "model": model_file}
 
 
+def parts_of(out: Path) -> Path:
+    """The one parts folder (``parts/<tag>``) of the runs into ``out``."""
+    (folder,) = (out / "parts").iterdir()
+    return folder
+
+
 def predicted(out: Path) -> pd.DataFrame:
     table = pd.read_parquet(out / "predictions.parquet")
     return table.sort_values(["file", "start_s"]).reset_index(drop=True)
@@ -369,7 +461,7 @@ def test_segmented_prediction_equals_the_whole_recording_run(
     pd.testing.assert_frame_equal(found[["file", "start_s", "end_s"]], expected[["file", "start_s", "end_s"]])
     np.testing.assert_allclose(found[["aaa", "bbb", "ccc"]], expected[["aaa", "bbb", "ccc"]], atol=1e-6)
     assert expected[["aaa", "bbb", "ccc"]].to_numpy().std() > 0.1  # real samples, not constants
-    assert not list((tmp_path / "seg" / "parts").glob("*.windows-*"))  # removed once assembled
+    assert not list(parts_of(tmp_path / "seg").glob("*.windows-*"))  # removed once assembled
 
 
 def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
@@ -391,7 +483,7 @@ def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
     with pytest.raises(Interrupted):
         run_prediction(model, [long_recordings["folder"] / "long_32k.flac"], out, EVERY_20_S,
                        batch_function=first, progress=stop_after_two_segments)
-    saved = sorted(p.name for p in (out / "parts").glob("*.windows-*"))
+    saved = sorted(p.name for p in parts_of(out).glob("*.windows-*"))
     ranges = [name.split(".")[-2] for name in saved]
     assert ranges == ["windows-hop5000ms-0000000-4", "windows-hop5000ms-0000004-4"]
     again = FirstSamples()
@@ -399,7 +491,7 @@ def test_an_interrupted_long_recording_resumes_from_its_last_saved_segment(
     assert again.windows == (13 - 8) + 10 + 3  # the two saved segments (4 windows each) are not redone
     assert summary.predicted == 3
     pd.testing.assert_frame_equal(predicted(out), predicted(reference), atol=1e-6)
-    assert not list((out / "parts").glob("*.windows-*"))
+    assert not list(parts_of(out).glob("*.windows-*"))
 
 
 def test_a_recording_with_every_segment_saved_is_only_assembled(
@@ -409,7 +501,7 @@ def test_a_recording_with_every_segment_saved_is_only_assembled(
     recording = long_recordings["folder"] / "long_32k.flac"
     out = tmp_path / "out"
     run_prediction(model, [recording], out, batch_function=FirstSamples())
-    part = out / "parts" / f"{recording_key(recording)}.parquet"
+    part = parts_of(out) / f"{recording_key(recording)}.parquet"
     expected = outputs.read_probabilities(part)
     for start in range(0, 13, 4):  # what a run killed before assembling leaves
         rows = expected.iloc[start : start + 4].reset_index(drop=True)
@@ -424,7 +516,7 @@ def test_a_recording_with_every_segment_saved_is_only_assembled(
     summary = run_prediction(model, [recording], out, EVERY_20_S, batch_function=no_engine)
     assert summary.predicted == 1 and not summary.failed
     pd.testing.assert_frame_equal(outputs.read_probabilities(part), expected)
-    assert not list((out / "parts").glob("*.windows-*"))
+    assert not list(parts_of(out).glob("*.windows-*"))
 
 
 def test_a_resume_with_other_settings_never_mixes_saved_windows(
@@ -447,7 +539,7 @@ def test_a_resume_with_other_settings_never_mixes_saved_windows(
     run_prediction(model, [recording], out, settings, batch_function=again)
     assert again.windows == 13
     pd.testing.assert_frame_equal(predicted(out), predicted(reference), atol=1e-6)
-    assert not list((out / "parts").glob("*.windows-*"))  # the old run's saved windows too
+    assert not list(parts_of(out).glob("*.windows-*"))  # the old run's saved windows too
 
 
 # --- prediction settings -----------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def test_segmented_and_resumed_runs_smooth_like_one_pass(recordings: Path, model
     with pytest.raises(Interrupted):
         run_prediction(model, [recordings / "long_32k.flac"], out, segmented, batch_function=FirstSamples(),
                        progress=stop_after_two_segments)
-    assert len(list((out / "parts").glob("*.windows-*"))) == 2
+    assert len(list((out / "parts").glob("*/*.windows-*"))) == 2  # parts/<tag>/
     again = FirstSamples()
     run_prediction(model, [recordings], out, segmented, batch_function=again)
     assert again.windows == (13 - 8) + 10 + 3 + 1  # the saved segments are not recomputed
@@ -260,17 +260,18 @@ def test_dask_chunks_are_smoothed_as_one_recording(
     (plan,), _ = plan_recordings([recording], 32000, 5.0, 5.0, segment_s=20.0, batch_size=4, absolute=True)
     assert len(plan.segments) == 4
     out = tmp_path / "chunks"
-    (out / "parts").mkdir(parents=True)
+    parts = out / "parts" / "tag"
+    parts.mkdir(parents=True)
     options = dist.TaskOptions(
         model_path=str(model_file), model_stamp=dist.model_stamp(model_file), hop_s=5.0, batch_size=4,
-        thresholds=(0.5,) * 3, out_dir=str(out), formats=("parquet",), merge=False, device="cpu",
-        torch_threads=1, engine="torch", smoothing=smoothing,
+        thresholds=(0.5,) * 3, out_dir=str(out), parts_dir=str(parts), formats=("parquet",), merge=False,
+        device="cpu", torch_threads=1, engine="torch", smoothing=smoothing,
     )
     chunks = [dist.predict_chunk(plan, segment, options) for segment in plan.segments]
     done = dist.finish_recording(plan, options, *chunks)
     assert done.error is None and done.windows == 13
-    expected = pd.read_parquet(next((reference / "parts").glob("*.parquet")))
-    found = pd.read_parquet(out / "parts" / f"{plan.key}.parquet")
+    expected = pd.read_parquet(next((reference / "parts").glob("*/*.parquet")))
+    found = pd.read_parquet(parts / f"{plan.key}.parquet")
     pd.testing.assert_frame_equal(found[KEYS], expected[KEYS])
     # a chunk's resampler restart moves probabilities by ~2e-6 (see tests/test_distributed.py)
     np.testing.assert_allclose(found[LABELS], expected[LABELS], atol=1e-5)

@@ -169,7 +169,8 @@ def test_dask_worker_on_a_cached_graph_imports_nothing_it_does_not_run(
         path = Path({str(cached_model)!r})
         options = TaskOptions(
             model_path=str(path), model_stamp=model_stamp(path), hop_s=5.0, batch_size=4,
-            thresholds=(0.5, 0.5, 0.5), out_dir={str(tmp_path / "out")!r}, formats=("csv",),
+            thresholds=(0.5, 0.5, 0.5), out_dir={str(tmp_path / "out")!r},
+            parts_dir={str(tmp_path / "out" / "parts" / "tag")!r}, formats=("csv",),
             merge=False, device="cpu", torch_threads=1, engine="auto",
         )
         model, run = worker_model(options)

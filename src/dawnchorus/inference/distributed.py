@@ -11,8 +11,9 @@ and pipeline (:func:`dawnchorus.inference.pipeline.iter_predictions`, one chunk 
   so its windows equal the single-process ones (same start times; samples to float rounding);
 - each worker loads the model once (a per-process cache keyed by the model file), not once per task;
 - a recording's outputs are written atomically by the worker that runs its final task (which, for a
-  chunked recording, depends on the chunk tasks); the part file ``parts/<key>.parquet`` marks it done,
-  so a re-run skips it, like the single-process run;
+  chunked recording, depends on the chunk tasks); the part file ``parts/<tag>/<key>.parquet`` marks
+  it done, so a re-run with the same model file and settings skips it, like the single-process run
+  (``<tag>``: :func:`~dawnchorus.inference.run.run_tag`);
 - a worker that dies has its tasks rerun elsewhere by the scheduler; a bad recording, or one that
   kills workers repeatedly, is reported in ``errors.csv`` and does not end the run.
 
@@ -258,6 +259,7 @@ class TaskOptions:
     batch_size: int
     thresholds: tuple[float, ...]
     out_dir: str
+    parts_dir: str  # out_dir/parts/<tag>: this run's parts and saved chunks (RunFolder.parts_dir)
     formats: tuple[str, ...]
     merge: bool
     device: str | None
@@ -349,8 +351,9 @@ def worker_batch_function(model: LoadedModel, options: TaskOptions, device: str 
 
 def chunk_part(plan: RecordingPlan, segment: Segment, options: TaskOptions) -> Path:
     """Where a chunk of a split recording is saved until the recording's part is written."""
-    parts_dir = Path(options.out_dir) / "parts"
-    return saved_windows_path(parts_dir, plan.key, options.hop_s, segment.first_window, segment.max_windows)
+    return saved_windows_path(
+        Path(options.parts_dir), plan.key, options.hop_s, segment.first_window, segment.max_windows
+    )
 
 
 def predict_chunk(plan: RecordingPlan, segment: Segment, options: TaskOptions) -> ChunkResult:
@@ -400,7 +403,7 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
     write_recording(
         frame, plan.key, model.labels, thresholds, Path(options.out_dir), options.formats, options.merge,
-        plan.split,
+        plan.split, parts_dir=Path(options.parts_dir),
     )
     return RecordingDone(str(plan.path), plan.duration_s, len(frame), None, loads)
 
@@ -481,6 +484,7 @@ def run_distributed_prediction(
                 batch_size=batch_size,
                 thresholds=tuple(float(t) for t in folder.thresholds),
                 out_dir=str(folder.out_dir.resolve()),
+                parts_dir=str(folder.parts_dir.resolve()),
                 formats=tuple(folder.formats),
                 merge=settings.merge,
                 device=settings.device,

@@ -81,13 +81,23 @@ class _ProbabilityGraph(nn.Module):
         return torch.sigmoid(self.network.classifier(inputs).float())
 
 
+# sha256 of the files hashed in this process, by (path, inode, size, mtime_ns): a model file is
+# read once per run although the ONNX cache and the run folder's tag both need its hash.
+_SHA256_SEEN: dict[tuple[str, int, int, int], str] = {}
+
+
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file's bytes, read in blocks; remembered while the file is unchanged (same
+    inode, size and modification time), so a second call for the same file does not read it again."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_SEEN:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256_SEEN[key] = digest.hexdigest()
+    return _SHA256_SEEN[key]
 
 
 def _example_input(model: LoadedModel, include_frontend: bool) -> torch.Tensor:

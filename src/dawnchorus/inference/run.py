@@ -13,6 +13,8 @@ is the in-memory variant behind :func:`dawnchorus.predict`. Engines are built by
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ from dawnchorus.inference.engines import (
     resolve_batch_size,
     torch_threads_kept,
 )
+from dawnchorus.inference.export import file_sha256
 from dawnchorus.inference.pipeline import RecordingResult, iter_predictions, reuse_large_allocations
 from dawnchorus.inference.postprocess import class_thresholds, write_combined, write_detections, write_errors
 from dawnchorus.inference.smoothing import check_recipe, finish_table
@@ -88,12 +91,14 @@ def run_prediction(
 ) -> PredictionSummary:
     """Predict every recording and write the outputs ``settings.formats`` asks for under ``out_dir``.
 
-    Each recording's window table goes to ``out_dir/parts/<key>.parquet`` (atomically) the moment
-    it is done, with its Raven/Audacity files; recordings with a part are skipped on a re-run. A
+    Each recording's window table goes to ``out_dir/parts/<tag>/<key>.parquet`` (atomically) the
+    moment it is done, with its Raven/Audacity files, ``<tag>`` naming the model file and the settings
+    that change a table (see :func:`run_tag`); recordings with a part of this tag are skipped on a
+    re-run, and a run with another model file or other such settings computes its own. A
     recording longer than ``settings.checkpoint_s`` is predicted in segments of that length, each
     saved as it is done (see :func:`saved_windows_path`), so a re-run after an interruption
     recomputes at most one segment. The combined tables (CSV, Parquet, BirdCLEF submissions) are
-    rebuilt from the parts at the end. A recording's whole table (never a segment) is finished by
+    rebuilt from this tag's parts at the end. A recording's whole table (never a segment) is finished by
     ``settings.overlap_average`` and ``settings.smoothing`` (see
     :func:`dawnchorus.inference.smoothing.finish_table`) before it is written. ``batch_function``
     (default: the engine ``settings.engine`` on ``settings.device``) classifies batches.
@@ -234,10 +239,12 @@ def predict_frame(
 class RunFolder:
     """A prediction run folder (``predict --out DIR``), as both runners set it up and finish it.
 
-    :meth:`open` creates ``parts/``, removes the temporaries a killed run left there, expands the
-    inputs and finds the recordings whose part is missing (``todo``); :meth:`write_recording` writes
-    one recording's outputs (its part last: the mark of a complete recording); :meth:`close`
-    rebuilds the combined tables and writes ``errors.csv``.
+    :meth:`open` creates ``parts/<tag>/`` (``tag``: :func:`run_tag` of the model and settings),
+    removes the temporaries a killed run left there, expands the inputs and finds the recordings
+    whose part is missing (``todo``); :meth:`write_recording` writes one recording's outputs (its
+    part last: the mark of a complete recording); :meth:`close` rebuilds the combined tables from
+    this tag's parts and writes ``errors.csv``. Parts of other tags (another model file, hop,
+    smoothing or overlap averaging) are neither read nor removed.
     """
 
     out_dir: Path
@@ -248,6 +255,7 @@ class RunFolder:
     started: float
     unreadable: list[tuple[Path, str]]  # seen among the inputs, cannot be read: see find_recordings
     settings: PredictSettings = field(default_factory=PredictSettings)  # hop and recipe of the run
+    tag: str = ""  # run_tag(model, settings): the parts folder under out_dir/parts
 
     @classmethod
     def open(
@@ -256,7 +264,8 @@ class RunFolder:
         """Set up ``out_dir`` for a run over ``inputs``; raises :class:`PredictionError` when the
         inputs hold no recording and nothing that could not be read."""
         out_dir = output_folder(out_dir)
-        parts_dir = output_folder(out_dir / "parts", "folder of finished recordings")
+        tag = run_tag(model, settings)
+        parts_dir = output_folder(out_dir / "parts" / tag, "folder of finished recordings")
         remove_stale_temporaries(parts_dir)  # left by a run killed mid-write
         found = find_recordings(inputs)
         if not found.recordings and not found.unreadable:
@@ -266,11 +275,12 @@ class RunFolder:
         todo = [p for p in recordings if not part_path(parts_dir, recording_key(p)).is_file()]
         started = time.perf_counter()
         formats = list(settings.formats)
-        return cls(out_dir, recordings, todo, thresholds, formats, started, found.unreadable, settings)
+        return cls(out_dir, recordings, todo, thresholds, formats, started, found.unreadable, settings, tag)
 
     @property
     def parts_dir(self) -> Path:
-        return self.out_dir / "parts"
+        """Where this run's parts (and the saved windows of its split recordings) are."""
+        return self.out_dir / "parts" / self.tag
 
     def saved_windows(self, segment: Segment, hop_s: float) -> Path:
         """Where ``segment`` of a split recording waits for the rest of it."""
@@ -293,7 +303,8 @@ class RunFolder:
             frame, model.labels, clip_s, hop_s, self.settings.smoothing, self.settings.overlap_average
         )
         write_recording(
-            frame, plan.key, model.labels, self.thresholds, self.out_dir, self.formats, merge, plan.split
+            frame, plan.key, model.labels, self.thresholds, self.out_dir, self.formats, merge, plan.split,
+            parts_dir=self.parts_dir,
         )
 
     def failures(self, failed: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -301,9 +312,18 @@ class RunFolder:
         return [(str(path), reason) for path, reason in self.unreadable] + list(failed)
 
     def close(self, model: LoadedModel, failed: Sequence[tuple[str, str]]) -> dict[str, Path]:
-        """Rebuild the combined tables from every recording's part and write ``errors.csv`` (the
+        """Rebuild the combined tables from every recording's part of this tag, and the Raven/Audacity
+        files of the recordings skipped as complete (a run with another threshold, or one returning
+        to earlier settings, must not keep those of other settings), and write ``errors.csv`` (the
         unreadable inputs and ``failed``); returns what was written, by format."""
         parts = [part_path(self.parts_dir, recording_key(p)) for p in self.recordings]
+        todo = set(self.todo)
+        for path, part in zip(self.recordings, parts, strict=True):
+            if path not in todo and part.is_file():
+                write_detections(
+                    read_probabilities(part), model.labels, self.thresholds, self.out_dir,
+                    recording_key(path), self.formats, self.settings.merge,
+                )
         written = write_combined(model, parts, self.out_dir, self.thresholds, self.formats)
         written["errors"] = write_errors(self.failures(failed), self.out_dir)
         return written
@@ -331,14 +351,56 @@ def write_recording(
     formats: Sequence[str],
     merge: bool,
     split: bool = False,
+    *,
+    parts_dir: Path,
 ) -> None:
-    """Write one recording's files: Raven/Audacity detections, then its part (which marks it done);
-    then the saved windows of a ``split`` recording are not needed any more."""
+    """Write one recording's files: Raven/Audacity detections under ``out_dir``, then its part in
+    ``parts_dir`` (which marks it done); then the saved windows of a ``split`` recording are not
+    needed any more."""
     write_detections(frame, labels, thresholds, out_dir, key, formats, merge)
     # The part is written last: its presence marks the recording complete.
-    write_probabilities_parquet(frame, part_path(out_dir / "parts", key))
+    write_probabilities_parquet(frame, part_path(parts_dir, key))
     if split:  # until the part exists, a re-run still finds its saved windows
-        remove_saved_windows(out_dir / "parts", key)
+        remove_saved_windows(parts_dir, key)
+
+
+def run_tag(model: LoadedModel, settings: PredictSettings) -> str:
+    """The name of a run's parts folder: everything that changes a recording's window table.
+
+    That is the model file (the first 16 hex digits of its SHA-256: a retrained model, even with
+    the same labels, gets its own parts), the hop (``None``: the clip length, so ``--hop`` equal to
+    the clip length resumes a run without it), the smoothing kernel (as normalised when applied) and
+    overlap averaging, e.g. ``m0123456789abcdef-h5000ms-nosmooth-noavg``. Not in it: the outputs,
+    threshold and merging (rebuilt from the parts at the end of every run), batch size, chunk and
+    checkpoint lengths (saved windows are named by their range), device and engine: torch and ONNX
+    agree within 1e-4, and ``auto`` resolves by device (on a cluster, by each worker), so naming the
+    engine would recompute everything when a run resumes on another machine, for no difference a
+    threshold can see.
+    """
+    clip_s = model.config.audio.clip_s
+    hop_s = clip_s if settings.hop_s is None else settings.hop_s
+    smoothing = "nosmooth"
+    if settings.smoothing is not None:
+        kernel = np.asarray(settings.smoothing, dtype=np.float64)
+        kernel = kernel / kernel.sum()
+        text = json.dumps([round(float(w), 12) for w in kernel])
+        smoothing = "smooth" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    average = "avg" if settings.overlap_average else "noavg"
+    return f"m{model_sha256(model)[:16]}-h{hop_s * 1000:g}ms-{smoothing}-{average}"
+
+
+def model_sha256(model: LoadedModel) -> str:
+    """SHA-256 of the model's file (computed once per process for an unchanged file); for a model
+    that has no file, of its labels, settings and weights."""
+    if model.path is not None and Path(model.path).is_file():
+        return file_sha256(model.path)
+    digest = hashlib.sha256(json.dumps(model.labels).encode())
+    digest.update(model.config.model_dump_json().encode())
+    state = model.stored_state if model.stored_state is not None else model.network.state_dict()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def part_path(parts_dir: Path, key: str) -> Path:
