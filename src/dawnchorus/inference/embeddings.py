@@ -43,7 +43,7 @@ from dawnchorus.embed.base import (
     window_embeddings,
 )
 from dawnchorus.errors import PredictionError
-from dawnchorus.inference.pipeline import RecordingResult, iter_predictions
+from dawnchorus.inference.pipeline import RecordingResult, RunTally, consume_results, iter_predictions
 from dawnchorus.inference.postprocess import write_errors
 from dawnchorus.inference.run import part_path, remove_saved_windows, saved_windows_path
 from dawnchorus.inference.windows import (
@@ -195,19 +195,19 @@ def run_embedding(
     to_run = {
         plan.path: [s for s in plan.segments if not plan.split or not saved(s).is_file()] for plan in plans
     }
-    failed: list[tuple[str, str]] = [(str(path), reason) for path, reason in found.unreadable]
-    failed_paths: set[Path] = set()
-    audio_seconds, windows, done = 0.0, 0, 0
+    tally = RunTally(failed=[(str(path), reason) for path, reason in found.unreadable])
 
     def finish(plan: RecordingPlan, table: pa.Table) -> None:
-        nonlocal done
         _write_table(table, part_path(parts_dir, plan.key))  # its presence marks the recording done
         if plan.split:
             remove_saved_windows(parts_dir, plan.key)
-        done += 1
+        tally.done += 1
 
     def assemble(plan: RecordingPlan) -> pa.Table:
         return pa.concat_tables([_read_table(saved(segment), schema) for segment in plan.segments])
+
+    def as_table(result: RecordingResult) -> pa.Table:
+        return pa.Table.from_pandas(result.frame, schema=schema, preserve_index=False)
 
     for plan in plans:  # every segment saved by an interrupted run: only the assembly is left
         if not to_run[plan.path]:
@@ -215,28 +215,17 @@ def run_embedding(
     segments = [segment for plan in plans for segment in to_run[plan.path]]
     labels = embedding_columns(model.embedding_size)
     embed = batch_embedder(model, settings)
-    for result in iter_predictions(
-        segments, embed, labels, model.sample_rate, window_s, hop_s, settings.batch_size
-    ):
-        if result.path in failed_paths:
-            continue  # a later segment of a recording that already failed
-        if result.error is not None:
-            failed.append((str(result.path), result.error))
-            failed_paths.add(result.path)
-            done += 1
-        else:
-            audio_seconds += result.duration_s
-            windows += len(result.frame)
-            plan = by_path[result.path]
-            table = pa.Table.from_pandas(result.frame, schema=schema, preserve_index=False)
-            if result.segment is None:
-                finish(plan, table)
-            else:
-                _write_table(table, saved(result.segment))
-                if result.segment.index == to_run[plan.path][-1].index:
-                    finish(plan, assemble(plan))
-        if progress is not None:
-            progress(result, done, len(todo))
+    consume_results(
+        iter_predictions(segments, embed, labels, model.sample_rate, window_s, hop_s, settings.batch_size),
+        {path: pending[-1] if pending else None for path, pending in to_run.items()},
+        finish_whole=lambda result: finish(by_path[result.path], as_table(result)),
+        save_segment=lambda result: _write_table(as_table(result), saved(result.segment)),
+        finish_assembled=lambda path: finish(by_path[path], assemble(by_path[path])),
+        tally=tally,
+        progress=progress,
+        total=len(todo),
+    )
+    failed = tally.failed
     parts = [part_path(parts_dir, recording_key(path)) for path in recordings]
     table_path = write_combined_embeddings(parts, out_dir / "embeddings.parquet", schema)
     write_errors(failed, out_dir)
@@ -255,9 +244,9 @@ def run_embedding(
         embedded=len(todo) - (len(failed) - len(found.unreadable)),
         skipped=len(recordings) - len(todo),
         failed=failed,
-        audio_seconds=audio_seconds,
+        audio_seconds=tally.audio_seconds,
         wall_seconds=time.perf_counter() - started,
-        windows=windows,
+        windows=tally.windows,
         parts_dir=parts_dir,
     )
 

@@ -53,6 +53,52 @@ class RecordingResult:
 
 
 @dataclass
+class RunTally:
+    """What a run over many recordings did so far: failures, audio seconds, windows, recordings done."""
+
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    windows: int = 0
+    done: int = 0
+
+
+def consume_results(
+    results: Iterable[RecordingResult],
+    last_segment: dict[Path, Segment | None],
+    finish_whole: Callable[[RecordingResult], None],
+    save_segment: Callable[[RecordingResult], None],
+    finish_assembled: Callable[[Path], None],
+    tally: RunTally,
+    progress: Callable[[RecordingResult, int, int], None] | None = None,
+    total: int = 0,
+) -> None:
+    """Hand each result of :func:`iter_predictions` to the runner that saves it, in one way for every
+    runner (predict, embed): a failed recording is counted once (its later segments are dropped); a
+    whole recording goes to ``finish_whole``; a segment to ``save_segment``, and after the recording's
+    ``last_segment`` to ``finish_assembled(path)``. Finishers count ``tally.done`` themselves;
+    ``progress(result, tally.done, total)`` follows every result."""
+    failed_paths: set[Path] = set()
+    for result in results:
+        if result.path in failed_paths:
+            continue  # a later segment of a recording that already failed
+        if result.error is not None:
+            tally.failed.append((str(result.path), result.error))
+            failed_paths.add(result.path)
+            tally.done += 1
+        else:
+            tally.audio_seconds += result.duration_s
+            tally.windows += len(result.frame)
+            if result.segment is None:
+                finish_whole(result)
+            else:
+                save_segment(result)
+                if result.segment.index == last_segment[result.path].index:
+                    finish_assembled(result.path)
+        if progress is not None:
+            progress(result, tally.done, total)
+
+
+@dataclass
 class Batch:
     """A batch of windows of one segment (start/end in seconds, rounded to the millisecond), or the
     end or failure of that segment."""

@@ -35,7 +35,13 @@ from dawnchorus.inference.engines import (
     torch_threads_kept,
 )
 from dawnchorus.inference.export import file_sha256
-from dawnchorus.inference.pipeline import RecordingResult, iter_predictions, reuse_large_allocations
+from dawnchorus.inference.pipeline import (
+    RecordingResult,
+    RunTally,
+    consume_results,
+    iter_predictions,
+    reuse_large_allocations,
+)
 from dawnchorus.inference.postprocess import class_thresholds, write_combined, write_detections, write_errors
 from dawnchorus.inference.smoothing import check_recipe, finish_table
 from dawnchorus.inference.windows import (
@@ -119,15 +125,11 @@ def run_prediction(
         plan.path: [s for s in plan.segments if not plan.split or not folder.saved_windows(s, hop).is_file()]
         for plan in plans
     }
-    failed: list[tuple[str, str]] = []
-    audio_seconds = 0.0
-    windows = 0
-    done = 0
+    tally = RunTally()
 
     def finish(plan: RecordingPlan, frame: pd.DataFrame) -> None:
-        nonlocal done
         folder.write_recording(model, plan, frame, settings.merge)
-        done += 1
+        tally.done += 1
 
     with folder.stop_if_unwritable():
         for plan in plans:  # every segment saved by an interrupted run: only the assembly is left
@@ -139,37 +141,29 @@ def run_prediction(
                 model, settings.engine, device=settings.device, batch_size=batch_size
             )
             segments = [segment for plan in plans for segment in to_run[plan.path]]
-            failed_paths: set[Path] = set()
-            for result in iter_predictions(segments, run, model.labels, sample_rate, clip_s, hop, batch_size):
-                if result.path in failed_paths:
-                    continue  # a later segment of a recording that already failed
-                if result.error is not None:
-                    failed.append((str(result.path), result.error))
-                    failed_paths.add(result.path)
-                    done += 1
-                else:
-                    audio_seconds += result.duration_s
-                    windows += len(result.frame)
-                    plan = by_path[result.path]
-                    if result.segment is None:
-                        finish(plan, result.frame)
-                    else:
-                        write_probabilities_parquet(result.frame, folder.saved_windows(result.segment, hop))
-                        if result.segment.index == to_run[plan.path][-1].index:
-                            finish(plan, folder.assemble(plan, hop))
-                if progress is not None:
-                    progress(result, done, len(folder.todo))
-        written = folder.close(model, failed)
+            consume_results(
+                iter_predictions(segments, run, model.labels, sample_rate, clip_s, hop, batch_size),
+                {path: pending[-1] if pending else None for path, pending in to_run.items()},
+                finish_whole=lambda result: finish(by_path[result.path], result.frame),
+                save_segment=lambda result: write_probabilities_parquet(
+                    result.frame, folder.saved_windows(result.segment, hop)
+                ),
+                finish_assembled=lambda path: finish(by_path[path], folder.assemble(by_path[path], hop)),
+                tally=tally,
+                progress=progress,
+                total=len(folder.todo),
+            )
+        written = folder.close(model, tally.failed)
     wall = time.perf_counter() - folder.started  # end to end: decoding to the last combined table
     return PredictionSummary(
         out_dir=folder.out_dir,
         recordings=len(folder.recordings),
-        predicted=len(folder.todo) - len(failed),
+        predicted=len(folder.todo) - len(tally.failed),
         skipped=len(folder.recordings) - len(folder.todo),
-        failed=folder.failures(failed),
-        audio_seconds=audio_seconds,
+        failed=folder.failures(tally.failed),
+        audio_seconds=tally.audio_seconds,
         wall_seconds=wall,
-        windows=windows,
+        windows=tally.windows,
         outputs=written,
     )
 
