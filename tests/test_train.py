@@ -3,7 +3,10 @@ soundscape validation, and bad configurations rejected before any training start
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -518,3 +521,25 @@ def test_training_offline_with_default_pretrained_weights_is_a_model_error(
     assert "no network to download ImageNet weights for efficientnet_b0" in message
     assert "--no-pretrained" in message and "\n" not in message
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_train_command_prints_no_library_chatter(dataset: Path, tmp_path: Path) -> None:
+    """Lightning's device banners, tips and dependency deprecations stay out of the user's terminal."""
+    config = write_yaml(
+        tmp_path / "quick.yaml",
+        "model: {backbone: test_efficientnet, pretrained: false}\n"
+        "train: {epochs: 1, batch_size: 8, num_workers: 0}\naudio: {clip_s: 2.0}\n",
+    )
+    command = ["train", str(dataset), "--out", str(tmp_path / "run"), "--config", str(config)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "dawnchorus", *command],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    assert "model written" in output
+    for chatter in ("GPU available", "TPU available", "Tip:", "Loading `train_dataloader`", "LeafSpec",
+                    "`Trainer.fit` stopped"):
+        assert chatter not in output, chatter

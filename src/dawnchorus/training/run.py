@@ -14,8 +14,11 @@ data and model live in :mod:`dawnchorus.training.datamodule` and :mod:`dawnchoru
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pickle
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +89,12 @@ def train(
         save_top_k=1,
     )
     throughput = ThroughputMonitor()
-    trainer = _trainer(config, run_dir, [checkpoints, throughput], progress_bar)
+    with quiet_lightning():
+        trainer = _trainer(config, run_dir, [checkpoints, throughput], progress_bar)
     earlier_metrics = (
         set_aside_metrics(run_dir / "logs", resume_step) if resume and trainer.is_global_zero else None
     )
-    with warnings.catch_warnings():
+    with quiet_lightning():
         if earlier_metrics is not None:  # Lightning warns it deletes the old log; its rows are kept
             warnings.filterwarnings("ignore", message="Experiment logs directory .* is not empty")
         # A run folder is untrusted input: its checkpoints load as tensors and plain data only.
@@ -137,6 +141,30 @@ def train(
 
 
 EARLIER_METRICS_NAME = "metrics.before_resume.csv"
+
+
+# Lightning's own lines that are not for our users: device banners ("GPU available: False"),
+# advertising tips, "Loading `train_dataloader` ...", "`Trainer.fit` stopped", and its dependencies'
+# deprecation chatter. Its warnings about the run itself (WARNING and above) still show.
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_utilities")
+LIBRARY_CHATTER = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Within: Lightning logs warnings only, and known library deprecation messages are hidden."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in LIBRARY_CHATTER:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
