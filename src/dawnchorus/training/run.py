@@ -89,12 +89,16 @@ def train(
         save_top_k=1,
     )
     throughput = ThroughputMonitor()
-    with quiet_lightning():
+    # A multi-process run keeps Lightning's lines: how its processes met is what its user checks first.
+    setup = config.train
+    several = setup.strategy != "auto" or setup.num_nodes > 1 or str(setup.devices) not in ("auto", "1")
+    quiet = warnings.catch_warnings if several else quiet_lightning
+    with quiet():
         trainer = _trainer(config, run_dir, [checkpoints, throughput], progress_bar)
     earlier_metrics = (
         set_aside_metrics(run_dir / "logs", resume_step) if resume and trainer.is_global_zero else None
     )
-    with quiet_lightning():
+    with quiet():
         if earlier_metrics is not None:  # Lightning warns it deletes the old log; its rows are kept
             warnings.filterwarnings("ignore", message="Experiment logs directory .* is not empty")
         # A run folder is untrusted input: its checkpoints load as tensors and plain data only.
