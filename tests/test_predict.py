@@ -37,7 +37,7 @@ from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import write_audio
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import train
-from tests.conftest import REPO, synthetic_audio, write_model_file
+from tests.conftest import REPO, FirstSamples, Interrupted, synthetic_audio, write_model_file
 
 runner = CliRunner()
 SOUNDSCAPE_S = 60.0
@@ -407,22 +407,6 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
 
 
 EVERY_20_S = PredictSettings(checkpoint_s=20.0)  # long recordings saved in segments of 4 windows
-
-
-class FirstSamples:
-    """A stand-in engine whose 'probabilities' are samples 1000-1002 of each window (so every row can
-    be checked against its own window); counts the windows it classified."""
-
-    def __init__(self) -> None:
-        self.windows = 0
-
-    def __call__(self, audio: np.ndarray) -> np.ndarray:
-        self.windows += len(audio)
-        return audio[:, 1000:1003].copy()
-
-
-class Interrupted(Exception):
-    pass
 
 
 @pytest.fixture

@@ -20,25 +20,11 @@ from dawnchorus.inference.smoothing import average_overlaps, finish_table, smoot
 from dawnchorus.inference.windows import plan_recordings
 from dawnchorus.io.audio import write_audio
 from dawnchorus.models.modelfile import load_model
+from tests.conftest import FirstSamples, Interrupted
 
 KEYS = ["file", "start_s", "end_s"]
 LABELS = ["aaa", "bbb", "ccc"]
 BIRDCLEF_2025 = [0.1, 0.2, 0.4, 0.2, 0.1]
-
-
-class FirstSamples:
-    """A stand-in engine whose 'probabilities' are samples 1000-1002 of each window."""
-
-    def __init__(self) -> None:
-        self.windows = 0
-
-    def __call__(self, audio: np.ndarray) -> np.ndarray:
-        self.windows += len(audio)
-        return audio[:, 1000:1003].copy()
-
-
-class Interrupted(Exception):
-    pass
 
 
 def by_hand_3(p: np.ndarray) -> np.ndarray:

@@ -26,6 +26,13 @@ from pydantic import (
 from dawnchorus.errors import ConfigError
 
 
+def _existing_weights_file(cls: type, value: Path | None) -> Path | None:
+    """Validator of a ``weights`` setting (timm or zoo backbone): the file must exist."""
+    if value is not None and not Path(value).is_file():
+        raise ValueError(f"weights file {value} does not exist")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -159,12 +166,7 @@ class ModelSettings(_Section):
             raise ValueError(f"timm has no backbone named {value!r}{hint}")
         return value
 
-    @field_validator("weights")
-    @classmethod
-    def _weights_exist(cls, value: Path | None) -> Path | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"weights file {value} does not exist")
-        return value
+    _weights_exist = field_validator("weights")(_existing_weights_file)
 
 
 class EmbeddingSettings(_Section):
@@ -204,12 +206,7 @@ class EmbeddingSettings(_Section):
     )
     sub_windows: int | None = Field(None, ge=1, description="Sub-windows per clip window (None: fewest).")
 
-    @field_validator("weights")
-    @classmethod
-    def _weights_exist(cls, value: Path | None) -> Path | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"weights file {value} does not exist")
-        return value
+    _weights_exist = field_validator("weights")(_existing_weights_file)
 
 
 class TrainSettings(_Section):
