@@ -1,0 +1,1 @@
+"""Review a predict run in the browser: verdicts in SQLite, exports, precision (no torch)."""
