@@ -242,6 +242,63 @@ class TrainSettings(_Section):
         return self
 
 
+class PseudoLabelSettings(_Section):
+    """How a teacher's window probabilities become soft training targets (``pseudo-label``, ``train
+    --unlabelled``). Applied in this order: the keep rule on each window's largest raw probability, the
+    floor on raw probabilities, then the power on what is left."""
+
+    keep: float = Field(
+        0.0, ge=0, le=1,
+        description="Keep a window when its largest probability is >= keep (BirdCLEF 2025 2nd: 0.5); "
+        "0 keeps every window.",
+    )
+    floor: float = Field(
+        0.0, ge=0, lt=1, description="Probabilities below floor become 0 (BirdCLEF 2025 2nd: 0.1)."
+    )
+    power: float = Field(
+        1.0, gt=0, description="Soft targets p ** power; > 1 sharpens low scores away (BirdCLEF 2025 1st)."
+    )
+    hop_s: float | None = Field(None, gt=0, description="Seconds between windows (None: the clip length).")
+
+
+# Stronger augmentation of a noisy student (Xie et al. 2020): its clips and windows see more masking
+# and mixing than the teacher did; any AugmentSettings field may be set in selftrain.student_augment.
+STUDENT_AUGMENT: dict[str, Any] = {"specaugment_p": 0.75, "mixup_p": 0.75}
+
+
+class SelfTrainSettings(_Section):
+    """Noisy-student rounds on unlabelled recordings (``train --unlabelled DIR --rounds N``)."""
+
+    rounds: int = Field(1, ge=1, description="Teacher -> pseudo-labels -> student rounds.")
+    pseudo: PseudoLabelSettings = PseudoLabelSettings()
+    mix_p: float = Field(
+        0.5, ge=0, le=1,
+        description="Share of labelled clips mixed with a random pseudo-labelled window (targets: the "
+        "union, max; BirdCLEF 2025 1st mixed every clip).",
+    )
+    window_items: bool = Field(True, description="Pseudo-labelled windows are also training items.")
+    window_weight: float = Field(1.0, gt=0, description="Loss weight of a pseudo-labelled window item.")
+    max_windows: int | None = Field(
+        None, ge=1, description="At most this many pseudo-labelled windows per round (a seeded sample)."
+    )
+    student_augment: dict[str, Any] = Field(
+        default_factory=lambda: dict(STUDENT_AUGMENT),
+        description="AugmentSettings fields the students train with instead of the teacher's.",
+    )
+    student_backbone: str | None = Field(
+        None, description="timm backbone of the students (distillation); None: the teacher's."
+    )
+
+    @field_validator("student_augment")
+    @classmethod
+    def _augment_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(AugmentSettings.model_fields))
+        if unknown:
+            raise ValueError(f"not augment settings: {', '.join(unknown)}")
+        AugmentSettings(**value)  # values checked as the augment section checks them
+        return value
+
+
 class ClusterSettings(_Section):
     """Where ``predict --cluster slurm`` runs: one SLURM job script (dask-jobqueue), ``jobs`` of them."""
 
@@ -280,6 +337,7 @@ class Config(_Section):
     model: ModelSettings = ModelSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     train: TrainSettings = TrainSettings()
+    selftrain: SelfTrainSettings = SelfTrainSettings()
 
     @model_validator(mode="before")
     @classmethod
