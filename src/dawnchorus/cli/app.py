@@ -24,6 +24,7 @@ from dawnchorus.cli.data import data_app
 from dawnchorus.cli.embed import embed
 from dawnchorus.cli.evaluate import evaluate, tune_thresholds_command
 from dawnchorus.cli.predict import export, predict
+from dawnchorus.cli.pseudo import pseudo_label
 from dawnchorus.cli.report import demo, report
 from dawnchorus.cli.synth import synth
 from dawnchorus.cli.train import augment_preview, train
@@ -56,6 +57,7 @@ app.command()(train)
 app.command("augment-preview")(augment_preview)
 app.command()(predict)
 app.command()(embed)
+app.command("pseudo-label")(pseudo_label)
 app.command()(evaluate)
 app.command("tune-thresholds")(tune_thresholds_command)
 app.command()(export)
