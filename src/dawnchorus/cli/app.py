@@ -26,6 +26,7 @@ from dawnchorus.cli.evaluate import evaluate, tune_thresholds_command
 from dawnchorus.cli.predict import export, predict
 from dawnchorus.cli.pseudo import pseudo_label
 from dawnchorus.cli.report import demo, report
+from dawnchorus.cli.review import review
 from dawnchorus.cli.synth import synth
 from dawnchorus.cli.train import augment_preview, train
 from dawnchorus.errors import DawnchorusError
@@ -62,6 +63,7 @@ app.command()(evaluate)
 app.command("tune-thresholds")(tune_thresholds_command)
 app.command()(export)
 app.command()(report)
+app.command()(review)
 app.command()(demo)
 
 

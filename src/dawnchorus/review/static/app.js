@@ -1,0 +1,279 @@
+// dawnchorus review: the page over the JSON API (plain JavaScript, no framework, no build step).
+"use strict";
+
+const token = new URLSearchParams(location.search).get("token");
+const PAGE = 100;
+const state = { info: null, items: [], total: 0, index: -1, undo: [], busy: false };
+const $ = (id) => document.getElementById(id);
+
+function withToken(url) {
+  if (!token) return url;
+  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
+  if (options.body) headers["Content-Type"] = "application/json";
+  const response = await fetch(withToken(path), Object.assign({}, options, { headers }));
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || response.status + " " + response.statusText);
+  return data;
+}
+
+function say(text, isError = false) {
+  const status = $("status");
+  status.textContent = text;
+  status.className = isError ? "error" : "";
+}
+
+function option(select, value, text) {
+  const node = document.createElement("option");
+  node.value = value;
+  node.textContent = text;
+  select.appendChild(node);
+}
+
+// ---- filters (kept in the address's #fragment, so a reload keeps them) -------------------------------
+
+const FILTERS = ["order", "species", "file", "min_score", "max_score"];
+
+function filters() {
+  const params = new URLSearchParams();
+  for (const name of FILTERS) if ($(name).value) params.set(name, $(name).value);
+  if ($("unreviewed").checked) params.set("unreviewed", "1");
+  return params;
+}
+
+function restoreFilters() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  for (const name of FILTERS) if (params.has(name)) $(name).value = params.get(name);
+  $("unreviewed").checked = params.get("unreviewed") === "1";
+}
+
+// ---- loading ---------------------------------------------------------------------------------------------
+
+async function loadInfo() {
+  const info = await api("/api/info");
+  state.info = info;
+  $("run").textContent = info.results_dir;
+  for (const label of info.labels) {
+    option($("species"), label, label);
+    option($("labels"), label, label);
+  }
+  for (const rec of info.recordings) option($("file"), rec.id, rec.file + (rec.found ? "" : " (not found)"));
+  $("reviewer").value = localStorage.getItem("dawnchorus.reviewer") || info.reviewer || "";
+  $("export-raven").href = withToken("/api/export?format=raven");
+  $("export-csv").href = withToken("/api/export?format=csv");
+}
+
+async function loadItems(append = false) {
+  const params = filters();
+  history.replaceState(null, "", "#" + params.toString());
+  params.set("offset", append ? state.items.length : 0);
+  params.set("limit", PAGE);
+  try {
+    const data = await api("/api/items?" + params.toString());
+    state.items = append ? state.items.concat(data.items) : data.items;
+    state.total = data.total;
+    say("");
+  } catch (error) {
+    say(error.message, true);
+    state.items = [];
+    state.total = 0;
+  }
+  renderList();
+  if (!append) select(state.items.length ? 0 : -1);
+}
+
+async function loadProgress() {
+  const data = await api("/api/progress");
+  const rows = data.species.map((s) => {
+    const tr = document.createElement("tr");
+    for (const value of [s.label, s.detections, s.reviewed, s.present, s.absent, s.unsure, s.other]) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.appendChild(td);
+    }
+    tr.dataset.label = s.label;
+    return tr;
+  });
+  $("progress-rows").replaceChildren(...rows);
+}
+
+// ---- rendering ---------------------------------------------------------------------------------------------
+
+const SIGN = { present: "✓", absent: "✗", unsure: "?", other: "→" };
+
+function badge(node, verdict) {
+  node.className = "badge" + (verdict ? " v-" + verdict.verdict : "");
+  node.textContent = verdict ? SIGN[verdict.verdict] + (verdict.other_label ? " " + verdict.other_label : "") : "";
+}
+
+function renderList() {
+  $("total").textContent = state.total + " item(s)";
+  const rows = state.items.map((item, i) => {
+    const li = document.createElement("li");
+    li.dataset.index = i;
+    li.dataset.id = item.id;
+    const what = document.createElement("span");
+    what.innerHTML = "<b></b> <span class='where'></span>";
+    what.querySelector("b").textContent = item.label + " " + item.score.toFixed(3);
+    what.querySelector(".where").textContent = item.file.split(/[\\/]/).pop() + " @" + item.start_s + " s";
+    const mark = document.createElement("span");
+    badge(mark, item.verdict);
+    li.append(what, mark);
+    li.addEventListener("click", () => select(i));
+    if (i === state.index) li.classList.add("current");
+    return li;
+  });
+  $("items").replaceChildren(...rows);
+  $("more").hidden = state.items.length >= state.total;
+}
+
+function select(i) {
+  state.index = i;
+  const item = state.items[i];
+  $("card").hidden = !item;
+  $("empty").hidden = !!item;
+  $("other-box").hidden = true;
+  for (const li of $("items").children) li.classList.toggle("current", Number(li.dataset.index) === i);
+  if (!item) return;
+  $("items").children[i].scrollIntoView({ block: "nearest" });
+  $("c-label").textContent = item.label;
+  $("c-score").textContent = "score " + item.score.toFixed(3) + " (threshold " + item.threshold.toFixed(2) + ")";
+  badge($("c-verdict"), item.verdict);
+  $("c-where").textContent = item.file + ", " + item.start_s + "–" + item.end_s + " s";
+  $("c-spec").src = withToken(item.spectrogram);
+  $("c-top").textContent = "model: " + item.top.map(([label, score]) => label + " " + score.toFixed(2)).join(", ");
+  $("note").value = item.verdict ? item.verdict.note || "" : "";
+  $("player").removeAttribute("src");
+}
+
+// ---- actions -------------------------------------------------------------------------------------------------
+
+function play(context) {
+  const item = state.items[state.index];
+  if (!item) return;
+  const player = $("player");
+  player.src = withToken(context ? item.audio_context : item.audio);
+  player.play().catch((error) => say("cannot play: " + error.message, true));
+}
+
+async function give(verdict, otherLabel = null) {
+  const item = state.items[state.index];
+  if (!item || state.busy) return;
+  if (verdict === "other" && !otherLabel) {
+    $("other-box").hidden = false;
+    $("other").value = "";
+    $("other").focus();
+    return;
+  }
+  const reviewer = $("reviewer").value.trim();
+  localStorage.setItem("dawnchorus.reviewer", reviewer);
+  const body = {
+    item_id: item.id, label: item.label, verdict: verdict, other_label: otherLabel,
+    note: $("note").value, reviewer: reviewer, queue: $("order").value,
+  };
+  state.busy = true;
+  try {
+    const saved = await api("/api/verdicts", { method: "POST", body: JSON.stringify(body) });
+    item.verdict = saved;
+    state.undo.push({ id: saved.id, item: item });
+    say("saved: " + item.label + " " + verdict + (otherLabel ? " (" + otherLabel + ")" : ""));
+    renderList();
+    select(Math.min(state.index + 1, state.items.length - 1));
+    loadProgress();
+  } catch (error) {
+    say("not saved: " + error.message, true);
+  } finally {
+    state.busy = false;
+  }
+}
+
+async function undo() {
+  const last = state.undo.pop();
+  if (!last) {
+    say("nothing to undo");
+    return;
+  }
+  try {
+    await api("/api/verdicts/" + last.id, { method: "DELETE" });
+    const active = await api("/api/verdicts");
+    const found = active.verdicts.find((v) => v.item_id === last.item.id && v.label === last.item.label);
+    last.item.verdict = found || null;
+    say("undone: " + last.item.label + " at " + last.item.start_s + " s");
+    renderList();
+    const i = state.items.indexOf(last.item);
+    if (i >= 0) select(i);
+    loadProgress();
+  } catch (error) {
+    say("undo failed: " + error.message, true);
+  }
+}
+
+function move(step) {
+  if (!state.items.length) return;
+  select(Math.max(0, Math.min(state.items.length - 1, state.index + step)));
+}
+
+const KEYS = {
+  p: () => give("present"), a: () => give("absent"), u: () => give("unsure"), o: () => give("other"),
+  1: () => give("present"), 2: () => give("absent"), 3: () => give("unsure"), 4: () => give("other"),
+  z: undo, j: () => move(1), ArrowRight: () => move(1), ArrowDown: () => move(1),
+  k: () => move(-1), ArrowLeft: () => move(-1), ArrowUp: () => move(-1),
+  " ": () => play(false), c: () => play(true), n: () => $("note").focus(),
+};
+
+function onKey(event) {
+  const field = event.target.closest("input, select, textarea");
+  if (field) {
+    if (event.key === "Escape") field.blur();
+    if (event.key === "Enter" && field.id === "other") {
+      event.preventDefault();
+      const name = $("other").value.trim();
+      if (name) give("other", name).then(() => $("other").blur());
+    } else if (event.key === "Enter" && field.id === "note") {
+      event.preventDefault();
+      field.blur();
+    }
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const action = KEYS[event.key];
+  if (action) {
+    event.preventDefault();
+    action();
+  }
+}
+
+// ---- start -------------------------------------------------------------------------------------------------
+
+async function start() {
+  document.addEventListener("keydown", onKey);
+  for (const button of document.querySelectorAll("[data-verdict]")) {
+    button.addEventListener("click", () => give(button.dataset.verdict));
+  }
+  $("undo").addEventListener("click", undo);
+  $("play").addEventListener("click", () => play(false));
+  $("play-context").addEventListener("click", () => play(true));
+  $("other-ok").addEventListener("click", () => {
+    const name = $("other").value.trim();
+    if (name) give("other", name);
+  });
+  $("more").addEventListener("click", () => loadItems(true));
+  $("filters").addEventListener("change", () => loadItems());
+  $("filters").addEventListener("submit", (event) => event.preventDefault());
+  $("c-spec").addEventListener("error", () => say("spectrogram not available for this window", true));
+  try {
+    await loadInfo();
+  } catch (error) {
+    say(error.message, true);
+    return;
+  }
+  restoreFilters();
+  await loadItems();
+  await loadProgress();
+  document.body.dataset.ready = "1";
+}
+
+start();
