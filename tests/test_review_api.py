@@ -5,7 +5,6 @@ that two writers share and that ``kill -9`` cannot make lose an acknowledged ver
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import signal
@@ -29,7 +28,7 @@ from dawnchorus.io.verdicts import REVIEWS_FILE, SCORE_BIN_EDGES, VerdictStore, 
 from dawnchorus.review.app import create_app
 from dawnchorus.review.items import open_run
 from tests.conftest import REPO
-from tests.review_run import RECORDING_S, predicted_run
+from tests.review_run import RECORDING_S, Server, predicted_run
 
 runner = CliRunner()
 
@@ -372,29 +371,6 @@ def test_missing_extra_names_the_install_command(results: Path) -> None:
 
 
 # ---- a real server: two writers, kill -9, Ctrl-C ------------------------------------------------
-
-
-class Server:
-    """``dawnchorus review RESULTS --port 0`` in a subprocess; ``url`` is the one it printed."""
-
-    def __init__(self, results: Path, *options: str) -> None:
-        env = {**os.environ, "COLUMNS": "300", "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "dawnchorus", "review", str(results), "--port", "0", *options]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env=env, cwd=REPO)
-        self.lines: list[str] = []
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-            found = re.search(r"open (http://\S+)", line)
-            if found:
-                self.url = found.group(1)
-                return
-        raise AssertionError("server printed no URL:\n" + "".join(self.lines))
-
-    def rest(self) -> str:
-        assert self.process.stdout is not None
-        return "".join(self.lines) + self.process.stdout.read()
 
 
 def test_two_servers_and_four_threads_writing_at_once_keep_every_verdict(results: Path) -> None:

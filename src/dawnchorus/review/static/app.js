@@ -3,7 +3,20 @@
 
 const token = new URLSearchParams(location.search).get("token");
 const PAGE = 100;
-const state = { info: null, items: [], total: 0, index: -1, undo: [], busy: false };
+const state = { info: null, items: [], total: 0, index: -1, busy: false };
+const UNDO_KEY = "dawnchorus.undo." + location.pathname;  // this tab's verdicts, newest last; kept on reload
+
+function undoStack() {
+  try {
+    return JSON.parse(sessionStorage.getItem(UNDO_KEY) || "[]");
+  } catch (error) {
+    return [];
+  }
+}
+
+function saveUndoStack(stack) {
+  sessionStorage.setItem(UNDO_KEY, JSON.stringify(stack.slice(-200)));
+}
 const $ = (id) => document.getElementById(id);
 
 function withToken(url) {
@@ -60,7 +73,10 @@ async function loadInfo() {
     option($("species"), label, label);
     option($("labels"), label, label);
   }
-  for (const rec of info.recordings) option($("file"), rec.id, rec.file + (rec.found ? "" : " (not found)"));
+  for (const rec of info.recordings) {
+    option($("file"), rec.id, rec.file.split(/[\\/]/).pop() + (rec.found ? "" : " (not found)"));
+    $("file").lastChild.title = rec.file;
+  }
   $("reviewer").value = localStorage.getItem("dawnchorus.reviewer") || info.reviewer || "";
   $("export-raven").href = withToken("/api/export?format=raven");
   $("export-csv").href = withToken("/api/export?format=csv");
@@ -178,7 +194,7 @@ async function give(verdict, otherLabel = null) {
   try {
     const saved = await api("/api/verdicts", { method: "POST", body: JSON.stringify(body) });
     item.verdict = saved;
-    state.undo.push({ id: saved.id, item: item });
+    saveUndoStack(undoStack().concat([{ id: saved.id, item_id: saved.item_id, label: saved.label }]));
     say("saved: " + item.label + " " + verdict + (otherLabel ? " (" + otherLabel + ")" : ""));
     renderList();
     select(Math.min(state.index + 1, state.items.length - 1));
@@ -191,24 +207,29 @@ async function give(verdict, otherLabel = null) {
 }
 
 async function undo() {
-  const last = state.undo.pop();
+  const stack = undoStack();
+  const last = stack.pop();
   if (!last) {
     say("nothing to undo");
     return;
   }
   try {
     await api("/api/verdicts/" + last.id, { method: "DELETE" });
-    const active = await api("/api/verdicts");
-    const found = active.verdicts.find((v) => v.item_id === last.item.id && v.label === last.item.label);
-    last.item.verdict = found || null;
-    say("undone: " + last.item.label + " at " + last.item.start_s + " s");
-    renderList();
-    const i = state.items.indexOf(last.item);
-    if (i >= 0) select(i);
-    loadProgress();
   } catch (error) {
     say("undo failed: " + error.message, true);
+    if (!/no verdict/.test(error.message)) return;  // already undone elsewhere: drop it from the stack
   }
+  saveUndoStack(stack);
+  const active = await api("/api/verdicts");
+  const found = active.verdicts.find((v) => v.item_id === last.item_id && v.label === last.label);
+  say("undone: " + last.label + " (" + last.item_id.split(":")[1] / 1000 + " s)");
+  const i = state.items.findIndex((item) => item.id === last.item_id && item.label === last.label);
+  if (i >= 0) {
+    state.items[i].verdict = found || null;
+    renderList();
+    select(i);
+  }
+  loadProgress();
 }
 
 function move(step) {
