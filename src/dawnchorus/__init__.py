@@ -29,27 +29,29 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
 
 
 def predict(
-    model: LoadedModel | str | Path, paths: Any, settings: PredictSettings | None = None, **options: Any
+    model: LoadedModel | str | Path | list[LoadedModel | str | Path],
+    paths: Any,
+    settings: PredictSettings | None = None,
+    **options: Any,
 ) -> pd.DataFrame:
     """Per-window probabilities of ``paths`` (files, folders), indexed by (file, start_s, end_s).
 
-    ``model`` is a loaded model or a model file. ``settings`` (a :class:`~dawnchorus.config.PredictSettings`)
-    and ``options`` (any of its fields: ``hop_s=2.5``, ``batch_size=8``, ``engine="torch"``,
-    ``device="cuda"``..., validated like the settings) choose how it runs; the defaults are those of
-    ``dawnchorus predict``.
+    ``model`` is a loaded model or a model file, or a list of them: an ensemble sharing labels,
+    averaged per window with ``ensemble_weights`` (default equal). ``settings`` (a
+    :class:`~dawnchorus.config.PredictSettings`) and ``options`` (any of its fields: ``hop_s=2.5``,
+    ``batch_size=8``, ``engine="torch"``, ``device="cuda"``..., validated like the settings) choose
+    how it runs; the defaults are those of ``dawnchorus predict``.
     """
     from dawnchorus.config import build_predict_settings
+    from dawnchorus.inference.ensemble import as_predictor
     from dawnchorus.inference.run import predict_frame
 
     if options:
         base = settings.model_dump() if settings is not None else {}
         settings = build_predict_settings({**base, **options}, source="predict() options")
-    if isinstance(model, str | Path):
-        from dawnchorus.models.modelfile import load_model as _load
-
-        # The network is built only if the engine runs it (not the ONNX engine on a cached graph).
-        model = _load(model, build_network=False)
-    return predict_frame(model, paths, settings)
+    # The network is built only if the engine runs it (not the ONNX engine on a cached graph).
+    weights = settings.ensemble_weights if settings is not None else None
+    return predict_frame(as_predictor(model, weights), paths, settings)
 
 
 def train(data: str | Path, out: str | Path, config: Config | None = None, **options: Any) -> TrainResult:

@@ -407,7 +407,43 @@ class PredictSettings(_Section):
         description="With a hop dividing the window length: average overlapping windows back onto the "
         "non-overlapping window grid (start_s multiples of the window length).",
     )
+    max_scaling: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Per-recording max scaling a in (0, 1]: each window's probability p of a species becomes "
+        "p * (1 - a + a * m), m that species' maximum over the recording. None: off.",
+    )
+    ensemble_weights: list[float] | None = Field(
+        None,
+        description="With several models (an ensemble): one weight per model, in order (a list or "
+        "comma-separated; normalised to sum 1). None: equal weights.",
+    )
     cluster: ClusterSettings = ClusterSettings()
+
+    @field_validator("ensemble_weights", mode="before")
+    @classmethod
+    def _weights(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("none", "equal"):
+            return None
+        if isinstance(value, str):
+            try:
+                value = [float(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"must be comma-separated numbers, got {value!r}") from None
+        if value is None or not isinstance(value, list | tuple):
+            return value
+        try:
+            weights = [float(weight) for weight in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a list of numbers, got {value!r}") from None
+        if not weights:
+            raise ValueError("must hold one weight per model")
+        if any(not math.isfinite(weight) or weight < 0 for weight in weights):
+            raise ValueError(f"weights must be finite and >= 0, got {value!r}")
+        if sum(weights) <= 0:
+            raise ValueError("weights must not all be 0")
+        return weights
 
     @field_validator("smoothing", mode="before")
     @classmethod

@@ -26,7 +26,9 @@ from dawnchorus.errors import ExportError
 
 def predict(
     ctx: typer.Context,
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file written by train.")],
+    model_path: Annotated[
+        Path, typer.Argument(metavar="MODEL...", help="Model file(s) written by train; several: an ensemble.")
+    ],
     inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="Files, folders, or .txt lists.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
     hop: Annotated[
@@ -74,8 +76,27 @@ def predict(
             "windows back onto the non-overlapping window grid."
         ),
     ] = False,
+    max_scaling: Annotated[
+        float | None,
+        typer.Option(
+            help="Per-recording max scaling A in (0, 1]: p * (1 - A + A * max over the recording of "
+            "that species); off by default."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            "--ensemble-weights",
+            help="With several models: one weight per model, e.g. 0.6,0.4 (default: equal).",
+        ),
+    ] = None,
 ) -> None:
     """Predict species per window in long recordings; resumable, bad files reported and skipped.
+
+    Several leading model files (ending .pt) make an ensemble: their probabilities are averaged per
+    window (weights: --weights), and its detection thresholds are the members' per-class ones,
+    averaged alike.
 
     Exit status: 0 every recording predicted, 1 some could not be (listed and in errors.csv), 2 bad
     input or usage (nothing predicted).
@@ -83,12 +104,27 @@ def predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dawnchorus.config import load_predict_settings
+    from dawnchorus.inference.ensemble import (
+        check_member_file,
+        describe_predictor,
+        looks_like_model_file,
+        predictor_batch_function,
+        predictor_of,
+    )
     from dawnchorus.inference.run import run_prediction
     from dawnchorus.inference.windows import expand_inputs
 
+    # Every leading model file is an ensemble member; the first argument that is not one starts the inputs.
+    members = [model_path]
+    while inputs and looks_like_model_file(inputs[0]):
+        members.append(inputs.pop(0))
+    if not inputs:
+        fail("no recordings given after the model file(s)")
     require_inputs(inputs)
+    for member in members:
+        check_member_file(member)
     # The timm network is built only if the engine runs it (not the ONNX engine on a cached graph).
-    model = load_model_or_fail(model_path, build_network=False)
+    loaded = [load_model_or_fail(member, build_network=False) for member in members]
     # The --config file gives the settings; options typed on the command line override it.
     options = {
         "hop_s": ("hop", hop),
@@ -101,6 +137,8 @@ def predict(
         "engine": ("engine", engine),
         "smoothing": ("smoothing", smoothing),
         "overlap_average": ("overlap_average", overlap_average),
+        "max_scaling": ("max_scaling", max_scaling),
+        "ensemble_weights": ("weights", weights),
     }
     overrides = {
         field: value
@@ -108,13 +146,14 @@ def predict(
         if config_path is None or _typed(ctx, name)
     }
     settings = load_predict_settings(config_path, overrides)
+    model = predictor_of(loaded, settings.ensemble_weights)  # checks an ensemble's labels and windows
     batch_function = None
     if cluster is None:
-        from dawnchorus.inference.engines import batch_function_for, resolve_batch_size
+        from dawnchorus.inference.engines import resolve_batch_size
 
         windows_per_batch = resolve_batch_size(settings.batch_size, settings.device)
         try:  # builds (and checks) the network where the engine needs it, before any output
-            batch_function = batch_function_for(
+            batch_function = predictor_batch_function(
                 model, settings.engine, device=settings.device, batch_size=windows_per_batch
             )
         except ExportError as exc:  # an engine that cannot be used here is a usage error: exit 2
@@ -140,9 +179,7 @@ def predict(
             progress.update(task, total=todo, completed=done, rate=rate)
 
         if batch_function is not None:
-            from dawnchorus.inference.engines import describe_engine
-
-            progress.console.print(_engine_line(describe_engine(batch_function)), highlight=False)
+            progress.console.print(_engine_line(describe_predictor(batch_function)), highlight=False)
             summary = run_prediction(
                 model, inputs, out, settings, batch_function=batch_function, progress=report
             )
@@ -150,7 +187,7 @@ def predict(
             from dawnchorus.inference.distributed import run_distributed_prediction
 
             summary = run_distributed_prediction(
-                model_path, inputs, out, settings, cluster=cluster, progress=report
+                members, inputs, out, settings, cluster=cluster, progress=report
             )
     print_failures(summary.failed)
     print_summary(
@@ -191,7 +228,12 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _engine_line(described: dict) -> str:
-    """'engine: onnx (model.cnn.onnx, log-mel in torch), 2 lanes x 1 thread' for the user."""
+    """'engine: onnx (model.cnn.onnx, log-mel in torch), 2 lanes x 1 thread' for the user; for an
+    ensemble, 'engine: ensemble of 2 (weights 0.5, 0.5): ...' and each member's line."""
+    if described["engine"] == "ensemble":
+        weights = ", ".join(f"{w:.3g}" for w in described["weights"])
+        lines = [_engine_line(member).removeprefix("engine: ") for member in described["members"]]
+        return f"engine: ensemble of {len(lines)} (weights {weights}): " + "; ".join(lines)
     if described["engine"] == "onnx":
         what = f"onnx ({Path(described['graph']).name}, log-mel in {described['frontend']})"
     else:

@@ -53,6 +53,7 @@ from dawnchorus.inference.engines import (
     resolve_engine,
     torch_batch_function,
 )
+from dawnchorus.inference.ensemble import Ensemble, check_member_file, combine, load_ensemble, predictor_of
 from dawnchorus.inference.pipeline import RecordingResult, iter_predictions, reuse_large_allocations
 from dawnchorus.inference.run import PredictionSummary, RunFolder, saved_windows_path, write_recording
 from dawnchorus.inference.smoothing import check_recipe, finish_table
@@ -267,6 +268,10 @@ class TaskOptions:
     engine: str  # torch, onnx or auto (resolved by each worker for its device)
     smoothing: tuple[float, ...] | None = None  # PredictSettings.smoothing, applied to whole recordings
     overlap_average: bool = False
+    max_scaling: float | None = None
+    # An ensemble: every member's (path, stamp), model_path being the first; weights normalised.
+    ensemble: tuple[tuple[str, tuple[int, int]], ...] = ()
+    ensemble_weights: tuple[float, ...] = ()
 
 
 @dataclass
@@ -292,7 +297,7 @@ class RecordingDone:
 
 
 _MODEL_LOADS: Counter[str] = Counter()
-_MODEL_CACHE: dict[tuple[str, tuple[int, int], str | None], tuple[LoadedModel, BatchFunction]] = {}
+_MODEL_CACHE: dict[tuple[Any, ...], tuple[LoadedModel | Ensemble, BatchFunction]] = {}
 _MODEL_LOCK = threading.Lock()
 
 
@@ -319,9 +324,11 @@ def worker_device(requested: str | None, gpus: int | None = None, worker: str | 
     return f"cuda:{index % gpus}"
 
 
-def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
-    """This process's copy of the model and its batch function, loaded on first use only."""
-    key = (options.model_path, options.model_stamp, options.device)
+def worker_model(options: TaskOptions) -> tuple[LoadedModel | Ensemble, BatchFunction]:
+    """This process's copy of the model (or ensemble: every member) and its batch function, loaded on
+    first use only."""
+    key = (options.model_path, options.model_stamp, options.device, options.ensemble,
+           options.ensemble_weights)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             import torch
@@ -334,8 +341,14 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel, BatchFunction]:
             _MODEL_CACHE.clear()  # a new model file replaces the old one
             # The timm network is built only by the torch engine: an ONNX worker runs the graph the
             # client exported (checked against the model file's SHA-256) and never imports timm.
-            model = load_model(options.model_path, build_network=False)
-            _MODEL_CACHE[key] = (model, worker_batch_function(model, options, worker_device(options.device)))
+            device = worker_device(options.device)
+            if options.ensemble:
+                model = load_ensemble([path for path, _ in options.ensemble], options.ensemble_weights)
+                run = combine([worker_batch_function(m, options, device) for m in model.members], model)
+            else:
+                model = load_model(options.model_path, build_network=False)
+                run = worker_batch_function(model, options, device)
+            _MODEL_CACHE[key] = (model, run)
             _MODEL_LOADS[options.model_path] += 1
         return _MODEL_CACHE[key]
 
@@ -399,7 +412,9 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
         return RecordingDone(str(plan.path), 0.0, 0, failure, loads)
     frame = pd.concat([c.frame for c in chunks], ignore_index=True)
     clip_s, hop_s = model.config.audio.clip_s, options.hop_s
-    frame = finish_table(frame, model.labels, clip_s, hop_s, options.smoothing, options.overlap_average)
+    frame = finish_table(
+        frame, model.labels, clip_s, hop_s, options.smoothing, options.overlap_average, options.max_scaling
+    )
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
     write_recording(
         frame, plan.key, model.labels, thresholds, Path(options.out_dir), options.formats, options.merge,
@@ -430,7 +445,7 @@ class DistributedSummary(PredictionSummary):
 
 
 def run_distributed_prediction(
-    model_path: str | Path,
+    model_path: str | Path | Sequence[str | Path],
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     settings: PredictSettings | None = None,
@@ -450,20 +465,27 @@ def run_distributed_prediction(
     a task that raised; a task whose worker died is rerun by the scheduler (up to its
     ``allowed-failures``) whatever ``retries`` is. ``settings.engine`` ``auto`` is resolved by each
     worker for its device (see :func:`dawnchorus.inference.engines.resolve_engine`); the ONNX graph
-    is exported here once, beside the model file, before any task starts.
+    is exported here once, beside the model file, before any task starts. Several model files in
+    ``model_path`` run as an :class:`~dawnchorus.inference.ensemble.Ensemble` (weights:
+    ``settings.ensemble_weights``): each worker loads every member once and averages them per window.
     """
     from dawnchorus.models.modelfile import load_model
 
     settings = settings or PredictSettings()
-    model_path = Path(model_path)
-    model = load_model(model_path, build_network=False)  # built by prepare_engine where needed
+    paths = [Path(model_path)] if isinstance(model_path, str | Path) else [Path(p) for p in model_path]
+    for path in paths:
+        check_member_file(path)
+    members = [load_model(path, build_network=False) for path in paths]  # built by prepare_engine
+    model = predictor_of(members, settings.ensemble_weights)
+    model_path = paths[0]
     audio = model.config.audio
     hop_s = audio.clip_s if settings.hop_s is None else settings.hop_s
     # Resolved here, as ``predict`` always has: the workers share one batch size (and chunk grid).
     batch_size = resolve_batch_size(settings.batch_size, settings.device)
     parse_cluster(cluster)  # a bad value fails before any header is read
     check_recipe(settings, audio.clip_s)
-    prepare_engine(settings.engine, settings.device, model_path, model)
+    for path, member in zip(paths, members, strict=True):
+        prepare_engine(settings.engine, settings.device, path, member)
     folder = RunFolder.open(model, inputs, out_dir, settings)
     plans, unreadable = plan_recordings(
         folder.todo, audio.sample_rate, audio.clip_s, hop_s, settings.chunk_s, batch_size, absolute=True
@@ -492,6 +514,10 @@ def run_distributed_prediction(
                 engine=settings.engine,
                 smoothing=None if settings.smoothing is None else tuple(settings.smoothing),
                 overlap_average=settings.overlap_average,
+                max_scaling=settings.max_scaling,
+                ensemble=tuple((str(p.resolve()), model_stamp(p)) for p in paths)
+                if isinstance(model, Ensemble) else (),
+                ensemble_weights=model.weights if isinstance(model, Ensemble) else (),
             )
             final, tasks = _submit(client, plans, options, retries)
             finished = _collect(final, progress, len(unreadable), len(folder.todo))

@@ -30,10 +30,10 @@ from dawnchorus.errors import OutputError, PredictionError
 from dawnchorus.inference.engines import (
     DEFAULT_BATCH_SIZE,
     BatchFunction,
-    batch_function_for,
     resolve_batch_size,
     torch_threads_kept,
 )
+from dawnchorus.inference.ensemble import Ensemble, ensemble_sha256, predictor_batch_function
 from dawnchorus.inference.export import file_sha256
 from dawnchorus.inference.pipeline import (
     RecordingResult,
@@ -137,7 +137,7 @@ def run_prediction(
                 finish(plan, folder.assemble(plan, hop))
         reuse_large_allocations()
         with torch_threads_kept():
-            run = batch_function or batch_function_for(
+            run = batch_function or predictor_batch_function(
                 model, settings.engine, device=settings.device, batch_size=batch_size
             )
             segments = [segment for plan in plans for segment in to_run[plan.path]]
@@ -195,7 +195,7 @@ def predict_frame(
     batch_size = resolve_batch_size(settings.batch_size, settings.device)
     frames = []
     with torch_threads_kept():
-        run = batch_function or batch_function_for(
+        run = batch_function or predictor_batch_function(
             model, settings.engine, device=settings.device, batch_size=batch_size
         )
         for result in iter_predictions(
@@ -219,6 +219,7 @@ def predict_frame(
                     clip_s if settings.hop_s is None else settings.hop_s,
                     settings.smoothing,
                     settings.overlap_average,
+                    settings.max_scaling,
                 )
             )
     columns = ["file", "start_s", "end_s", *model.labels]
@@ -294,7 +295,8 @@ class RunFolder:
         clip_s = model.config.audio.clip_s
         hop_s = clip_s if self.settings.hop_s is None else self.settings.hop_s
         frame = finish_table(
-            frame, model.labels, clip_s, hop_s, self.settings.smoothing, self.settings.overlap_average
+            frame, model.labels, clip_s, hop_s, self.settings.smoothing, self.settings.overlap_average,
+            self.settings.max_scaling,
         )
         write_recording(
             frame, plan.key, model.labels, self.thresholds, self.out_dir, self.formats, merge, plan.split,
@@ -358,13 +360,16 @@ def write_recording(
         remove_saved_windows(parts_dir, key)
 
 
-def run_tag(model: LoadedModel, settings: PredictSettings) -> str:
+def run_tag(model: LoadedModel | Ensemble, settings: PredictSettings) -> str:
     """The name of a run's parts folder: everything that changes a recording's window table.
 
     That is the model file (the first 16 hex digits of its SHA-256: a retrained model, even with
-    the same labels, gets its own parts), the hop (``None``: the clip length, so ``--hop`` equal to
-    the clip length resumes a run without it), the smoothing kernel (as normalised when applied) and
-    overlap averaging, e.g. ``m0123456789abcdef-h5000ms-nosmooth-noavg``. Not in it: the outputs,
+    the same labels, gets its own parts; for an ensemble, ``e`` and the digits of
+    :func:`model_sha256` over every member file and its weight, so adding, removing, reordering or
+    reweighting a member computes afresh), the hop (``None``: the clip length, so ``--hop`` equal to
+    the clip length resumes a run without it), the smoothing kernel (as normalised when applied),
+    overlap averaging and, only when it is on, max scaling, e.g.
+    ``m0123456789abcdef-h5000ms-nosmooth-noavg``. Not in it: the outputs,
     threshold and merging (rebuilt from the parts at the end of every run), batch size, chunk and
     checkpoint lengths (saved windows are named by their range), device and engine: torch and ONNX
     agree within 1e-4, and ``auto`` resolves by device (on a cluster, by each worker), so naming the
@@ -380,12 +385,19 @@ def run_tag(model: LoadedModel, settings: PredictSettings) -> str:
         text = json.dumps([round(float(w), 12) for w in kernel])
         smoothing = "smooth" + hashlib.sha256(text.encode()).hexdigest()[:8]
     average = "avg" if settings.overlap_average else "noavg"
-    return f"m{model_sha256(model)[:16]}-h{hop_s * 1000:g}ms-{smoothing}-{average}"
+    kind = "e" if isinstance(model, Ensemble) else "m"
+    tag = f"{kind}{model_sha256(model)[:16]}-h{hop_s * 1000:g}ms-{smoothing}-{average}"
+    if settings.max_scaling is not None:  # only when on: tags of runs without it stay as they were
+        tag += f"-max{round(settings.max_scaling, 6):g}"
+    return tag
 
 
-def model_sha256(model: LoadedModel) -> str:
+def model_sha256(model: LoadedModel | Ensemble) -> str:
     """SHA-256 of the model's file (computed once per process for an unchanged file); for a model
-    that has no file, of its labels, settings and weights."""
+    that has no file, of its labels, settings and weights; for an :class:`Ensemble`, over every
+    member's and its weight (:func:`~dawnchorus.inference.ensemble.ensemble_sha256`)."""
+    if isinstance(model, Ensemble):
+        return ensemble_sha256([model_sha256(member) for member in model.members], model.weights)
     if model.path is not None and Path(model.path).is_file():
         return file_sha256(model.path)
     digest = hashlib.sha256(json.dumps(model.labels).encode())

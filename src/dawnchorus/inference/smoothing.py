@@ -1,11 +1,13 @@
 """The prediction recipe applied to one recording's finished window table: overlapping windows
-averaged back onto the window grid, then temporal smoothing of each species over neighbouring windows.
+averaged back onto the window grid, then temporal smoothing of each species over neighbouring windows,
+then per-recording max scaling.
 
 Both runners (and :func:`dawnchorus.predict`) call :func:`finish_table` where a recording's whole
 table is assembled, never on a checkpointed segment or a Dask chunk: the saved segments hold the raw
-probabilities, so a resumed or chunked run gives the same numbers as a single pass. Both steps are off
-by default (``PredictSettings.smoothing`` None, ``overlap_average`` False): the table is then
-returned unchanged. Computing probabilities belongs to ``pipeline.py``, writing them to ``run.py``.
+probabilities, so a resumed or chunked run gives the same numbers as a single pass. Every step is off
+by default (``PredictSettings.smoothing`` None, ``overlap_average`` False, ``max_scaling`` None):
+the table is then returned unchanged. Computing probabilities belongs to ``pipeline.py``, writing
+them to ``run.py``.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def finish_table(
     hop_s: float,
     smoothing: Sequence[float] | None = None,
     overlap_average: bool = False,
+    max_scaling: float | None = None,
 ) -> pd.DataFrame:
     """One recording's final table (windows every ``hop_s`` seconds, in time order):
     :func:`average_overlaps` with ``overlap_average``, then :func:`smooth` with the ``smoothing``
-    kernel; the table itself when both are off (``PredictSettings.smoothing``, ``overlap_average``).
+    kernel, then :func:`scale_by_max` with ``max_scaling``; the table itself when all are off
+    (``PredictSettings.smoothing``, ``overlap_average``, ``max_scaling``).
     With both on, the kernel's neighbours are grid windows (5 s apart for a 5-s model), otherwise
     the windows as predicted (``hop_s`` apart)."""
     if overlap_average and len(frame):
@@ -59,7 +63,33 @@ def finish_table(
         columns = list(labels)
         values = frame[columns].to_numpy()
         frame[columns] = smooth(values, smoothing).astype(values.dtype)
+    if max_scaling is not None and len(frame):
+        frame = frame.copy()
+        columns = list(labels)
+        values = frame[columns].to_numpy()
+        frame[columns] = scale_by_max(values, max_scaling).astype(values.dtype)
     return frame
+
+
+def scale_by_max(probabilities: np.ndarray, strength: float) -> np.ndarray:
+    """Per-recording max scaling: each column of ``probabilities`` (one recording's windows x
+    species) blended with its maximum over the recording, ``p' = p * (1 - a) + p * max(p) * a``.
+
+    A species heard clearly somewhere in a recording keeps its scores elsewhere in it (``max`` near
+    1: ``p' ~ p``); one that never scores high anywhere is pushed down (``p' ~ p * (1 - a)`` for a
+    recording-wide max near 0), which lowers false positives from isolated noise. Order within a
+    species and recording is unchanged, and ``p'`` stays in [0, 1] for ``a`` in [0, 1]. Max scaling
+    is part of the BirdCLEF 2024-25 prediction recipe issue 13 lists; which top solution used this
+    exact form, and at what ``a``, could not be checked offline when it was written, so it is off by
+    default: measure ``a`` on labelled soundscapes (``evaluate``) before relying on it.
+    """
+    if not 0 <= strength <= 1:
+        raise ValueError(f"max scaling must be in [0, 1], got {strength}")
+    values = np.asarray(probabilities, dtype=np.float64)
+    if not len(values):
+        return values
+    peak = values.max(axis=0, keepdims=True)
+    return values * (1.0 - strength) + values * peak * strength
 
 
 def smooth(probabilities: np.ndarray, kernel: Sequence[float]) -> np.ndarray:
