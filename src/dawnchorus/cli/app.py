@@ -19,6 +19,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from dawnchorus.cli.calibrate import calibrate
 from dawnchorus.cli.console import fail
 from dawnchorus.cli.data import data_app
 from dawnchorus.cli.embed import embed
@@ -61,6 +62,7 @@ app.command()(embed)
 app.command("pseudo-label")(pseudo_label)
 app.command()(evaluate)
 app.command("tune-thresholds")(tune_thresholds_command)
+app.command()(calibrate)
 app.command()(export)
 app.command()(report)
 app.command()(review)

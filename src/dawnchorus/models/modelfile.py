@@ -4,7 +4,10 @@
 :class:`LoadedModel`. A model on a frozen pretrained backbone (``train --backbone birdnet``) holds
 its head's weights and the backbone's record (name, version, SHA-256 of its weights: a
 :class:`~dawnchorus.embed.base.BackboneInfo` as plain data), never the backbone's weights; the
-inference layer builds that backbone and checks it against the record.
+inference layer builds that backbone and checks it against the record. A model calibrated on reviewed
+detections (``dawnchorus calibrate``) holds a ``calibration`` entry: per label, the slope and
+intercept of ``P(true detection) = sigmoid(slope * logit(score) + intercept)`` (plain numbers, see
+:data:`CALIBRATION_METHOD`); files without it load as before.
 
 This module owns only the file format; the network it holds is built by
 :mod:`dawnchorus.models.classifier`, and prediction lives in :mod:`dawnchorus.inference`. It does
@@ -47,6 +50,8 @@ REQUIRED_ENTRIES: dict[str, tuple[type, ...]] = {
     "thresholds": (dict,),
     "state_dict": (dict,),
 }
+# The one calibration a model file holds so far (dawnchorus.evaluate.calibration.LogisticCalibration).
+CALIBRATION_METHOD = "logistic-logit"
 
 
 @dataclass
@@ -73,6 +78,7 @@ class LoadedModel:
     backbone: dict[str, Any] | None = None
     stored_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     device: str | torch.device = "cpu"
+    calibration: dict[str, Any] | None = None  # see calibration_entry; None: not calibrated
     _frontend: LogMel | None = field(default=None, init=False, repr=False)
 
     @property
@@ -115,6 +121,19 @@ class LoadedModel:
             return np.asarray(per_class, dtype=np.float32)
         return np.full(len(self.labels), float(self.thresholds.get("global", 0.5)), dtype=np.float32)
 
+    @property
+    def calibration_arrays(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(slopes, intercepts), one per label (NaN for a label without a calibration), or None
+        when the model has no calibration."""
+        if not self.calibration:
+            return None
+        fitted = self.calibration["labels"]
+        slopes = np.array([fitted[label]["slope"] if label in fitted else np.nan for label in self.labels])
+        intercepts = np.array(
+            [fitted[label]["intercept"] if label in fitted else np.nan for label in self.labels]
+        )
+        return slopes, intercepts
+
     def save(self, path: str | Path | None = None) -> Path:
         """Write the model file (atomically)."""
         target = Path(path or self.path)
@@ -127,6 +146,7 @@ class LoadedModel:
             scored_labels=self.scored_labels,
             metadata=self.metadata,
             backbone=self.backbone,
+            calibration=self.calibration,
         )
         return target
 
@@ -140,11 +160,13 @@ def save_model_file(
     scored_labels: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
     backbone: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     """One file: weights, labels, settings, thresholds, package version. Written atomically.
 
     ``backbone``: the record of the frozen backbone an :class:`EmbeddingClassifier` runs on
     (``BackboneInfo.as_dict()``: str, int and float values only); stored as plain data.
+    ``calibration``: see :func:`calibration_entry` (checked before anything is written).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +190,9 @@ def save_model_file(
     }
     if backbone is not None:
         payload["backbone"] = _plain_record(dict(backbone), path)
+    if calibration is not None:
+        payload["calibration"] = calibration_entry(calibration, list(labels), path)
+
     def write(temporary: Path) -> None:
         # Through a file object: a full disk is then an OSError (ENOSPC) that atomic_write names,
         # where torch.save to a path reports only "file write failed".
@@ -226,10 +251,54 @@ def load_model(
         backbone=backbone,
         stored_state=payload["state_dict"] if network is None else None,
         device=device,
+        calibration=calibration_entry(payload.get("calibration"), labels, path),
     )
     if build_network:
         model.network  # noqa: B018 - built now: its problems are raised by load_model
     return model
+
+
+def calibration_entry(entry: Any, labels: list[str], path: Path) -> dict[str, Any] | None:
+    """A model file's ``calibration`` entry as plain data, checked: ``{"method": "logistic-logit",
+    "target_precision": float or None, "labels": {label: {"slope": > 0, "intercept": float, "n":
+    int}}}`` for labels of the model. None stays None; anything else is a :class:`ModelFileError`
+    naming the file (a newer dawnchorus's method too: refused, never guessed at)."""
+    if entry is None:
+        return None
+    problem = f"{path}: damaged model file: its 'calibration' entry"
+    if not isinstance(entry, dict) or not isinstance(entry.get("labels"), dict):
+        raise ModelFileError(f"{problem} is not a calibration")
+    if entry.get("method") != CALIBRATION_METHOD:
+        raise ModelFileError(
+            f"{path}: calibration method {entry.get('method')!r} is not one this dawnchorus "
+            f"({__version__}) reads ({CALIBRATION_METHOD}); upgrade dawnchorus"
+        )
+    target = entry.get("target_precision")
+    if target is not None and not _finite(target):
+        raise ModelFileError(f"{problem} has a target precision that is not a number")
+    fitted: dict[str, dict[str, float | int]] = {}
+    for label, values in entry["labels"].items():
+        if label not in labels:
+            raise ModelFileError(f"{problem} names {label!r}, not a label of the model")
+        if not isinstance(values, dict) or not all(_finite(values.get(k)) for k in ("slope", "intercept")):
+            raise ModelFileError(f"{problem} for {label!r} lacks a numeric slope and intercept")
+        if not values["slope"] > 0:
+            raise ModelFileError(f"{problem} for {label!r} has a slope <= 0")
+        n = values.get("n", 0)
+        fitted[label] = {
+            "slope": float(values["slope"]),
+            "intercept": float(values["intercept"]),
+            "n": int(n) if _finite(n) else 0,
+        }
+    return {
+        "method": CALIBRATION_METHOD,
+        "target_precision": None if target is None else float(target),
+        "labels": fitted,
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def load_refusal(exc: Exception) -> tuple[str | None, str]:

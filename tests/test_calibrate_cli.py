@@ -1,0 +1,259 @@
+"""``dawnchorus calibrate`` on a reviewed synthetic run of known truth, and the model file's calibration.
+
+The run: synthetic soundscapes (known calls per window), predicted by a stand-in detector (each
+species' in-band over out-of-band energy peak, a real but imperfect detector: species sharing a band
+are confused), half of the recordings reviewed as a reviewer would (the random queue: items drawn at
+random per species and score bin; a few top-score items; verdicts from the truth, some 'other' and
+'unsure'), the other half held out. Calibrate fits per-species thresholds and calibrations on the
+reviewed half; the held-out half checks them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import signal
+from scipy.special import expit
+from typer.testing import CliRunner
+
+from dawnchorus.cli.app import app
+from dawnchorus.config import PredictSettings
+from dawnchorus.errors import ModelFileError
+from dawnchorus.evaluate.calibration import calibrate_scores, wilson_interval
+from dawnchorus.inference.run import run_prediction
+from dawnchorus.io.verdicts import REVIEWS_FILE, VerdictStore, score_bin
+from dawnchorus.models.modelfile import load_model
+from dawnchorus.synth.calls import draw_species
+from dawnchorus.synth.soundscapes import make_dataset
+from tests.conftest import write_model_file
+
+SEED = 3
+SPECIES = 4
+SAMPLE_RATE = 32000
+PER_STRATUM = 12  # random-queue verdicts per species and score bin
+TARGET = 0.9
+
+
+class BandDetector:
+    """Stand-in engine: per species, the 95th-percentile minus median (dB) of its call band's energy
+    over the energy outside it, squashed to (0, 1)."""
+
+    def __init__(self, seed: int = SEED, species: int = SPECIES) -> None:
+        self.bands = [
+            (sp.call.centre_hz - sp.call.bandwidth_hz / 2, sp.call.centre_hz + sp.call.bandwidth_hz / 2)
+            for sp in draw_species(species, seed)
+        ]
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        freqs, _, spectrum = signal.stft(audio, fs=SAMPLE_RATE, nperseg=512, axis=-1)
+        power = np.abs(spectrum) ** 2
+        scores = []
+        for low, high in self.bands:
+            inside = (freqs >= low) & (freqs <= high)
+            outside = (freqs >= 800) & (freqs <= 12000) & ~inside
+            ratio = 10 * np.log10(power[:, inside].mean(axis=1) + 1e-12) - 10 * np.log10(
+                power[:, outside].mean(axis=1) + 1e-12
+            )
+            peak = np.percentile(ratio, 95, axis=-1) - np.median(ratio, axis=-1)
+            scores.append(expit((peak - 12) / 4))
+        return np.stack(scores, axis=1).astype(np.float32)
+
+
+def window_truth(data: Path) -> dict[tuple[str, float], set[str]]:
+    """(recording stem, window start) -> the species calling in it, from test_labels.csv."""
+    labels = pd.read_csv(data / "test_labels.csv")
+    return {
+        (r.audio_id, float(r.seconds) - 5.0): set(str(r.birds).split()) - {"nocall"}
+        for r in labels.itertuples()
+    }
+
+
+def review_as_a_reviewer(run: Path, truth: dict[tuple[str, float], set[str]], seed: int = 0) -> int:
+    """Fill ``run/reviews.sqlite`` from the truth: the random queue (up to PER_STRATUM items per species
+    and score bin), then the five top-scored items per species not yet judged (queue 'score')."""
+    rng = np.random.default_rng(seed)
+    table = pd.read_parquet(run / "predictions.parquet")
+    labels = [c for c in table.columns if c not in ("file", "start_s", "end_s")]
+    store = VerdictStore(run / REVIEWS_FILE)
+    judged: set[tuple[int, str]] = set()
+    count = 0
+
+    def judge(row: int, label: str, queue: str) -> None:
+        nonlocal count
+        window = table.iloc[row]
+        heard = truth[(Path(window["file"]).stem, float(window["start_s"]))]
+        score = float(window[label])
+        verdict, other = ("present", None) if label in heard else ("absent", None)
+        if verdict == "absent" and heard and count % 2:
+            verdict, other = "other", sorted(heard)[0]
+        if count % 17 == 16:
+            verdict, other = "unsure", None
+        store.add(
+            item_id=f"{Path(window['file']).stem}:{round(window['start_s'] * 1000)}:{label}",
+            file=str(window["file"]), start_s=float(window["start_s"]), end_s=float(window["end_s"]),
+            label=label, score=score, verdict=verdict, other_label=other, queue=queue,
+            score_bin=score_bin(score) if queue == "random" else -1,
+        )
+        judged.add((row, label))
+        count += 1
+
+    for label in labels:
+        bins = np.array([score_bin(s) for s in table[label]])
+        for stratum in range(10):
+            rows = np.flatnonzero(bins == stratum)
+            for row in rng.permutation(rows)[:PER_STRATUM]:
+                judge(int(row), label, "random")
+        for row in np.argsort(-table[label].to_numpy(), kind="stable"):
+            if sum(1 for r, lab in judged if lab == label and r == row) == 0:
+                judge(int(row), label, "score")
+            if sum(1 for _, lab in judged if lab == label) >= 10 * PER_STRATUM + 5:
+                break
+    return count
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic data set, a model file over its species, a reviewed run on half its soundscapes and
+    a held-out run on the other half."""
+    root = tmp_path_factory.mktemp("reviewed")
+    summary = make_dataset(
+        root / "data", species=SPECIES, soundscapes=40, soundscape_s=60, clips_per_species=(1, 1),
+        seed=SEED, workers=1,
+    )
+    model_path = write_model_file(root / "model.pt", labels=list(summary.species))
+    model = load_model(model_path, build_network=False)
+    scapes = sorted((root / "data" / "test_soundscapes").glob("*.ogg"))
+    settings = PredictSettings(formats=["csv", "parquet"])
+    run_prediction(model, scapes[::2], root / "run", settings, batch_function=BandDetector())
+    run_prediction(model, scapes[1::2], root / "heldout", settings, batch_function=BandDetector())
+    review_as_a_reviewer(root / "run", window_truth(root / "data"))
+    return {
+        "root": root, "data": root / "data", "model": model_path,
+        "run": root / "run", "heldout": root / "heldout",
+    }
+
+
+def held_out_truth(reviewed: dict[str, Path], label: str) -> tuple[np.ndarray, np.ndarray]:
+    table = pd.read_parquet(reviewed["heldout"] / "predictions.parquet")
+    truth = window_truth(reviewed["data"])
+    keys = zip(table["file"], table["start_s"], strict=True)
+    present = np.array([label in truth[(Path(f).stem, float(s))] for f, s in keys])
+    return table[label].to_numpy(dtype=np.float64), present
+
+
+def test_calibrated_thresholds_reach_the_target_precision_on_held_out_windows(
+    reviewed: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = reviewed["root"] / "calibrated.pt"
+    result = CliRunner().invoke(
+        app,
+        [
+            "calibrate", str(reviewed["run"]), "--model", str(reviewed["model"]),
+            "--target-precision", str(TARGET), "--out", str(out),
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    model = load_model(out, build_network=False)
+    before = load_model(reviewed["model"], build_network=False)
+    assert model.calibration is not None and model.calibration["target_precision"] == TARGET
+    lines = []
+    reached = 0
+    pooled_hits = pooled_detections = 0
+    for index, label in enumerate(model.labels):
+        scores, present = held_out_truth(reviewed, label)
+        threshold = float(model.class_thresholds[index])
+        changed = threshold != float(before.class_thresholds[index])
+        default = present[scores >= before.class_thresholds[index]].mean()
+        detections = scores >= threshold
+        precision = present[detections].mean() if detections.any() else float("nan")
+        lines.append(
+            f"{label}: threshold {threshold:.3f} ({'fitted' if changed else 'kept'}), held-out precision "
+            f"{precision:.3f} over {int(detections.sum())} detections (at the model's "
+            f"{before.class_thresholds[index]:.2f}: {default:.3f}); {int(present.sum())} true windows"
+        )
+        if changed:
+            reached += 1
+            pooled_hits += int(present[detections].sum())
+            pooled_detections += int(detections.sum())
+            assert precision > default, lines[-1]  # the fitted threshold is stricter and better
+            # One species' held-out precision varies with its 20-50 detections: it must be
+            # consistent with the target (the target inside its 95 % interval, or above it).
+            hits = int(present[detections].sum())
+            assert wilson_interval(hits, int(detections.sum()))[1] >= TARGET, lines[-1]
+    with capsys.disabled():
+        print("\n" + result.output + "\n".join(lines))
+    assert reached >= 2
+    assert pooled_hits / pooled_detections >= TARGET - 0.03  # all fitted species together
+
+
+def test_calibration_is_closer_to_the_truth_than_raw_scores_on_held_out_windows(
+    reviewed: dict[str, Path],
+) -> None:
+    out = reviewed["root"] / "calibrated-brier.pt"
+    command = ["calibrate", str(reviewed["run"]), "--model", str(reviewed["model"]), "--out", str(out)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    model = load_model(out, build_network=False)
+    slopes, intercepts = model.calibration_arrays
+    for index, label in enumerate(model.labels):
+        if np.isnan(slopes[index]):
+            continue
+        scores, present = held_out_truth(reviewed, label)
+        calibrated = calibrate_scores(scores, slopes[index], intercepts[index])
+        raw_brier = np.mean((scores - present) ** 2)
+        calibrated_brier = np.mean((calibrated - present) ** 2)
+        assert calibrated_brier < raw_brier, (label, calibrated_brier, raw_brier)
+
+
+def test_without_a_model_only_the_precision_table_is_printed(reviewed: dict[str, Path]) -> None:
+    before = sorted(p.name for p in reviewed["root"].iterdir())
+    result = CliRunner().invoke(app, ["calibrate", str(reviewed["run"])], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "precision" in result.output and "slope" not in result.output
+    for label in load_model(reviewed["model"], build_network=False).labels:
+        assert label in result.output
+    assert sorted(p.name for p in reviewed["root"].iterdir()) == before
+
+
+def test_a_run_without_verdicts_is_one_line(tmp_path: Path, reviewed: dict[str, Path]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reviewed["heldout"], run)
+    result = CliRunner().invoke(app, ["calibrate", str(run)])
+    assert result.exit_code == 2
+    assert "no verdicts" in result.output and "Traceback" not in result.output
+    empty = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and "not a folder" in empty.output
+
+
+def test_a_model_lacking_the_runs_labels_is_refused(reviewed: dict[str, Path], model_file: Path) -> None:
+    result = CliRunner().invoke(app, ["calibrate", str(reviewed["run"]), "--model", str(model_file)])
+    assert result.exit_code == 2
+    assert "lacks" in result.output and "Traceback" not in result.output
+
+
+def test_old_model_files_load_without_calibration(model_file: Path) -> None:
+    assert load_model(model_file, build_network=False).calibration is None
+    assert load_model(model_file, build_network=False).calibration_arrays is None
+
+
+def test_a_damaged_calibration_entry_is_refused_with_one_line(tmp_path: Path, model_file: Path) -> None:
+    import torch
+
+    payload = torch.load(model_file, weights_only=True)
+    payload["calibration"] = {"method": "logistic-logit", "labels": {"aaa": {"slope": -1, "intercept": 0.0}}}
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match="slope <= 0"):
+        load_model(tmp_path / "bad.pt", build_network=False)
+    payload["calibration"] = {"method": "isotonic-v9", "labels": {}}
+    torch.save(payload, tmp_path / "newer.pt")
+    with pytest.raises(ModelFileError, match="upgrade dawnchorus"):
+        load_model(tmp_path / "newer.pt", build_network=False)
+    payload["calibration"] = {"method": "logistic-logit", "labels": {"zzz": {"slope": 1.0, "intercept": 0.0}}}
+    torch.save(payload, tmp_path / "stranger.pt")
+    with pytest.raises(ModelFileError, match="not a label"):
+        load_model(tmp_path / "stranger.pt", build_network=False)
