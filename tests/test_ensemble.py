@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 import dawnchorus
 from dawnchorus.cli.app import app
-from dawnchorus.config import PredictSettings, build_predict_settings
+from dawnchorus.config import PredictSettings, build_config, build_predict_settings
+from dawnchorus.embed.base import EmbeddingModel, EmbeddingOutput
+from dawnchorus.embed.registry import EmbeddingModelSpec, register_embedding_model
 from dawnchorus.errors import ConfigError, ModelError, PredictionError
 from dawnchorus.inference import distributed as dist
 from dawnchorus.inference.engines import onnx_available
@@ -30,7 +32,8 @@ from dawnchorus.inference.run import predict_frame, run_prediction, run_tag
 from dawnchorus.inference.smoothing import finish_table, scale_by_max, smooth
 from dawnchorus.inference.windows import plan_recordings
 from dawnchorus.io.audio import write_audio
-from dawnchorus.models.modelfile import load_model
+from dawnchorus.models.embedding_classifier import EmbeddingClassifier
+from dawnchorus.models.modelfile import load_model, save_model_file
 from tests.conftest import synthetic_audio, write_model_file
 
 KEYS = ["file", "start_s", "end_s"]
@@ -145,6 +148,69 @@ def test_thresholds_of_an_ensemble_are_the_members_weighted_per_class_mean(model
     np.testing.assert_allclose(ensemble.class_thresholds, [0.225, 0.375, 0.525], rtol=1e-6)
     reordered.thresholds = {"global": 0.5, "per_class": [0.9, 0.1, 0.3]}  # ccc, aaa, bbb
     np.testing.assert_allclose(ensemble.class_thresholds, [0.75 * 0.2 + 0.25 * 0.1, 0.375, 0.675])
+
+
+# --- members on a frozen backbone -----------------------------------------------------------------------
+
+
+class BandEnergies(EmbeddingModel):
+    """A stand-in backbone: a fixed random projection of each window's log band energies."""
+
+    version = "1"
+    embedding_size = 16
+
+    def __init__(self, name: str, sample_rate: int, weights: Path, **_: object) -> None:
+        self.name, self.sample_rate, self.window_s, self.weights_path = name, sample_rate, 5.0, weights
+        self.projection = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
+
+    def embed(self, batch: np.ndarray) -> EmbeddingOutput:
+        power = np.abs(np.fft.rfft(self.check_batch(batch), axis=1)) ** 2
+        bands = np.stack([band.sum(axis=1) for band in np.array_split(power, 32, axis=1)], axis=1)
+        return EmbeddingOutput((np.log10(bands + 1e-6) @ self.projection / 10).astype(np.float32))
+
+
+def frozen_model_file(path: Path, sample_rate: int, seed: int) -> Path:
+    """A head (random weights drawn with ``seed``) on a :class:`BandEnergies` backbone at ``sample_rate``
+    with 5-s windows, labels aaa, bbb, ccc."""
+    import torch
+
+    name = f"test-bands-{sample_rate}"
+    weights = path.parent / "bands.bin"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"band energies")
+    register_embedding_model(
+        EmbeddingModelSpec(
+            name=name, summary="test", sample_rate=sample_rate, window_s=5.0, embedding_size=16,
+            licence="test", extra="test",
+            factory=lambda **options: BandEnergies(name, sample_rate, weights, **options),
+        ),
+        replace=True,
+    )
+    config = build_config(overrides={"embedding.backbone": name, "audio.sample_rate": sample_rate,
+                                     "frontend.fmax": min(14000.0, sample_rate / 2)})
+    torch.manual_seed(seed)
+    head = EmbeddingClassifier(16, len(LABELS))
+    record = BandEnergies(name, sample_rate, weights).info().as_dict()
+    return save_model_file(path, head, LABELS, config, backbone=record)
+
+
+def test_a_frozen_backbone_member_on_the_same_window_grid_is_averaged_in(
+    models: dict[str, Path], recordings: Path, tmp_path: Path
+) -> None:
+    frozen = load_model(frozen_model_file(tmp_path / "frozen" / "model.pt", 32000, seed=4))
+    cnn = load_model(models["one"])
+    alone_frozen = predict_frame(frozen, recordings, TORCH)
+    alone_cnn = predict_frame(cnn, recordings, TORCH)
+    assert alone_frozen[LABELS].to_numpy().std() > 1e-3
+    found = predict_frame(ensemble_of([cnn, frozen]), recordings, TORCH)
+    expected = (alone_cnn[LABELS].to_numpy(np.float64) + alone_frozen[LABELS].to_numpy(np.float64)) / 2
+    np.testing.assert_allclose(found[LABELS].to_numpy(), expected, atol=1e-6)
+
+
+def test_a_frozen_backbone_member_at_another_rate_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    frozen = load_model(frozen_model_file(tmp_path / "frozen16k" / "model.pt", 16000, seed=4))
+    with pytest.raises(ModelError, match=r"frozen16k/model.pt: windows of 5 s at 16000 Hz, but .*32000 Hz"):
+        ensemble_of([load_model(models["one"]), frozen])
 
 
 # --- what members must share ------------------------------------------------------------------------------
