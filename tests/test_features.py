@@ -244,3 +244,44 @@ def test_filterbank_is_librosas_bit_for_bit(sample_rate, n_fft, n_mels, fmin, fm
         warnings.simplefilter("ignore")
         frontend = LogMel(sample_rate, n_fft, 512, n_mels, fmin, fmax)
     assert frontend.mel_fb.numpy().tobytes() == expected.tobytes()
+
+
+def unfused_log_mel(frontend: LogMel, audio: torch.Tensor) -> torch.Tensor:
+    """The frontend as first written (and trained with): the full power spectrum ``real² + imag²``,
+    then the whole filterbank, dB and normalisation."""
+    spectrum = torch.stft(
+        audio, n_fft=frontend.n_fft, hop_length=frontend.hop_length, window=frontend.window,
+        center=True, pad_mode="reflect", return_complex=True,
+    )
+    mel = torch.matmul(frontend.mel_fb, spectrum.real.square() + spectrum.imag.square())
+    decibels = 10.0 * torch.log10(mel.clamp(min=1e-10))
+    decibels = torch.maximum(decibels, decibels.amax(dim=(-2, -1), keepdim=True) - frontend.top_db)
+    if frontend.normalize == "per_sample":
+        mean = decibels.mean(dim=(-2, -1), keepdim=True)
+        decibels = (decibels - mean) / (decibels.std(dim=(-2, -1), keepdim=True, unbiased=False) + 1e-6)
+    return decibels.unsqueeze(1)
+
+
+@pytest.mark.parametrize("normalize", ["per_sample", "none"])
+def test_fused_power_and_mel_projection_equal_the_unfused_frontend(normalize, real_data):
+    frontend = LogMel(normalize=normalize)
+    great_tit = load(real_data / "focal" / "gretit1" / "2021-B32-0415_05-3.flac", SR)[: 5 * SR]  # 2.2 s
+    great_tit = np.pad(great_tit, (0, 5 * SR - len(great_tit)))
+    audio = torch.from_numpy(np.stack([chirp(), great_tit, np.zeros(5 * SR, np.float32)]))
+    kept = audio.clone()
+    with torch.inference_mode():  # the in-place path prediction takes
+        fused = frontend(audio)
+    reference = unfused_log_mel(frontend, audio)
+    tolerance = 1e-4 if normalize == "none" else 1e-5  # dB, or standard deviations
+    torch.testing.assert_close(fused, reference, atol=tolerance, rtol=0)
+    assert torch.equal(audio, kept)  # the input is never squared in place
+    assert frontend.mel_bins == (4, 896)  # 50 Hz - 14 kHz of 1025 bins at 32 kHz
+
+
+def test_fused_frontend_gives_the_unfused_gradients():
+    audio = torch.randn(2, SR, requires_grad=True)
+    LogMel()(audio).square().mean().backward()
+    fused = audio.grad.clone()
+    audio.grad = None
+    unfused_log_mel(LogMel(), audio).square().mean().backward()
+    torch.testing.assert_close(fused, audio.grad, atol=1e-6, rtol=1e-4)

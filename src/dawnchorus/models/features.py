@@ -33,6 +33,7 @@ class LogMel(nn.Module):
 
     window: Tensor
     mel_fb: Tensor
+    mel_fb_used: Tensor
 
     def __init__(
         self,
@@ -58,6 +59,12 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         filterbank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
         self.register_buffer("mel_fb", torch.from_numpy(filterbank).float(), persistent=False)
+        # The STFT bins some filter uses (with fmax 14 kHz at 32 kHz, bins 4-895 of 1025): the power
+        # of the others would only be multiplied by zeros.
+        used = np.flatnonzero(filterbank.any(axis=0))
+        self.mel_bins = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, filterbank.shape[1])
+        first, last = self.mel_bins
+        self.register_buffer("mel_fb_used", self.mel_fb[:, first:last].T.contiguous(), persistent=False)
 
     @classmethod
     def from_settings(cls, audio: AudioSettings, frontend: FrontendSettings) -> LogMel:
@@ -88,8 +95,7 @@ class LogMel(nn.Module):
         """Log-mel spectrogram of a batch of waveforms ``(B, T)`` as float32 ``(B, 1, M, F)``."""
         self._check_input(audio)
         with torch.autocast(device_type=audio.device.type, enabled=False):
-            power = self._power_spectrogram(audio.float())
-            mel = torch.matmul(self.mel_fb, power)
+            mel = self._mel_power(audio.float())
             decibels = self._power_to_db(mel)
             if self.normalize == "per_sample":
                 decibels = _normalize_per_sample(decibels)
@@ -109,9 +115,21 @@ class LogMel(nn.Module):
                 f"padding), got {audio.shape[-1]}"
             )
 
-    def _power_spectrogram(self, audio: Tensor) -> Tensor:
+    def _mel_power(self, audio: Tensor) -> Tensor:
+        """Mel-band power ``(B, n_mels, frames)``: the power spectrum of the bins the filterbank uses,
+        projected by one matrix product.
+
+        torch's STFT lays its output out frame by frame, ``(B, frames, bins)`` in memory: the real and
+        imaginary parts of the used bins are squared where they lie (no copy when no gradient is
+        needed), summed into one ``(B, frames, bins)`` tensor and multiplied by the transposed
+        filterbank, a plain matrix product over contiguous rows. Measured with one thread, batch 4:
+        power and mel projection 1.0-1.1 ms per window instead of 1.9 (``real.square() +
+        imag.square()``, then the full filterbank), the same values to float32 rounding (~4e-7
+        relative). The ONNX export keeps the stacked real/imaginary STFT (ONNX has no complex type).
+        """
         if torch.onnx.is_in_onnx_export():
-            return self._power_spectrogram_for_onnx(audio)
+            return torch.matmul(self.mel_fb, self._power_spectrogram_for_onnx(audio))
+        first, last = self.mel_bins
         spectrum = torch.stft(
             audio,
             n_fft=self.n_fft,
@@ -121,7 +139,10 @@ class LogMel(nn.Module):
             pad_mode="reflect",
             return_complex=True,
         )
-        return spectrum.real.square() + spectrum.imag.square()
+        parts = torch.view_as_real(spectrum.transpose(1, 2)[:, :, first:last])  # (B, frames, bins, 2)
+        squares = parts.square() if parts.requires_grad else parts.square_()
+        power = squares[..., 0] + squares[..., 1]
+        return torch.matmul(power, self.mel_fb_used).transpose(1, 2).contiguous()
 
     def _power_spectrogram_for_onnx(self, audio: Tensor) -> Tensor:
         """The same STFT with real/imaginary parts stacked: ONNX has no complex tensors."""
