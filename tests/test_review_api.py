@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from dawnchorus.cli.app import app as cli
+from dawnchorus.errors import InputError
 from dawnchorus.io.annotations import read_raven_table
 from dawnchorus.io.verdicts import REVIEWS_FILE, SCORE_BIN_EDGES, VerdictStore, read_verdicts
 from dawnchorus.review.app import create_app
@@ -469,3 +470,40 @@ def test_kill_9_mid_review_loses_no_acknowledged_verdict(results: Path) -> None:
     stored = set(VerdictStore(results / REVIEWS_FILE).history()["id"])
     assert set(acknowledged) <= stored
     assert len(stored - set(acknowledged)) <= 1  # at most the one committed as the server died
+
+
+# ---- thresholds: from the model file ----------------------------------------------------------------
+
+
+def test_model_thresholds_set_the_uncertain_queue_and_detections(results: Path, model_file: Path,
+                                                                 tmp_path: Path) -> None:
+    from dawnchorus.models.modelfile import load_model
+
+    model = load_model(model_file)
+    model.thresholds = {"global": 0.5, "per_class": [0.3, 0.6, 0.55]}
+    tuned = model.save(tmp_path / "tuned.pt")
+    server = Server(results, "--model", str(tuned))  # as a user starts it
+    try:
+        assert f"thresholds: {tuned}" in "".join(server.lines)
+        with httpx.Client() as http:
+            info = http.get(server.url + "api/info").json()
+        assert info["thresholds"] == {"aaa": 0.3, "bbb": 0.6, "ccc": 0.55}
+    finally:
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+    run = open_run(results, thresholds=info["thresholds"])
+    client = TestClient(create_app(run, VerdictStore(results / REVIEWS_FILE)))
+    items = all_items(client, order="uncertain")
+    assert {i["label"]: i["threshold"] for i in items} == {"aaa": 0.3, "bbb": 0.6, "ccc": 0.55}
+    distance = [abs(i["score"] - i["threshold"]) for i in items]
+    assert distance == sorted(distance)
+    table = pd.read_parquet(results / "predictions.parquet")
+    rows = {row["label"]: row for row in client.get("/api/progress").json()["species"]}
+    assert rows["aaa"]["detections"] == int((table["aaa"] >= 0.3).sum())
+
+
+def test_a_model_without_the_runs_labels_is_refused_in_one_line(results: Path) -> None:
+    with pytest.raises(InputError, match="no threshold for 1 label"):
+        open_run(results, thresholds={"aaa": 0.5, "bbb": 0.5}, source="other.pt")
+    with pytest.raises(InputError, match="--threshold: 2.0 is not between 0 and 1"):
+        open_run(results, threshold=2.0)

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from dawnchorus.cli.console import console, fail
+from dawnchorus.cli.console import console, fail, load_model_or_fail
 
 INSTALL_HINT = 'pip install "dawnchorus[review]"'
 
@@ -32,8 +32,12 @@ def review(
         list[Path] | None,
         typer.Option("--audio", help="Folder to look for recordings in, when not where predict read them."),
     ] = None,
+    model_path: Annotated[
+        Path | None,
+        typer.Option("--model", help="The model file of the run: its per-species thresholds (else 0.5)."),
+    ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Threshold for every species (default: the run's, else 0.5).")
+        float | None, typer.Option(help="Threshold for every species (default: the model's, else 0.5).")
     ] = None,
     export_format: Annotated[
         str | None, typer.Option("--export", help="raven or csv: write the verified selections, no server.")
@@ -48,6 +52,14 @@ def review(
     from dawnchorus.io.verdicts import REVIEWS_FILE, VerdictStore, read_verdicts
     from dawnchorus.review.items import open_run
 
+    thresholds = None
+    if model_path is not None and threshold is None:  # the run folder itself holds no thresholds
+        model = load_model_or_fail(model_path, build_network=False)
+        # float32 in the file: shown as 0.3, not 0.30000001
+        cutoffs = [round(float(t), 6) for t in model.class_thresholds]
+        thresholds = dict(zip(model.labels, cutoffs, strict=True))
+    source = str(model_path)
+
     if export_format is not None:
         from dawnchorus.review.export import EXPORT_FORMATS, export
 
@@ -55,7 +67,7 @@ def review(
             fail(f"--export must be one of {', '.join(EXPORT_FORMATS)}, not {export_format!r}")
         if out is None:
             fail("--export needs --out PATH: the file to write")
-        run = open_run(results_dir, audio, threshold)
+        run = open_run(results_dir, audio, threshold, thresholds, source)
         written, count = export(run, read_verdicts(results_dir), export_format, out)
         console.print(f"[green]exported[/] {count} verified selection(s) to {written}", soft_wrap=True)
         return
@@ -65,7 +77,7 @@ def review(
         from dawnchorus.review.app import create_app, is_loopback, new_token, serve
     except ImportError as exc:
         fail(f"dawnchorus review needs {exc.name or 'starlette and uvicorn'}: {INSTALL_HINT}")
-    run = open_run(results_dir, audio, threshold)
+    run = open_run(results_dir, audio, threshold, thresholds, source)
     store = VerdictStore(results_dir / REVIEWS_FILE)
     token = None if is_loopback(host) else new_token()
     app = create_app(run, store, reviewer if reviewer is not None else _user(), token)
@@ -79,7 +91,10 @@ def review(
     def ready(bound: int) -> None:
         shown = host if ":" not in host else f"[{host}]"
         url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
-        console.print(f"reviewing {run.pairs} item(s) of {escape(str(results_dir))}", soft_wrap=True)
+        console.print(
+            f"reviewing {run.pairs} item(s) of {escape(str(results_dir))}; thresholds: "
+            f"{escape(run.threshold_source)}", soft_wrap=True, highlight=False,
+        )
         console.print(f"open {escape(url)}  (Ctrl-C to stop)", soft_wrap=True, highlight=False)
         sys.stdout.flush()
 

@@ -129,6 +129,7 @@ class _Api:
                 "results_dir": str(run.results_dir),
                 "labels": run.labels,
                 "thresholds": run.thresholds,
+                "threshold_source": run.threshold_source,
                 "queues": list(QUEUES),
                 "verdicts": list(VERDICTS),
                 "reviewer": self.reviewer,

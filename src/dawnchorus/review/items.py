@@ -1,8 +1,10 @@
 """The review items of a predict run: every (window, label) pair, its queues and filters.
 
 :func:`open_run` reads a ``predict`` output folder (``predictions.parquet``, else ``predictions.csv``,
-else the newest ``parts/<tag>/``), the run's ``run.json`` when it has one (labels, per-class thresholds,
-each recording's absolute path), and finds each recording on disk. Recordings are named by a
+else the newest ``parts/<tag>/``) and finds each recording on disk: predict's tables name a
+recording as the user gave it, so a relative name is looked for from the working folder, from the
+results folder's parent and under the folders given (``--audio``). A run folder holds no thresholds:
+they come from the model file (``--model``, read by the command line), else 0.5. Recordings are named by a
 :func:`recording_id` derived from the ``file`` column; media are served by that id only, so no request
 names a path. An item is one label on one window, ``"<recording id>:<start ms>:<label>"``.
 
@@ -16,9 +18,9 @@ fixed seed, so the first items cover every stratum and the order is the same aft
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dawnchorus.errors import InputError, OutputError
+from dawnchorus.errors import InputError
 from dawnchorus.io.outputs import label_columns, read_probabilities
 from dawnchorus.io.verdicts import QUEUES, SCORE_BIN_EDGES
 
-RUN_MANIFEST = "run.json"
-DEFAULT_THRESHOLD = 0.5  # the model file's default global threshold, when the run does not say
+DEFAULT_THRESHOLD = 0.5  # the model file's default global threshold, used when no model is given
 RANDOM_SEED = 14  # the stratified sample's order: fixed, so a restarted server serves the same sample
 MAX_PAGE = 500
 
@@ -43,6 +44,7 @@ class Run:
     results_dir: Path
     labels: list[str]
     thresholds: dict[str, float]
+    threshold_source: str  # where the thresholds came from, for the reviewer
     windows: pd.DataFrame  # file, start_s, end_s, recording, start_ms, then one score column per label
     recordings: dict[str, Path | None]  # recording id -> the file on disk (None: not found)
     files: dict[str, str]  # recording id -> the file as predict's tables name it
@@ -194,32 +196,30 @@ class Run:
 
 
 def open_run(
-    results_dir: str | Path, audio_dirs: list[Path] | None = None, threshold: float | None = None
+    results_dir: str | Path,
+    audio_dirs: list[Path] | None = None,
+    threshold: float | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    source: str = "model file",
 ) -> Run:
     """Read predict output folder ``results_dir`` for review; raises :class:`InputError` with one line
-    when it is not one. ``threshold`` overrides the run's thresholds for every label; recordings not
-    at the path the run names are looked for under ``audio_dirs`` (by their path relative to it, then
-    by name)."""
+    when it is not one. Thresholds: ``threshold`` for every label, else ``thresholds`` by label (the
+    model's, from ``source``; every label of the run must have one), else
+    :data:`DEFAULT_THRESHOLD`. Recordings not at the path the run names are looked for under
+    ``audio_dirs`` (by their path relative to it, then by name)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise InputError(f"{results_dir}: no such folder (give a predict output folder)")
     table = _read_table(results_dir)
     labels = label_columns(table)
-    manifest = _read_manifest(results_dir)
-    thresholds = {label: DEFAULT_THRESHOLD for label in labels}
-    thresholds.update({k: float(v) for k, v in manifest.get("thresholds", {}).items() if k in thresholds})
-    if threshold is not None:
-        thresholds = {label: float(threshold) for label in labels}
+    cutoffs, used = _thresholds(labels, threshold, thresholds, source)
     table = table.sort_values(["file", "start_s"], kind="stable").reset_index(drop=True)
     files = {recording_id(name): name for name in pd.unique(table["file"].astype(str))}
     table.insert(3, "recording", table["file"].astype(str).map(recording_id))
     table.insert(4, "start_ms", np.round(table["start_s"].to_numpy(dtype=np.float64) * 1000).astype(np.int64))
-    known = manifest.get("recordings", {})
     folders = list(audio_dirs or [])
-    recordings = {
-        rid: _find_recording(name, known.get(name), results_dir, folders) for rid, name in files.items()
-    }
-    return Run(results_dir, labels, thresholds, table, recordings, files)
+    recordings = {rid: _find_recording(name, results_dir, folders) for rid, name in files.items()}
+    return Run(results_dir, labels, cutoffs, used, table, recordings, files)
 
 
 def recording_id(file: str) -> str:
@@ -278,27 +278,31 @@ def _checked(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     return table
 
 
-def _read_manifest(results_dir: Path) -> dict[str, Any]:
-    """``run.json`` (labels, thresholds, recordings) when predict wrote one; {} otherwise."""
-    path = results_dir / RUN_MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"{path}: cannot be read ({exc})") from None
-    return manifest if isinstance(manifest, dict) else {}
+def _thresholds(
+    labels: list[str], threshold: float | None, by_label: Mapping[str, float] | None, source: str
+) -> tuple[dict[str, float], str]:
+    """Each label's threshold and where they came from (see :func:`open_run`)."""
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"--threshold: {threshold} is not between 0 and 1")
+        return {label: float(threshold) for label in labels}, f"--threshold {threshold:g}"
+    if by_label is not None:
+        missing = [label for label in labels if label not in by_label]
+        if missing:
+            raise InputError(
+                f"{source}: has no threshold for {len(missing)} label(s) of the run "
+                f"({', '.join(missing[:5])}): is it the model that made the run?"
+            )
+        return {label: float(by_label[label]) for label in labels}, source
+    return {label: DEFAULT_THRESHOLD for label in labels}, f"{DEFAULT_THRESHOLD:g} (no model given)"
 
 
-def _find_recording(
-    name: str, absolute: str | None, results_dir: Path, audio_dirs: list[Path]
-) -> Path | None:
-    """Where recording ``name`` (as the tables give it) is on disk: the absolute path the run
-    recorded, the name itself (absolute, or relative to the working folder or to the results
-    folder's parent), then under each of ``audio_dirs``; None when none exists."""
+def _find_recording(name: str, results_dir: Path, audio_dirs: list[Path]) -> Path | None:
+    """Where recording ``name`` (as the tables give it) is on disk: the name itself (absolute, or
+    relative to the working folder or to the results folder's parent), then under each of
+    ``audio_dirs``; None when none exists."""
     given = Path(name)
-    candidates = [Path(absolute)] if absolute else []
-    candidates += [given] if given.is_absolute() else [Path.cwd() / given, results_dir.parent / given]
+    candidates = [given] if given.is_absolute() else [Path.cwd() / given, results_dir.parent / given]
     for folder in audio_dirs:
         candidates += [folder / given] if not given.is_absolute() else []
         candidates.append(folder / given.name)

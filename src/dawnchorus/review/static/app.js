@@ -68,7 +68,7 @@ function restoreFilters() {
 async function loadInfo() {
   const info = await api("/api/info");
   state.info = info;
-  $("run").textContent = info.results_dir;
+  $("run").textContent = info.results_dir + " · thresholds: " + info.threshold_source;
   for (const label of info.labels) {
     option($("species"), label, label);
     option($("labels"), label, label);
