@@ -34,7 +34,7 @@ from dawnchorus.inference.windows import plan_recordings
 from dawnchorus.io.audio import write_audio
 from dawnchorus.models.embedding_classifier import EmbeddingClassifier
 from dawnchorus.models.modelfile import load_model, save_model_file
-from tests.conftest import synthetic_audio, write_model_file
+from tests.conftest import Interrupted, synthetic_audio, write_model_file
 
 KEYS = ["file", "start_s", "end_s"]
 LABELS = ["aaa", "bbb", "ccc"]
@@ -268,6 +268,31 @@ def test_resume_never_reuses_the_parts_of_another_ensemble(
     back = run_prediction(load_ensemble([models["one"], models["two"]]), [recordings], out, TORCH)
     assert back.predicted == 0 and back.skipped == 2  # returning to the first ensemble resumes it
     assert len(list((out / "parts").iterdir())) == 2
+
+
+def test_an_interrupted_segmented_ensemble_run_resumes_to_the_uninterrupted_table(
+    models: dict[str, Path], recordings: Path, tmp_path: Path
+) -> None:
+    paths = [models["one"], models["reordered"]]
+    settings = TORCH.model_copy(update={"checkpoint_s": 20.0, "ensemble_weights": [0.3, 0.7]})  # 4 windows
+    whole = tmp_path / "whole"
+    run_prediction(load_ensemble(paths, [0.3, 0.7]), [recordings], whole, TORCH)
+    out = tmp_path / "segmented"
+    seen: list[int] = []
+
+    def stop_after_two_segments(result, done: int, total: int) -> None:
+        if result.segment is not None:
+            seen.append(result.segment.index)
+            if len(seen) == 2:
+                raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_prediction(load_ensemble(paths, [0.3, 0.7]), [recordings / "long.flac"], out, settings,
+                       progress=stop_after_two_segments)
+    assert len(list((out / "parts").glob("*/*.windows-*"))) == 2
+    resumed = run_prediction(load_ensemble(paths, [0.3, 0.7]), [recordings], out, settings)
+    assert resumed.windows == (13 - 8) + 3  # the two saved segments are not computed again
+    pd.testing.assert_frame_equal(parquet(out), parquet(whole), atol=1e-6)
 
 
 # --- on a cluster ------------------------------------------------------------------------------------------
