@@ -507,3 +507,12 @@ def test_a_model_without_the_runs_labels_is_refused_in_one_line(results: Path) -
         open_run(results, thresholds={"aaa": 0.5, "bbb": 0.5}, source="other.pt")
     with pytest.raises(InputError, match="--threshold: 2.0 is not between 0 and 1"):
         open_run(results, threshold=2.0)
+
+
+def test_a_verdict_that_cannot_be_saved_is_a_503_naming_the_store(client: TestClient, results: Path) -> None:
+    item = all_items(client)[0]
+    (results / REVIEWS_FILE).unlink()
+    (results / REVIEWS_FILE).mkdir()  # the store is gone and cannot be re-created
+    reply = client.post("/api/verdicts", json={"item_id": item["id"], "verdict": "present"})
+    assert reply.status_code == 503
+    assert "reviews.sqlite: verdict store cannot be used" in reply.json()["error"]

@@ -128,3 +128,9 @@ def test_concurrent_writers_in_threads_keep_every_verdict(tmp_path: Path) -> Non
 
 def test_score_bins_cover_zero_to_one() -> None:
     assert [score_bin(s) for s in (0.0, 0.05, 0.1, 0.55, 0.99, 1.0)] == [0, 0, 1, 5, 9, 9]
+
+
+def test_a_store_that_cannot_be_created_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"reviews.sqlite: verdict store cannot be used \(unable to open"):
+        VerdictStore(tmp_path / "file" / REVIEWS_FILE)

@@ -93,8 +93,10 @@ class VerdictStore:
                     )
                 if version < SCHEMA_VERSION:
                     self._migrate(db, version)
-        except sqlite3.DatabaseError as exc:
-            raise OutputError(f"{self.path}: not a verdict store ({exc})") from None
+        except OutputError as exc:
+            if "file is not a database" in str(exc):
+                raise OutputError(f"{self.path}: not a verdict store (not an SQLite file)") from None
+            raise
 
     def add(
         self,
@@ -162,7 +164,17 @@ class VerdictStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection for one operation: committed on success, rolled back on error, then closed."""
+        """A connection for one operation: committed on success, rolled back on error, then closed; an
+        SQLite error (no permission, a full disk, not a database) becomes an :class:`OutputError`
+        naming the file."""
+        try:
+            with self._transaction() as db:
+                yield db
+        except sqlite3.Error as exc:
+            raise OutputError(f"{self.path}: verdict store cannot be used ({exc})") from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

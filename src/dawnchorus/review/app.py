@@ -16,7 +16,8 @@ step) and the JSON API the page uses and scripts can call:
 - ``GET /api/export?format=raven|csv``: the verified selections as a download.
 
 Errors are JSON ``{"error": "..."}``: 404 unknown id or path, 422 a request that cannot be used (the
-message names the field), 403 a missing or wrong token where the app was started with one.
+message names the field), 403 a missing or wrong token where the app was started with one, 503 a
+file of the run that cannot be written or read (the verdict store, the media cache): nothing saved.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dawnchorus.errors import AudioError, InputError
+from dawnchorus.errors import AudioError, InputError, OutputError
 from dawnchorus.io.verdicts import QUEUES, VERDICTS, VerdictStore
 from dawnchorus.review import export, media
 from dawnchorus.review.items import Run, item_id, parse_item_id, score_bin_of
@@ -72,7 +73,7 @@ def create_app(run: Run, store: VerdictStore, reviewer: str = "", token: str | N
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     middleware = [Middleware(_TokenCheck, token=token)] if token else []
-    handlers = {HTTPException: _http_error, InputError: _input_error}
+    handlers = {HTTPException: _http_error, OutputError: _output_error, InputError: _input_error}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)  # type: ignore[arg-type]
 
 
@@ -112,6 +113,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _input_error(request: Request, exc: Exception) -> Response:
     return error(422, str(exc))
+
+
+async def _output_error(request: Request, exc: Exception) -> Response:
+    """A file of the run that cannot be written or read (the verdict store, the media cache)."""
+    return error(503, str(exc))
 
 
 class _Api:

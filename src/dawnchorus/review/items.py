@@ -49,6 +49,7 @@ class Run:
     recordings: dict[str, Path | None]  # recording id -> the file on disk (None: not found)
     files: dict[str, str]  # recording id -> the file as predict's tables name it
     _orders: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _scores: np.ndarray | None = field(default=None, repr=False)
     _index: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
 
     # ---- items -------------------------------------------------------------------------------------
@@ -59,8 +60,10 @@ class Run:
         return len(self.windows) * len(self.labels)
 
     def scores(self) -> np.ndarray:
-        """windows x labels score matrix (float32)."""
-        return self.windows[self.labels].to_numpy(dtype=np.float32)
+        """windows x labels score matrix (float32; computed once, not to be changed)."""
+        if self._scores is None:
+            self._scores = self.windows[self.labels].to_numpy(dtype=np.float32)
+        return self._scores
 
     def item(self, item_id: str) -> dict[str, Any] | None:
         """The item ``item_id`` (see :func:`item_id`), or None when the run has no such item."""
@@ -113,14 +116,7 @@ class Run:
         if max_score is not None:
             keep &= scores <= max_score
         if reviewed:
-            ids = self.windows["recording"].to_numpy()[rows]
-            starts = self.windows["start_ms"].to_numpy()[rows]
-            labels = np.asarray(self.labels, dtype=object)[cols]
-            done = {key for key, _ in reviewed}
-            keep &= np.fromiter(
-                (f"{r}:{s}:{lab}" not in done for r, s, lab in zip(ids, starts, labels, strict=True)),
-                dtype=bool, count=len(candidates),
-            )
+            keep &= ~np.isin(candidates, self._flat_indices(reviewed))
         chosen = np.flatnonzero(keep)
         page = chosen[offset : offset + max(0, min(limit, MAX_PAGE))]
         return len(chosen), [self._describe(int(rows[i]), int(cols[i]), order) for i in page]
@@ -181,6 +177,16 @@ class Run:
             result = np.lexsort((-flat, rows))  # windows are in recording, time order
         self._orders[order] = result
         return result
+
+    def _flat_indices(self, pairs: set[tuple[str, str]]) -> np.ndarray:
+        """The flat item indices of (item id, label) pairs (those of this run)."""
+        found = []
+        for item, label in pairs:
+            parsed = parse_item_id(item)
+            row = None if parsed is None else self.window_row(parsed[0], parsed[1])
+            if row is not None and label in self.labels:
+                found.append(row * len(self.labels) + self.labels.index(label))
+        return np.asarray(found, dtype=np.int64)
 
     def _window_index(self) -> dict[tuple[str, int], int]:
         if not self._index:
