@@ -233,7 +233,8 @@ def _engine_line(described: dict) -> str:
     if described["engine"] == "ensemble":
         weights = ", ".join(f"{w:.3g}" for w in described["weights"])
         lines = [_engine_line(member).removeprefix("engine: ") for member in described["members"]]
-        return f"engine: ensemble of {len(lines)} (weights {weights}): " + "; ".join(lines)
+        what = f"each {lines[0]}" if len(set(lines)) == 1 else "; ".join(lines)
+        return f"engine: ensemble of {len(lines)} (weights {weights}), {what}"
     if described["engine"] == "onnx":
         what = f"onnx ({Path(described['graph']).name}, log-mel in {described['frontend']})"
     else:

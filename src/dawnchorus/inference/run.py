@@ -109,6 +109,8 @@ def run_prediction(
     :func:`dawnchorus.inference.smoothing.finish_table`) before it is written. ``batch_function``
     (default: the engine ``settings.engine`` on ``settings.device``) classifies batches.
     ``progress(result, recordings_done, recordings_total)`` is called after each recording and each segment.
+    ``model`` may be an :class:`~dawnchorus.inference.ensemble.Ensemble`: its members' probabilities
+    are averaged per window, and its run tag names every member and weight.
     """
     settings = settings or PredictSettings()
     check_recipe(settings, model.config.audio.clip_s)
@@ -181,7 +183,8 @@ def predict_frame(
     ``settings`` (default :class:`PredictSettings`) give the hop, batch size, engine and device; a
     recording that cannot be read (or a broken link, an unreadable folder among the inputs) raises
     :class:`AudioError` (``raise_errors``) or is left out. Each recording's table is finished by
-    ``settings.overlap_average`` and ``settings.smoothing`` as in :func:`run_prediction`.
+    ``settings.overlap_average``, ``settings.smoothing`` and ``settings.max_scaling`` as in
+    :func:`run_prediction`; ``model`` may be an :class:`~dawnchorus.inference.ensemble.Ensemble`.
     """
     settings = settings or PredictSettings()
     clip_s = model.config.audio.clip_s
