@@ -221,8 +221,14 @@ def open_run(
     cutoffs, used = _thresholds(labels, threshold, thresholds, source)
     table = table.sort_values(["file", "start_s"], kind="stable").reset_index(drop=True)
     files = {recording_id(name): name for name in pd.unique(table["file"].astype(str))}
-    table.insert(3, "recording", table["file"].astype(str).map(recording_id))
-    table.insert(4, "start_ms", np.round(table["start_s"].to_numpy(dtype=np.float64) * 1000).astype(np.int64))
+    ids = {name: rid for rid, name in files.items()}
+    keys = pd.DataFrame(
+        {
+            "recording": table["file"].astype(str).map(ids),
+            "start_ms": np.round(table["start_s"].to_numpy(dtype=np.float64) * 1000).astype(np.int64),
+        }
+    )
+    table = pd.concat([table[["file", "start_s", "end_s"]], keys, table[labels]], axis=1)
     folders = list(audio_dirs or [])
     recordings = {rid: _find_recording(name, results_dir, folders) for rid, name in files.items()}
     return Run(results_dir, labels, cutoffs, used, table, recordings, files)
