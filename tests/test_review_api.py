@@ -516,3 +516,12 @@ def test_a_verdict_that_cannot_be_saved_is_a_503_naming_the_store(client: TestCl
     reply = client.post("/api/verdicts", json={"item_id": item["id"], "verdict": "present"})
     assert reply.status_code == 503
     assert "reviews.sqlite: verdict store cannot be used" in reply.json()["error"]
+
+
+def test_media_are_served_when_the_cache_cannot_be_written(client: TestClient, results: Path) -> None:
+    (results / "review_cache").write_text("a file where the cache folder would go")
+    item = all_items(client)[0]
+    image = client.get(item["spectrogram"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    sound = client.get(item["audio"])
+    assert sound.status_code == 200 and sound.content.startswith(b"RIFF")

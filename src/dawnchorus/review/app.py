@@ -215,18 +215,18 @@ class _Api:
     def spectrogram(self, request: Request) -> Response:
         recording, start_ms, row = self._window(request)
         cache = media.cache_path(self.run.results_dir, recording, start_ms, "png")
-        path = self._render(lambda file: media.spectrogram_png(file, cache, *self._bounds(row)), recording)
-        return FileResponse(path, media_type="image/png")
+        made = self._render(lambda file: media.spectrogram_png(file, cache, *self._bounds(row)), recording)
+        return _media_response(made, "image/png")
 
     def audio(self, request: Request) -> Response:
         recording, start_ms, row = self._window(request)
         context = request.query_params.get("context") in ("1", "true")
         kind = "context.wav" if context else "wav"
         cache = media.cache_path(self.run.results_dir, recording, start_ms, kind)
-        path = self._render(
+        made = self._render(
             lambda file: media.wav_slice(file, cache, *self._bounds(row), context=context), recording
         )
-        return FileResponse(path, media_type="audio/wav")
+        return _media_response(made, "audio/wav")
 
     def export(self, request: Request) -> Response:
         export_format = request.query_params.get("format", "raven")
@@ -256,7 +256,7 @@ class _Api:
         window = self.run.windows.iloc[row]
         return float(window["start_s"]), float(window["end_s"])
 
-    def _render(self, make: Any, recording: str) -> Path:
+    def _render(self, make: Callable[[Path], Path | bytes], recording: str) -> Path | bytes:
         file = self.run.recordings.get(recording)
         if file is None:
             name = self.run.files.get(recording, recording)
@@ -321,6 +321,13 @@ class _Api:
             "queue": queue,
             "score_bin": score_bin_of(score) if queue == "random" else -1,
         }
+
+
+def _media_response(made: Path | bytes, media_type: str) -> Response:
+    """A cached file (with range requests, so audio can seek), or bytes rendered for this request."""
+    if isinstance(made, Path):
+        return FileResponse(made, media_type=media_type)
+    return Response(made, media_type=media_type)
 
 
 def _number(query: Mapping[str, str], name: str, integer: bool = False) -> float | None:

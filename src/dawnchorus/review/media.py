@@ -1,7 +1,8 @@
 """What a reviewer sees and hears of a window: a spectrogram PNG and WAV slices, with a second of context.
 
 Both are rendered once and cached under ``RESULTS_DIR/review_cache/`` (written atomically, named by
-the recording id and window, never by a path from a request). The spectrogram shows the window and
+the recording id and window, never by a path from a request); where the run folder cannot be written,
+they are rendered for each request instead. The spectrogram shows the window and
 :data:`CONTEXT_S` either side (clipped at the recording's ends), with the window's bounds drawn as
 white lines; the audio is the window alone or with its context.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from dawnchorus.errors import OutputError
 from dawnchorus.io import audio
 from dawnchorus.io.files import atomic_write
 
@@ -34,9 +36,10 @@ def clip_bounds(start_s: float, end_s: float, context: bool) -> tuple[float, flo
     return max(0.0, start_s - CONTEXT_S), end_s + CONTEXT_S
 
 
-def spectrogram_png(recording: Path, cache: Path, start_s: float, end_s: float) -> Path:
-    """The cached spectrogram PNG of window ``start_s``..``end_s`` of ``recording`` with context;
-    ``cache`` is the file it is (or will be) kept in. Raises an AudioError for an unreadable file."""
+def spectrogram_png(recording: Path, cache: Path, start_s: float, end_s: float) -> Path | bytes:
+    """The spectrogram PNG of window ``start_s``..``end_s`` of ``recording`` with context: the
+    ``cache`` file it is kept in, or the bytes themselves where the cache cannot be written (a
+    read-only run folder). Raises an AudioError for an unreadable recording."""
     if cache.is_file():
         return cache
     begin, end = clip_bounds(start_s, end_s, context=True)
@@ -48,32 +51,39 @@ def spectrogram_png(recording: Path, cache: Path, start_s: float, end_s: float) 
         column = int(round(bound / seconds * (width - 1)))
         if 0 <= column < width:
             image[:, max(column - 1, 0) : column + 1] = 1.0
+    import matplotlib
 
-    def write(tmp: Path) -> None:
-        import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        plt.imsave(tmp, image, cmap="magma", vmin=0.0, vmax=1.0, format="png")
-
-    return atomic_write(cache, write)
+    buffer = io.BytesIO()
+    plt.imsave(buffer, image, cmap="magma", vmin=0.0, vmax=1.0, format="png")
+    return _kept(cache, buffer.getvalue())
 
 
-def wav_slice(recording: Path, cache: Path, start_s: float, end_s: float, context: bool) -> Path:
-    """The cached 16-bit WAV of the window (with ``context``: and a second either side)."""
+def wav_slice(recording: Path, cache: Path, start_s: float, end_s: float, context: bool) -> Path | bytes:
+    """The 16-bit WAV of the window (with ``context``: and a second either side): the ``cache`` file,
+    or the bytes where it cannot be written."""
     if cache.is_file():
         return cache
     begin, end = clip_bounds(start_s, end_s, context)
     samples, rate = _read(recording, begin, end)
     buffer = io.BytesIO()
     sf.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
-    return atomic_write(cache, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    return _kept(cache, buffer.getvalue())
 
 
 def cache_path(results_dir: Path, recording_id: str, start_ms: int, kind: str) -> Path:
     """Where the ``kind`` (``png``, ``wav``, ``context.wav``) of a window is cached."""
     return results_dir / CACHE_DIR / recording_id / f"{int(start_ms)}.{kind}"
+
+
+def _kept(cache: Path, data: bytes) -> Path | bytes:
+    """``data`` written to ``cache`` (atomically), or ``data`` itself when it cannot be written."""
+    try:
+        return atomic_write(cache, lambda tmp: tmp.write_bytes(data))
+    except OutputError:
+        return data
 
 
 def _read(recording: Path, begin: float, end: float) -> tuple[np.ndarray, int]:
