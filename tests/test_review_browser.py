@@ -99,6 +99,16 @@ def test_review_ten_items_with_the_keyboard_reload_filter_undo_and_export(
 
             page.select_option("#species", "")
             page.wait_for_function("document.querySelectorAll('#items li').length === 54")
+            current = page.locator("#items li.current").get_attribute("data-id")
+            other = page.locator(".label-row:has(button)").first  # another label of the same window
+            other_label = other.get_attribute("data-label")
+            other.locator("button[data-label-verdict='present']").click()
+            page.wait_for_selector(f".label-row[data-label='{other_label}'] .badge.v-present")
+            window = current.rsplit(":", 1)[0]
+            newest = read_verdicts(results).iloc[-1]
+            assert (newest["item_id"], newest["label"]) == (f"{window}:{other_label}", other_label)
+            assert page.locator("#items li.current").get_attribute("data-id") == current  # stays
+            page.wait_for_selector(f"#items li[data-id='{window}:{other_label}'] .badge.v-present")
             page.wait_for_function("document.getElementById('c-spec').naturalWidth > 0")
             page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
             browser.close()

@@ -3,7 +3,8 @@
 
 const token = new URLSearchParams(location.search).get("token");
 const PAGE = 100;
-const state = { info: null, items: [], total: 0, index: -1, busy: false };
+// verdicts: the active verdict of every judged item (ids name window and label), as the server has them
+const state = { info: null, items: [], total: 0, index: -1, busy: false, verdicts: new Map() };
 const UNDO_KEY = "dawnchorus.undo." + location.pathname;  // this tab's verdicts, newest last; kept on reload
 
 function undoStack() {
@@ -90,6 +91,10 @@ async function loadItems(append = false) {
   try {
     const data = await api("/api/items?" + params.toString());
     state.items = append ? state.items.concat(data.items) : data.items;
+    for (const item of data.items) {
+      if (item.verdict) state.verdicts.set(item.id, item.verdict);
+      else state.verdicts.delete(item.id);
+    }
     state.total = data.total;
     say("");
   } catch (error) {
@@ -160,7 +165,7 @@ function select(i) {
   badge($("c-verdict"), item.verdict);
   $("c-where").textContent = item.file + ", " + item.start_s + "–" + item.end_s + " s";
   $("c-spec").src = withToken(item.spectrogram);
-  $("c-top").textContent = "model: " + item.top.map(([label, score]) => label + " " + score.toFixed(2)).join(", ");
+  renderLabels(item);
   $("note").value = item.verdict ? item.verdict.note || "" : "";
   $("player").removeAttribute("src");
 }
@@ -175,9 +180,50 @@ function play(context) {
   player.play().catch((error) => say("cannot play: " + error.message, true));
 }
 
-async function give(verdict, otherLabel = null) {
+// The item of ``label`` on the same window as ``item``.
+function sibling(item, label) {
+  return item.id.slice(0, item.id.length - item.label.length) + label;
+}
+
+// The window's labels by score, each with its verdict and buttons: a verdict per label.
+function renderLabels(item) {
+  const rows = item.top.map(([label, score]) => {
+    const row = document.createElement("div");
+    row.className = "label-row";
+    row.dataset.label = label;
+    const name = document.createElement("span");
+    name.textContent = label + " " + score.toFixed(3) + (label === item.label ? " (this item)" : "");
+    const mark = document.createElement("span");
+    badge(mark, state.verdicts.get(sibling(item, label)));
+    row.append(name, mark);
+    if (label !== item.label) {
+      for (const verdict of ["present", "absent", "unsure"]) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.dataset.labelVerdict = verdict;
+        button.title = label + ": " + verdict;
+        button.textContent = SIGN[verdict];
+        button.addEventListener("click", () => give(verdict, null, label));
+        row.appendChild(button);
+      }
+    }
+    return row;
+  });
+  $("c-top").replaceChildren(...rows);
+}
+
+// Set the verdict of item ``id`` (null: none) here and in the list.
+function applyVerdict(id, verdict) {
+  if (verdict) state.verdicts.set(id, verdict);
+  else state.verdicts.delete(id);
+  for (const item of state.items) if (item.id === id) item.verdict = verdict;
+}
+
+// A verdict on the current item's label, or (``label``) on another label of its window.
+async function give(verdict, otherLabel = null, label = null) {
   const item = state.items[state.index];
   if (!item || state.busy) return;
+  label = label || item.label;
   if (verdict === "other" && !otherLabel) {
     $("other-box").hidden = false;
     $("other").value = "";
@@ -187,17 +233,17 @@ async function give(verdict, otherLabel = null) {
   const reviewer = $("reviewer").value.trim();
   localStorage.setItem("dawnchorus.reviewer", reviewer);
   const body = {
-    item_id: item.id, label: item.label, verdict: verdict, other_label: otherLabel,
+    item_id: item.id, label: label, verdict: verdict, other_label: otherLabel,
     note: $("note").value, reviewer: reviewer, queue: $("order").value,
   };
   state.busy = true;
   try {
     const saved = await api("/api/verdicts", { method: "POST", body: JSON.stringify(body) });
-    item.verdict = saved;
+    applyVerdict(saved.item_id, saved);
     saveUndoStack(undoStack().concat([{ id: saved.id, item_id: saved.item_id, label: saved.label }]));
-    say("saved: " + item.label + " " + verdict + (otherLabel ? " (" + otherLabel + ")" : ""));
+    say("saved: " + label + " " + verdict + (otherLabel ? " (" + otherLabel + ")" : ""));
     renderList();
-    select(Math.min(state.index + 1, state.items.length - 1));
+    select(label === item.label ? Math.min(state.index + 1, state.items.length - 1) : state.index);
     loadProgress();
   } catch (error) {
     say("not saved: " + error.message, true);
@@ -222,13 +268,11 @@ async function undo() {
   saveUndoStack(stack);
   const active = await api("/api/verdicts");
   const found = active.verdicts.find((v) => v.item_id === last.item_id && v.label === last.label);
+  applyVerdict(last.item_id, found || null);
   say("undone: " + last.label + " (" + last.item_id.split(":")[1] / 1000 + " s)");
-  const i = state.items.findIndex((item) => item.id === last.item_id && item.label === last.label);
-  if (i >= 0) {
-    state.items[i].verdict = found || null;
-    renderList();
-    select(i);
-  }
+  const i = state.items.findIndex((item) => item.id === last.item_id);
+  renderList();
+  select(i >= 0 ? i : state.index);
   loadProgress();
 }
 
@@ -292,6 +336,11 @@ async function start() {
     return;
   }
   restoreFilters();
+  try {
+    for (const v of (await api("/api/verdicts")).verdicts) state.verdicts.set(v.item_id, v);
+  } catch (error) {
+    say(error.message, true);
+  }
   await loadItems();
   await loadProgress();
   document.body.dataset.ready = "1";
