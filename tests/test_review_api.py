@@ -525,3 +525,16 @@ def test_media_are_served_when_the_cache_cannot_be_written(client: TestClient, r
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     sound = client.get(item["audio"])
     assert sound.status_code == 200 and sound.content.startswith(b"RIFF")
+
+
+def test_a_port_in_use_gives_one_line_and_exit_2(results: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = runner.invoke(cli, ["review", str(results), "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"--host 127.0.0.1 --port {port}: cannot listen there" in result.output
+    assert "Traceback" not in result.output
