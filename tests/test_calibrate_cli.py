@@ -257,3 +257,37 @@ def test_a_damaged_calibration_entry_is_refused_with_one_line(tmp_path: Path, mo
     torch.save(payload, tmp_path / "stranger.pt")
     with pytest.raises(ModelFileError, match="not a label"):
         load_model(tmp_path / "stranger.pt", build_network=False)
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+
+def test_report_of_a_reviewed_run_shows_precision_per_species(
+    reviewed: dict[str, Path], tmp_path: Path
+) -> None:
+    import re
+
+    from dawnchorus.evaluate.verified import read_reviewed_run, review_species
+
+    run = tmp_path / "run"
+    shutil.copytree(reviewed["run"], run)
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    page = (run / "report.html").read_text()
+    assert "Review: precision per species" in page
+    expected = review_species(*read_reviewed_run(run), {})
+    for review in expected:
+        shown = re.search(rf'data-precision="{review.label}">([0-9.]+)<', page)
+        assert shown is not None
+        assert float(shown.group(1)) == pytest.approx(review.precision.precision, abs=5e-4)
+        assert f"{review.precision.low:.3f}-{review.precision.high:.3f}" in page
+    assert (run / "report_files" / "reviewed_precision_0.png").is_file()
+
+
+def test_a_predict_folder_without_reviews_is_not_reportable(reviewed: dict[str, Path]) -> None:
+    from dawnchorus.errors import ReportError
+    from dawnchorus.report.html import RunFolder
+
+    assert RunFolder.find(reviewed["run"]).reviewed_runs == [reviewed["run"]]
+    with pytest.raises(ReportError, match="reviewed predict folder"):
+        RunFolder.find(reviewed["heldout"])

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit, logit
-from scipy.stats import norm
 
 from dawnchorus.errors import EvaluationError
 
@@ -99,6 +98,8 @@ def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tup
     p = min(max(successes / n, 0.0), 1.0)
     if math.isinf(n):
         return p, p
+    from scipy.stats import norm  # imported here: predict applies calibrations without it
+
     z = float(norm.ppf(0.5 + confidence / 2))
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator

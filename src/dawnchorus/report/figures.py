@@ -1,7 +1,8 @@
 """The report's matplotlib figures, and how the report writes numbers.
 
 Each ``*_figure`` function draws one figure (class distribution, an example clip, training curves,
-precision-recall curves, a detection timeline, clean vs noisy scores) and returns it unsaved;
+precision-recall curves, a detection timeline, clean vs noisy scores, reviewed precision per species)
+and returns it unsaved;
 :mod:`dawnchorus.report.html` saves them and lays out the page. :func:`format_metric` and the
 metric titles live here because the figures and the page (and ``demo``) share them. This module
 writes no files and no HTML.
@@ -210,6 +211,29 @@ def clean_vs_noisy_figure(evaluation: dict[str, dict[str, Any]]) -> Figure:
     axis.set_ylim(0, 1.12)
     figure.legend(loc="outside upper center", ncols=len(names), fontsize=8, frameon=False)
     axis.spines[["top", "right"]].set_visible(False)
+    return figure
+
+
+def reviewed_precision_figure(
+    labels: Sequence[str], precision: Sequence[float | None], low: Sequence[float], high: Sequence[float]
+) -> Figure | None:
+    """Per species, the precision of its detections estimated from review verdicts, with its
+    interval (a bar per species; a species without a verdict above its threshold shows the interval
+    alone); None without species."""
+    if not labels:
+        return None
+    figure = _figure(min(12.0, 1.2 + 0.45 * len(labels)), 3.2)
+    axis = figure.subplots()
+    x = np.arange(len(labels))
+    values = np.array([np.nan if p is None else p for p in precision], dtype=float)
+    axis.bar(x, np.nan_to_num(values), color="#90cdf4", width=0.6, label="precision")
+    axis.vlines(x, low, high, color="#1a365d", linewidth=2, label="95 % interval")
+    many = len(labels) > 8
+    axis.set_xticks(x, labels, rotation=60 if many else 0, ha="right" if many else "center", fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("precision")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
     return figure
 
 

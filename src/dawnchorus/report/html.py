@@ -34,7 +34,9 @@ from rich.console import Console
 from rich.table import Table
 
 from dawnchorus.errors import ReportError
+from dawnchorus.evaluate.verified import TABLES
 from dawnchorus.io.files import atomic_write_text
+from dawnchorus.io.verdicts import REVIEWS_FILE
 from dawnchorus.report.figures import (
     CONDITION_TITLES,
     HEADLINE_METRICS,
@@ -45,6 +47,7 @@ from dawnchorus.report.figures import (
     curves_figure,
     format_metric,
     pr_figure,
+    reviewed_precision_figure,
     timeline_figure,
 )
 
@@ -137,6 +140,7 @@ class RunFolder:
     config_yaml: Path | None
     evaluation_path: Path | None
     demo_summary_path: Path | None
+    reviewed_runs: list[Path] = field(default_factory=list)  # predict folders holding reviews.sqlite
 
     @classmethod
     def find(cls, run_dir: str | Path) -> RunFolder:
@@ -155,13 +159,24 @@ class RunFolder:
             config_yaml=_file_or_none(log_dir / "config.yaml"),
             evaluation_path=_file_or_none(root / "evaluation.json"),
             demo_summary_path=_file_or_none(root / "demo.json"),
+            reviewed_runs=_reviewed_runs(root),
         )
-        if not (found.model_path or found.metrics_csv or found.evaluation_path):
+        if not (found.model_path or found.metrics_csv or found.evaluation_path or found.reviewed_runs):
             raise ReportError(
-                f"{root}: no model.pt, logs/metrics.csv or evaluation.json here or in {root / 'run'}; "
-                "pass a training run folder (dawnchorus train --out) or a demo folder"
+                f"{root}: no model.pt, logs/metrics.csv or evaluation.json here or in {root / 'run'}, "
+                f"and no {REVIEWS_FILE}; pass a training run folder (dawnchorus train --out), a demo "
+                "folder or a reviewed predict folder"
             )
         return found
+
+
+def _reviewed_runs(root: Path) -> list[Path]:
+    """``root`` and its sub-folders that are reviewed predict runs (a verdict store beside a table)."""
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    return [
+        folder for folder in candidates
+        if (folder / REVIEWS_FILE).is_file() and any((folder / name).is_file() for name in TABLES)
+    ]
 
 
 def _file_or_none(path: Path) -> Path | None:
@@ -297,6 +312,8 @@ def build_report(run_dir: Path) -> Path:
     if folder.demo_summary_path is not None:
         builder.demo = _read_json(folder.demo_summary_path)
     sections = [make(builder) for make in SECTION_BUILDERS]
+    if folder.reviewed_runs:  # only where someone reviewed a run: no empty section elsewhere
+        sections.append(_reviewed_precision(builder))
     page = _page(builder, sections)
     target = folder.root / REPORT_NAME
     return atomic_write_text(target, page)
@@ -620,6 +637,53 @@ SECTION_BUILDERS: tuple[Callable[[_Builder], Section], ...] = (
 )
 
 
+def _reviewed_precision(builder: _Builder) -> Section:
+    """Per reviewed predict folder: each species' precision at its threshold with its 95 % interval,
+    from the review's stratified random sample (:mod:`dawnchorus.evaluate.verified`)."""
+    from dawnchorus.errors import EvaluationError
+    from dawnchorus.evaluate.verified import read_reviewed_run, review_species
+
+    parts = [
+        "<p>Precision of each species' detections (windows at or above its threshold), estimated from "
+        "the verdicts of the review's random queue: items drawn per species and score bin, each bin "
+        "weighted by its share of the detections. The interval is Wilson's (95 %) on the stratified "
+        "estimate's effective sample size; bins without a verdict widen it. <code>dawnchorus calibrate "
+        "RESULTS_DIR --model MODEL</code> turns these verdicts into per-species thresholds.</p>"
+    ]
+    for index, run in enumerate(builder.folder.reviewed_runs):
+        try:
+            table, verdicts = read_reviewed_run(run)
+        except EvaluationError as exc:
+            parts.append(f'<p class="note">{html.escape(str(exc))}</p>')
+            continue
+        model = builder.model
+        own = {}
+        if model is not None:
+            own = dict(zip(model.labels, model.class_thresholds.tolist(), strict=True))
+        reviews = review_species(table, verdicts, own)
+        source = "the model's thresholds" if own else "threshold 0.5 (no model in this folder)"
+        rows = [
+            f"<tr><th>{html.escape(r.label)}</th><td class=\"num\">{r.n_verdicts}</td>"
+            f"<td class=\"num\">{r.n_random}</td><td class=\"num\">{r.threshold:.3f}</td>"
+            f"<td class=\"num\" data-precision=\"{html.escape(r.label)}\">"
+            f"{format_metric(r.precision.precision)}</td>"
+            f"<td class=\"num\">{r.precision.low:.3f}-{r.precision.high:.3f}</td>"
+            f"<td class=\"num\">{r.precision.n_detections}</td></tr>"
+            for r in reviews
+        ]
+        figure = reviewed_precision_figure(
+            [r.label for r in reviews], [r.precision.precision for r in reviews],
+            [r.precision.low for r in reviews], [r.precision.high for r in reviews],
+        )
+        parts.append(
+            f"<h3>{html.escape(str(run))}</h3><p>{len(verdicts)} verdicts; precision at {source}.</p>"
+            + _table(["species", "verdicts", "random sample", "threshold", "precision", "95 % interval",
+                      "detections"], rows)
+            + builder.save(figure, f"reviewed_precision_{index}", f"reviewed precision, {run.name}")
+        )
+    return Section("Review: precision per species", "".join(parts))
+
+
 # --- HTML pieces --------------------------------------------------------------------------------------
 
 
@@ -700,8 +764,10 @@ def _anchor(title: str) -> str:
 def _page(builder: _Builder, sections: Sequence[Section]) -> str:
     from dawnchorus.version import __version__
 
-    kind = "demo" if builder.demo else "training run"
-    root = builder.folder.root
+    folder = builder.folder
+    trained = folder.model_path or folder.metrics_csv or folder.evaluation_path
+    kind = "demo" if builder.demo else "training run" if trained else "reviewed predict run"
+    root = folder.root
     nav = "".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title.split(":")[0])}</a>' for s in sections)
     parts = []
     for section in sections:
