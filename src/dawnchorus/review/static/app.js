@@ -108,7 +108,9 @@ async function loadItems(append = false) {
 
 async function loadProgress() {
   const data = await api("/api/progress");
-  const rows = data.species.map((s) => {
+  // species with detections first, then those with verdicts: with hundreds of labels the rest waits
+  const species = data.species.slice().sort((a, b) => b.detections - a.detections || b.reviewed - a.reviewed);
+  const rows = species.map((s) => {
     const tr = document.createElement("tr");
     for (const value of [s.label, s.detections, s.reviewed, s.present, s.absent, s.unsure, s.other]) {
       const td = document.createElement("td");
@@ -244,7 +246,7 @@ async function give(verdict, otherLabel = null, label = null) {
     say("saved: " + label + " " + verdict + (otherLabel ? " (" + otherLabel + ")" : ""));
     renderList();
     select(label === item.label ? Math.min(state.index + 1, state.items.length - 1) : state.index);
-    loadProgress();
+    loadProgress().catch((error) => say(error.message, true));
   } catch (error) {
     say("not saved: " + error.message, true);
   } finally {
@@ -273,7 +275,7 @@ async function undo() {
   const i = state.items.findIndex((item) => item.id === last.item_id);
   renderList();
   select(i >= 0 ? i : state.index);
-  loadProgress();
+  loadProgress().catch((error) => say(error.message, true));
 }
 
 function move(step) {
@@ -292,7 +294,10 @@ const KEYS = {
 function onKey(event) {
   const field = event.target.closest("input, select, textarea");
   if (field) {
-    if (event.key === "Escape") field.blur();
+    if (event.key === "Escape") {
+      field.blur();
+      if (field.id === "other") $("other-box").hidden = true;
+    }
     if (event.key === "Enter" && field.id === "other") {
       event.preventDefault();
       const name = $("other").value.trim();
@@ -342,7 +347,7 @@ async function start() {
     say(error.message, true);
   }
   await loadItems();
-  await loadProgress();
+  await loadProgress().catch((error) => say(error.message, true));
   document.body.dataset.ready = "1";
 }
 
