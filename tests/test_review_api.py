@@ -105,6 +105,7 @@ def test_filters_species_recording_and_score_range(client: TestClient) -> None:
     assert only_bbb and {i["label"] for i in only_bbb} == {"bbb"}
     two = all_items(client, species="aaa,ccc")
     assert {i["label"] for i in two} == {"aaa", "ccc"}
+    assert all_items(client, species=["aaa", "ccc"]) == two
     first = only_bbb[0]
     by_id = all_items(client, file=first["recording"])
     by_name = all_items(client, file=first["file"])

@@ -149,12 +149,14 @@ class _Api:
 
     def items(self, request: Request) -> Response:
         query = request.query_params
-        species = [s for s in query.get("species", "").split(",") if s] or None
+        species = []  # species=a,b or species=a&species=b (a label with a comma in it: given whole)
+        for value in query.getlist("species"):
+            species += [value] if value in self.run.labels else [s for s in value.split(",") if s]
         active = self.store.frame()
         reviewed = set(zip(active["item_id"], active["label"], strict=True))
         total, page = self.run.query(
             order=query.get("order", "score"),
-            species=species,
+            species=species or None,
             file=query.get("file") or None,
             min_score=_number(query, "min_score"),
             max_score=_number(query, "max_score"),
