@@ -5,7 +5,10 @@
 waveform augmentation, optional bird-free negatives from the noise bank), the validation clips and the
 labelled soundscape windows, and hands Lightning one training loader (weighted sampler when asked) and
 one or two validation loaders (clips, then soundscapes). Decoded audio goes through one
-:class:`~dawnchorus.data.datasets.AudioCache`.
+:class:`~dawnchorus.data.datasets.AudioCache`. Given window items (pseudo-labelled soundscape windows,
+:class:`~dawnchorus.training.windows.WindowItems`), the training items are the labelled clips, a share
+``selftrain.mix_p`` of them mixed with a random window, followed by the windows themselves
+(``selftrain.window_items``).
 
 This module owns the wiring of data for a run; the data sets, splits and samplers themselves live in
 :mod:`dawnchorus.data`, the model and loss in :mod:`dawnchorus.training.module`.
@@ -20,7 +23,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from dawnchorus.augment.noise import NoiseBank
 from dawnchorus.augment.waveform import WaveformAugment
@@ -37,6 +40,7 @@ from dawnchorus.data.layouts import TrainingSet, load_training_set
 from dawnchorus.data.splits import fold_split, make_weighted_sampler, oversample, stratified_split
 from dawnchorus.errors import TrainingError
 from dawnchorus.io.files import usable_cores
+from dawnchorus.training.windows import ClipWindowMix, WindowItems
 
 # DataLoader workers when train.num_workers is negative ("auto"): the usable cores, at most 8.
 MAX_AUTO_WORKERS = 8
@@ -49,13 +53,22 @@ class BirdDataModule(L.LightningDataModule):
     with problems (listed in ``training_set.problems``) instead of refusing the set. After
     :meth:`setup`: ``training_set``, ``labels``, ``train_set``, ``val_set``, ``soundscapes`` (None
     without labelled soundscapes), ``train_idx`` and ``val_idx`` (rows of ``training_set.clips``).
+    ``windows`` (targets in this run's label order) are added to the training items; those without a
+    waveform transform get the run's.
     """
 
     def __init__(
-        self, data: str | Path, config: Config, cache_dir: str | Path, drop_bad: bool = True
+        self,
+        data: str | Path,
+        config: Config,
+        cache_dir: str | Path,
+        drop_bad: bool = True,
+        windows: WindowItems | None = None,
     ) -> None:
         super().__init__()
         self.data, self.config, self.cache_dir, self.drop_bad = Path(data), config, Path(cache_dir), drop_bad
+        self.windows = windows
+        self.train_items: Dataset | None = None
         self.training_set: TrainingSet | None = None
         self._read: TrainingSet | None = None
         self.train_set: ClipDataset | None = None
@@ -91,14 +104,23 @@ class BirdDataModule(L.LightningDataModule):
         self.train_set, self.val_set, self.soundscapes, self.train_idx, self.val_idx = build_datasets(
             training_set, self.config, cache
         )
+        self.train_items = self.train_set
+        if self.windows is not None:
+            settings = self.config.selftrain
+            if self.windows.waveform_transform is None:
+                self.windows.waveform_transform = self.train_set.waveform_transform
+            mixed = ClipWindowMix(self.train_set, self.windows, settings.mix_p, self.config.train.seed)
+            self.train_items = ConcatDataset([mixed, self.windows]) if settings.window_items else mixed
         self.training_set = training_set
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (or weighted-sampled) training clips; Lightning shards them under DDP."""
-        primary = self.training_set.clips["primary_label"].to_numpy()
-        sampler = train_sampler(primary[self.train_idx], self.config, len(self.train_idx))
+        primary = self.training_set.clips["primary_label"].to_numpy()[self.train_idx]
+        if self.windows is not None and len(self.train_items) > len(primary):
+            primary = np.concatenate([primary, self.windows.primary_labels(self.labels)])
+        sampler = train_sampler(primary, self.config, len(primary))
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        return _loader(self.train_set, self.config, train=True, sampler=sampler, world_size=world_size)
+        return _loader(self.train_items, self.config, train=True, sampler=sampler, world_size=world_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Validation clips, then labelled soundscape windows when the set has them (built once)."""

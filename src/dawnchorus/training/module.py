@@ -60,15 +60,27 @@ class BirdModule(L.LightningModule):
         """Logits ``(B, num_classes)`` of a waveform batch ``(B, T)``."""
         return self.network(audio)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Weighted mean over clips of the per-class BCE (or focal) loss (:func:`clip_loss`)."""
-        return clip_loss(logits, targets, weights, self.config.imbalance)
+        return clip_loss(logits, targets, weights, self.config.imbalance, mask)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         spec = self.network.spectrogram(batch["audio"])
-        spec, targets = self.batch_augment(spec, batch["target"])
+        mask = batch.get("mask")
+        if mask is None:
+            spec, targets = self.batch_augment(spec, batch["target"])
+        else:  # mixing takes the union of targets; of "unjudged" too, so a label is judged in both
+            classes = batch["target"].shape[1]
+            spec, both = self.batch_augment(spec, torch.cat([batch["target"], 1 - mask], dim=1))
+            targets, mask = both[:, :classes], 1 - both[:, classes:]
         logits = self.network.classifier(spec)
-        loss = self.loss(logits, targets, batch["weight"])
+        loss = self.loss(logits, targets, batch["weight"], mask)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
@@ -123,12 +135,18 @@ class BirdModule(L.LightningModule):
 
 
 def clip_loss(
-    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, settings: ImbalanceSettings
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    settings: ImbalanceSettings,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted mean over clips of the per-class BCE (or focal) loss, as ``settings`` choose.
 
     Label smoothing (``imbalance.label_smoothing``) is applied here and nowhere else: targets move
-    towards 0.5 by ``label_smoothing / 2`` after mixup, so validation targets stay hard.
+    towards 0.5 by ``label_smoothing / 2`` after mixup, so validation targets stay hard. ``mask``
+    (``(B, C)``, 1 judged, 0 not) leaves the labels nobody judged out of an item's mean; all ones
+    gives the plain mean.
     """
     if settings.label_smoothing:
         targets = targets * (1 - settings.label_smoothing) + settings.label_smoothing / 2
@@ -142,7 +160,11 @@ def clip_loss(
         )
     else:
         per_item = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    per_item = per_item.mean(dim=1)
+    if mask is None:
+        per_item = per_item.mean(dim=1)
+    else:
+        mask = mask.to(per_item.dtype)
+        per_item = (per_item * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-6)
     return (per_item * weights).sum() / weights.sum().clamp_min(1e-6)
 
 

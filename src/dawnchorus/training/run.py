@@ -42,6 +42,7 @@ from dawnchorus.training.datamodule import BirdDataModule
 from dawnchorus.training.frozen import train_frozen
 from dawnchorus.training.module import BirdModule, ThroughputMonitor
 from dawnchorus.training.result import TrainResult, check_monitor
+from dawnchorus.training.windows import WindowItems
 
 
 def train(
@@ -51,6 +52,7 @@ def train(
     resume: bool = False,
     drop_bad: bool = True,
     progress_bar: bool = True,
+    windows: WindowItems | None = None,
 ) -> TrainResult:
     """Train on ``data`` and write ``out/model.pt``.
 
@@ -58,9 +60,16 @@ def train(
     clips with problems (listed in ``TrainResult.dropped_problems``) instead of refusing the set.
     With ``config.embedding.backbone`` set (a zoo backbone such as ``birdnet``), a head is trained on
     that frozen backbone's embeddings instead (:func:`~dawnchorus.training.frozen.train_frozen`;
-    ``resume`` then retrains the head from the cached embeddings, in seconds).
+    ``resume`` then retrains the head from the cached embeddings, in seconds). ``windows`` (soundscape
+    windows with soft targets in the data set's label order, e.g. pseudo-labels) join the training
+    items (see :class:`~dawnchorus.training.datamodule.BirdDataModule`); not with a frozen backbone.
     """
     if config.embedding.backbone is not None:
+        if windows is not None:
+            raise TrainingError(
+                "window items (pseudo-labelled windows) train a fine-tuned CNN, not a head on a frozen "
+                "backbone: give the student a timm backbone (selftrain.student_backbone, --student-model)"
+            )
         return train_frozen(data, out, config, drop_bad=drop_bad, progress_bar=progress_bar)
     run_dir = Path(out)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -70,7 +79,9 @@ def train(
     if config.augment.noise_dir is not None:  # loaded once per process: the data module reuses it
         NoiseBank.cached(config.augment.noise_dir, config.audio.sample_rate)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    data_module = BirdDataModule(data, config, config.train.cache_dir or run_dir / "cache", drop_bad)
+    data_module = BirdDataModule(
+        data, config, config.train.cache_dir or run_dir / "cache", drop_bad, windows=windows
+    )
     # The network is built (pretrained weights fetched) before the run folder: offline, or with a
     # weights file that does not fit, the run fails with nothing written.
     module = BirdModule(config, data_module.read().labels)
