@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dawnchorus.cli.console import console, err_console, fail
+from dawnchorus.cli.console import console, err_console, fail, load_model_or_fail, require_inputs
 from dawnchorus.errors import DatasetError
 
 
@@ -43,6 +43,20 @@ def train(
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node training.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.ckpt.")] = False,
+    unlabelled: Annotated[
+        list[Path] | None,
+        typer.Option(help="Unlabelled recordings (file, folder, .txt list; repeatable): noisy-student."),
+    ] = None,
+    pseudo: Annotated[
+        Path | None, typer.Option(help="A pseudo-label folder (dawnchorus pseudo-label) to train round 1 on.")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Noisy-student rounds (selftrain.rounds).")] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Start from this teacher model instead of training one on DATA.")
+    ] = None,
+    student_model: Annotated[
+        str | None, typer.Option(help="timm backbone of the students (distillation), e.g. efficientnet_b0.")
+    ] = None,
 ) -> None:
     """Train a multi-label classifier and write one self-contained model file.
 
@@ -68,10 +82,17 @@ def train(
         "train.devices": int(devices) if devices and devices.isdigit() else devices,
         "train.strategy": strategy,
         "train.num_nodes": num_nodes,
+        "selftrain.rounds": rounds,
+        "selftrain.student_backbone": student_model,
     }
     settings = load_config(config, overrides)
     if not data.exists():
         fail(f"{data}: training data not found")
+    if unlabelled or pseudo is not None:
+        _self_train(data, out, settings, unlabelled, pseudo, teacher)
+        return
+    if teacher is not None or rounds is not None or student_model is not None:
+        fail("--teacher, --rounds and --student-model need --unlabelled DIR or --pseudo PL")
     from dawnchorus.training.run import train as run_training
 
     try:
@@ -84,6 +105,37 @@ def train(
     console.print(
         f"[green]model written:[/] {result.model_path}  (best {result.monitor} = {score}, "
         f"{result.epochs_run} epochs)"
+    )
+
+
+def _self_train(
+    data: Path, out: Path, settings, unlabelled: list[Path] | None, pseudo: Path | None, teacher: Path | None
+) -> None:
+    """``train --unlabelled/--pseudo``: the noisy-student rounds, one line per round."""
+    from dawnchorus.training.rounds import self_train
+
+    if unlabelled:
+        require_inputs(unlabelled)
+    if teacher is not None:
+        load_model_or_fail(teacher, build_network=False)
+    if pseudo is not None and not pseudo.is_dir():
+        fail(f"{pseudo}: pseudo-label folder not found")
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    try:
+        result = self_train(
+            data, out, settings, unlabelled=unlabelled or None, pseudo=pseudo, teacher=teacher,
+            progress_bar=True, log=say,
+        )
+    except DatasetError as exc:  # training stops on a bad set with exit 1, as `data check` does
+        fail(str(exc), code=1)
+    best = max(result.rounds, key=lambda row: (row.roc_auc == row.roc_auc, row.roc_auc))
+    console.print(
+        f"[green]model written:[/] {result.model_path}  (round {result.rounds[-1].round}; rounds in "
+        f"{result.rounds_csv}; best validation ROC-AUC: round {best.round})",
+        highlight=False, soft_wrap=True,
     )
 
 

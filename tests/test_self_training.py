@@ -1,0 +1,194 @@
+"""Training on pseudo-labelled soundscape windows: window items read lazily and exactly, the label mask
+in the loss, clip + window mixing with the label union, and noisy-student rounds (rounds.csv, every
+round's model, the student backbone, a round that improves on a separable synthetic task)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dawnchorus.cli.app import app
+from dawnchorus.config import ImbalanceSettings, build_config
+from dawnchorus.data.datasets import ClipDataset
+from dawnchorus.errors import TrainingError
+from dawnchorus.io import audio
+from dawnchorus.io.audio import write_audio
+from dawnchorus.models.modelfile import load_model
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.module import clip_loss
+from dawnchorus.training.rounds import self_train
+from dawnchorus.training.windows import ClipWindowMix, WindowItems
+from tests.conftest import synthetic_audio
+
+runner = CliRunner()
+RATE = 32000
+QUIET_AUGMENT = {"mixup_p": 0.0, "specaugment_p": 0.0, "colored_noise_p": 0.0, "gain_p": 0.0, "shift_p": 0.0}
+
+
+# --- window items -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def long_recording(tmp_path: Path) -> Path:
+    path = tmp_path / "long.flac"  # lossless: the decoded window can be compared sample by sample
+    write_audio(path, synthetic_audio(23.0, seed=3), RATE)
+    return path
+
+
+def test_a_window_item_is_exactly_its_seconds_of_the_long_recording(long_recording: Path) -> None:
+    whole = audio.load(long_recording, sample_rate=RATE)
+    targets = np.array([[0.9, 0.0], [0.2, 0.7]], dtype=np.float32)
+    items = WindowItems([str(long_recording)] * 2, [5.0, 20.0], targets, RATE, 5 * RATE, train=False)
+    first, last = items[0], items[1]
+    np.testing.assert_array_equal(first["audio"].numpy(), whole[5 * RATE : 10 * RATE])
+    # The last window runs past the end (20-25 s of 23 s): zero-padded, never wrapped.
+    np.testing.assert_array_equal(last["audio"].numpy()[: 3 * RATE], whole[20 * RATE :])
+    assert not last["audio"].numpy()[3 * RATE :].any()
+    np.testing.assert_array_equal(last["target"].numpy(), targets[1])
+    np.testing.assert_array_equal(first["mask"].numpy(), [1.0, 1.0])
+
+
+def test_labels_the_table_lacks_are_masked_as_unjudged(long_recording: Path) -> None:
+    table = pd.DataFrame({"file": [str(long_recording)], "start_s": [0.0], "end_s": [5.0], "bbb": [0.8]})
+    items = WindowItems.from_table(table, ["aaa", "bbb"], RATE, 5 * RATE)
+    item = items[0]
+    np.testing.assert_allclose(item["target"].numpy(), [0.0, 0.8])
+    np.testing.assert_array_equal(item["mask"].numpy(), [0.0, 1.0])
+    assert items.primary_labels(["aaa", "bbb"]).tolist() == ["bbb"]
+
+
+def test_the_loss_leaves_unjudged_labels_out() -> None:
+    settings = ImbalanceSettings()
+    logits = torch.tensor([[3.0, -2.0, 0.5], [-1.0, 1.0, 2.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    weights = torch.ones(2)
+    ones = torch.ones_like(targets)
+    assert clip_loss(logits, targets, weights, settings, ones) == pytest.approx(
+        float(clip_loss(logits, targets, weights, settings))
+    )
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    masked = clip_loss(logits, targets, weights, settings, mask)
+    other_target = targets.clone()
+    other_target[0, 2] = 1.0  # what an unjudged label says does not matter
+    assert clip_loss(logits, other_target, weights, settings, mask) == pytest.approx(float(masked))
+    per_label = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    expected = (per_label[0, :2].mean() + per_label[1].mean()) / 2
+    assert float(masked) == pytest.approx(float(expected))
+
+
+def test_a_mixed_clip_is_the_sum_of_both_with_the_union_of_their_labels(
+    long_recording: Path, tmp_path: Path
+) -> None:
+    clip_path = tmp_path / "clip.flac"
+    write_audio(clip_path, synthetic_audio(5.0, seed=8), RATE)
+    clips = ClipDataset([str(clip_path)], np.array([[1.0, 0.0, 0.0]]), RATE, 5 * RATE, train=False)
+    windows = WindowItems(
+        [str(long_recording)], [10.0], np.array([[0.3, 0.6, 0.0]]), RATE, 5 * RATE,
+        mask=np.array([[1.0, 1.0, 0.0]]),
+    )
+    mixed = ClipWindowMix(clips, windows, p=1.0)[0]
+    np.testing.assert_allclose(
+        mixed["audio"].numpy(), clips[0]["audio"].numpy() + windows.window(0), atol=1e-6
+    )
+    np.testing.assert_allclose(mixed["target"].numpy(), [1.0, 0.6, 0.0])
+    np.testing.assert_array_equal(mixed["mask"].numpy(), [1.0, 1.0, 1.0])  # the clip's labels are judged
+    unmixed = ClipWindowMix(clips, windows, p=0.0)[0]
+    np.testing.assert_array_equal(unmixed["audio"].numpy(), clips[0]["audio"].numpy())
+
+
+# --- rounds -----------------------------------------------------------------------------------------
+
+
+def split_off_pool(data: Path, pool: Path, keep: int) -> None:
+    """Move all but the first ``keep`` labelled soundscapes out of ``data`` into the unlabelled ``pool``
+    (their labels dropped): other call individuals, other backgrounds, never scored."""
+    labels = pd.read_csv(data / "test_labels.csv")
+    ids = list(dict.fromkeys(labels["audio_id"]))
+    pool.mkdir(parents=True, exist_ok=True)
+    for audio_id in ids[keep:]:
+        shutil.move(data / "test_soundscapes" / f"{audio_id}.ogg", pool / f"{audio_id}.ogg")
+    labels[labels["audio_id"].isin(ids[:keep])].to_csv(data / "test_labels.csv", index=False)
+
+
+def small_config(**selftrain: object) -> object:
+    return build_config({
+        "model": {"backbone": "test_efficientnet", "pretrained": False, "drop_rate": 0.0},
+        "augment": dict(QUIET_AUGMENT),
+        "train": {"batch_size": 8, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 1},
+        "selftrain": {"student_augment": {}, **selftrain},
+    })
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("selftrain")
+    make_dataset(root / "data", species=3, soundscapes=3, seed=0, clips_per_species=(3, 4),
+                 soundscape_s=10.0, workers=1)
+    split_off_pool(root / "data", root / "pool", keep=1)
+    return {"data": root / "data", "pool": root / "pool"}
+
+
+@pytest.mark.slow
+def test_rounds_keep_every_model_and_score_each_in_rounds_csv(
+    small_set: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", str(small_set["data"]), "--out", str(run), "--unlabelled", str(small_set["pool"]),
+         "--rounds", "2", "--config", str(write_settings(tmp_path, small_config()))],
+    )
+    assert result.exit_code == 0, result.output
+    rounds = pd.read_csv(run / "rounds.csv")
+    assert list(rounds.columns) == ["round", "model", "roc_auc", "cmap", "f1", "windows_kept"]
+    assert rounds["round"].tolist() == [0, 1, 2]
+    assert rounds["windows_kept"].tolist() == [0, 4, 4]  # two 10-s soundscapes of 5-s windows, keep 0
+    assert rounds[["cmap", "f1"]].notna().all().all()
+    for index in range(3):
+        assert (run / f"round{index}" / "model.pt").is_file()
+        assert f"round {index}: ROC-AUC" in " ".join(result.output.split())
+    assert (run / "round1" / "pseudo" / "pseudo_labels.parquet").is_file()
+    final = load_model(run / "model.pt")
+    assert final.labels == load_model(run / "round2" / "model.pt").labels
+
+
+@pytest.mark.slow
+def test_pseudo_labels_given_train_one_student_from_them(small_set: dict[str, Path], tmp_path: Path) -> None:
+    teacher = tmp_path / "teacher"
+    first = self_train(small_set["data"], teacher, small_config(), unlabelled=[small_set["pool"]])
+    pl = tmp_path / "pl"
+    made = runner.invoke(
+        app, ["pseudo-label", str(first.model_path), str(small_set["pool"]), "--out", str(pl), "--keep", "0"]
+    )
+    assert made.exit_code == 0, made.output
+    run = tmp_path / "run"
+    result = self_train(
+        small_set["data"], run, small_config(student_backbone="resnet10t"), pseudo=pl,
+    )
+    assert [row.round for row in result.rounds] == [0, 1]
+    assert result.rounds[0].model == str(first.model_path.resolve())  # the pseudo-labels' teacher
+    assert not (run / "round0").exists()
+    assert load_model(run / "model.pt").config.model.backbone == "resnet10t"  # distilled into another net
+
+
+def test_self_training_without_unlabelled_recordings_or_pseudo_labels_is_refused(
+    small_set: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingError, match="--unlabelled"):
+        self_train(small_set["data"], tmp_path / "run", small_config())
+    result = runner.invoke(
+        app, ["train", str(small_set["data"]), "--out", str(tmp_path / "r"), "--rounds", "2"]
+    )
+    assert result.exit_code == 2 and "need --unlabelled" in result.output
+
+
+def write_settings(folder: Path, config: object) -> Path:
+    path = folder / "settings.yaml"
+    config.to_yaml(path)
+    return path
