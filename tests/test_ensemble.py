@@ -402,7 +402,10 @@ def test_predict_command_refuses_a_member_with_other_labels_or_an_onnx_graph(
     broken = runner.invoke(app, ["predict", str(models["one"]), str(damaged), str(recordings),
                                  "--out", str(out)])
     assert broken.exit_code == 2 and "damaged.pt" in broken.output, broken.output
-    assert "Traceback" not in mixed.output + onnx.output + broken.output and not out.exists()
+    only_models = runner.invoke(app, ["predict", str(models["one"]), str(models["two"]), "--out", str(out)])
+    assert only_models.exit_code == 2 and "no recordings given after the model file(s)" in only_models.output
+    outputs = mixed.output + onnx.output + broken.output + only_models.output
+    assert "Traceback" not in outputs and not out.exists()
 
 
 # --- per-recording max scaling ------------------------------------------------------------------------------
