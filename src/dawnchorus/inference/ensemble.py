@@ -105,14 +105,6 @@ class Ensemble:
         """Members with a frozen backbone run it in their own batch functions."""
         return None
 
-    def describe(self) -> str:
-        """'ensemble of 2: a.pt (0.6), b.pt (0.4)' for logs."""
-        names = [
-            f"{Path(m.path).name if m.path else 'model'} ({w:.3g})"
-            for m, w in zip(self.members, self.weights, strict=True)
-        ]
-        return f"ensemble of {len(self.members)}: {', '.join(names)}"
-
 
 @dataclass(frozen=True)
 class EnsembleBatchFunction(StagedBatchFunction):
