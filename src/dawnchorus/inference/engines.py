@@ -3,7 +3,7 @@
 Owns the batch-function contract (:data:`BatchFunction`, :class:`StagedBatchFunction`), the eager
 torch engine (CPU lanes, CUDA with float16 autocast), the onnxruntime engine (:class:`OnnxRunner`
 over the graph :mod:`dawnchorus.inference.export` writes and caches), the choice between them
-(``auto``, ``torch``, ``onnx``: :func:`resolve_engine`, :func:`batch_function_for`) and the
+(``auto``, ``torch``, ``onnx``, ``onnx-int8``: :func:`resolve_engine`, :func:`batch_function_for`) and the
 batch-size choice (:func:`default_batch_size`, :func:`resolve_batch_size`). It does not decode
 audio, batch windows or write files (``pipeline.py``, ``run.py``), nor export graphs (``export.py``).
 
@@ -12,7 +12,8 @@ is used. A model on a frozen pretrained backbone (``train --backbone birdnet``) 
 whatever is asked: its backbone in the backbone's own runtime and its head in torch
 (:mod:`dawnchorus.inference.frozen`, imported only for such a model). The ONNX engine builds the
 timm network only when the graph must be exported: with a graph cached for the model file it runs
-the log-mel frontend (torch) and the graph, and timm is never imported.
+the log-mel frontend (torch) and the graph, and timm is never imported. ``onnx-int8`` is the same
+engine over the CNN's int8 graph (:mod:`dawnchorus.inference.quantise`), chosen only when asked for.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import importlib.util
 import json
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,11 @@ import torch
 from dawnchorus.config import ENGINES
 from dawnchorus.errors import ExportError, PredictionError
 from dawnchorus.inference.export import (
+    CALIBRATION_KEY,
     FRONTEND_KEY,
     LABELS_KEY,
     OUTPUT,
+    QUANTISATION_KEY,
     cached_onnx_path,
     export_onnx,
     require,
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 
-Engine = Literal["auto", "torch", "onnx"]
+Engine = Literal["auto", "torch", "onnx", "onnx-int8"]
 
 # Windows per batch. On CPU small batches are fastest (activations stay in cache; measured here with
 # two lanes: batch 4 gives ~1.4x the throughput of batch 32 with ~1 GB less memory, batches of 1-4
@@ -69,9 +72,11 @@ def onnx_available() -> bool:
 
 def resolve_engine(
     engine: str, device: str | None = None, *, cuda: bool | None = None
-) -> Literal["torch", "onnx"]:
+) -> Literal["torch", "onnx", "onnx-int8"]:
     """The engine ``auto`` stands for: onnx on CPU when the extra is installed (measured here ~1.4x
-    the throughput of eager torch at parity), else torch; ``torch`` and ``onnx`` stand for themselves.
+    the throughput of eager torch at parity), else torch; ``torch``, ``onnx`` and ``onnx-int8`` stand
+    for themselves (int8 is never chosen for the user: its scores are not fp32's, see
+    :mod:`dawnchorus.inference.quantise`).
 
     ``device`` None means the best one here: a GPU when ``cuda`` (default: whether torch sees one).
     """
@@ -252,6 +257,11 @@ class OnnxRunner:
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.includes_frontend = metadata.get(FRONTEND_KEY, "1") == "1"
         self.labels: list[str] = json.loads(metadata.get(LABELS_KEY, "[]"))
+        # An int8 graph (dawnchorus.inference.quantise) says how it was quantised and calibrated.
+        self.quantisation: dict[str, Any] | None = (
+            json.loads(metadata[QUANTISATION_KEY]) if QUANTISATION_KEY in metadata else None
+        )
+        self.calibration_sha256 = metadata.get(CALIBRATION_KEY)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(batch, classes)`` of an input batch shaped like the graph's input."""
@@ -326,6 +336,40 @@ def _runner_for_model(
         return OnnxRunner(path, threads, providers)
 
 
+def int8_batch_function(
+    model: LoadedModel,
+    calibration: Sequence[str | Path] | None = None,
+    threads: int | None = None,
+    lanes: int = 1,
+) -> BatchFunction:
+    """Audio batch ``(B, T)`` -> probabilities ``(B, C)``: log-mel in torch, the CNN's int8 graph in
+    onnxruntime on CPU (:class:`StagedBatchFunction` with ``lanes`` lanes of ``threads`` threads).
+
+    The graph is the one cached beside ``model.path`` or, when there is none yet, calibrated on the
+    recordings ``calibration``; a model without a file is quantised into a temporary graph
+    (``calibration`` needed).
+    """
+    from dawnchorus.inference.quantise import (
+        cached_int8_path,
+        calibration_windows,
+        quantise_model,
+    )
+
+    if model.path is not None and Path(model.path).is_file():
+        runner = OnnxRunner(cached_int8_path(model.path, model, calibration), threads)
+    else:
+        if not calibration:
+            raise ExportError(
+                "the onnx-int8 engine needs recordings to calibrate on for a model without a file"
+            )
+        audio = model.config.audio
+        windows = calibration_windows(calibration, audio.sample_rate, audio.clip_s)
+        with tempfile.TemporaryDirectory(prefix="dawnchorus-int8-") as folder:
+            runner = OnnxRunner(quantise_model(model, Path(folder) / "model.cnn.int8.onnx", windows), threads)
+    _check_labels(model, runner)
+    return StagedBatchFunction(prepare=_torch_frontend(model), classify=runner, lanes=lanes)
+
+
 def _onnx_providers(device: str | None) -> list[Provider]:
     """CUDA (on the chosen GPU) then CPU for ``cuda[:N]``; CPU otherwise."""
     if device is not None and device.startswith("cuda"):
@@ -342,9 +386,10 @@ def batch_function_for(
     threads: int | None = None,
     lanes: int | None = None,
     include_frontend: bool = False,
+    calibration: Sequence[str | Path] | None = None,
 ) -> BatchFunction:
-    """The batch function ``predict`` runs for ``engine`` (``auto``, ``torch`` or ``onnx``; see
-    :func:`resolve_engine`) on ``device``.
+    """The batch function ``predict`` runs for ``engine`` (``auto``, ``torch``, ``onnx`` or
+    ``onnx-int8``; see :func:`resolve_engine`) on ``device``.
 
     On CPU, ``threads`` (default: :func:`dawnchorus.io.files.usable_cores`) are split into ``lanes``
     (default: one per thread) that each classify a batch with ``threads // lanes`` intra-op threads:
@@ -355,7 +400,9 @@ def batch_function_for(
     The graph comes from ``model.path`` as saved: weights changed in memory and not saved are not
     in it (a model without a file is exported afresh). A model on a frozen backbone runs its
     backbone (``threads`` threads) and torch head whatever ``engine`` says: there is no ONNX graph of
-    a backbone that is not in the model file.
+    a backbone that is not in the model file. ``onnx-int8`` (CPU only) runs the int8 graph cached
+    beside the model file, or calibrates one first on the recordings ``calibration`` (see
+    :func:`dawnchorus.inference.quantise.cached_int8_path`); the log-mel stays in torch.
     """
     engine = resolve_engine(engine, device)
     if batch_size < 1:
@@ -364,6 +411,9 @@ def batch_function_for(
         if value is not None and value < 1:
             raise ExportError(f"{name} must be at least 1, got {value}")
     on_gpu = wants_gpu(device)
+    if engine == "onnx-int8" and device is not None and on_gpu:
+        raise ExportError("the onnx-int8 engine runs on CPU only; use --device cpu or another engine")
+    on_gpu = on_gpu and engine != "onnx-int8"
     if on_gpu and not torch.cuda.is_available():
         raise ExportError(f"device {device!r} requested, but torch sees no CUDA device; use --device cpu")
     if device is not None and not on_gpu and device != "cpu":
@@ -378,6 +428,8 @@ def batch_function_for(
         return frozen_batch_function(model, device if on_gpu else "cpu", threads=threads)
     if engine == "torch":
         return torch_batch_function(model, device, batch_size=batch_size, lanes=lanes)
+    if engine == "onnx-int8":
+        return int8_batch_function(model, calibration, threads=per_lane, lanes=lanes)
     return onnx_batch_function(
         model,
         include_frontend=include_frontend,
@@ -397,11 +449,14 @@ def describe_engine(batch_function: BatchFunction) -> dict[str, Any]:
     lanes = batch_function.lanes if staged else 1
     if isinstance(target, OnnxRunner):
         return {
-            "engine": "onnx",
+            "engine": "onnx" if target.quantisation is None else "onnx-int8",
             "graph": str(target.path),
             "frontend": "onnx" if target.includes_frontend else "torch",
             "providers": target.session.get_providers(),
             "lanes": lanes,
             "threads_per_lane": target.threads,
+            **({} if target.quantisation is None else {
+                "quantisation": target.quantisation, "calibration_sha256": target.calibration_sha256,
+            }),
         }
     return {"engine": "torch", "lanes": lanes, "threads_per_lane": torch.get_num_threads()}

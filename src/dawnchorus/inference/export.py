@@ -42,6 +42,9 @@ FRONTEND_KEY = "dawnchorus.include_frontend"
 LABELS_KEY = "dawnchorus.labels"
 VERSION_KEY = "dawnchorus.version"
 INPUT_KEY = "dawnchorus.input_shape"
+# Written by dawnchorus.inference.quantise on int8 graphs only.
+CALIBRATION_KEY = "dawnchorus.calibration_sha256"
+QUANTISATION_KEY = "dawnchorus.quantisation"
 
 AUDIO_INPUT = "audio"
 SPECTROGRAM_INPUT = "spectrogram"
@@ -274,7 +277,9 @@ def onnx_path_beside(model_path: str | Path, include_frontend: bool = True) -> P
     return model_path.with_name(model_path.stem + suffix)
 
 
-def _user_cache_dir() -> Path:
+def user_cache_dir() -> Path:
+    """Where graphs go when the model file's folder is not writable: ``~/.cache/dawnchorus/onnx``
+    (``$XDG_CACHE_HOME`` respected)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "dawnchorus" / "onnx"
 
@@ -312,7 +317,7 @@ def cached_onnx_path(
         raise FileNotFoundError(f"{model_path}: model file not found")
     sha256 = file_sha256(model_path)
     beside = onnx_path_beside(model_path, include_frontend)
-    fallback = _user_cache_dir() / f"{sha256[:32]}{'' if include_frontend else '.cnn'}.onnx"
+    fallback = user_cache_dir() / f"{sha256[:32]}{'' if include_frontend else '.cnn'}.onnx"
     for candidate in (beside, fallback):
         if _cache_is_current(candidate, model_path, sha256, include_frontend):
             return candidate
