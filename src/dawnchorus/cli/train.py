@@ -57,6 +57,13 @@ def train(
     student_model: Annotated[
         str | None, typer.Option(help="timm backbone of the students (distillation), e.g. efficientnet_b0.")
     ] = None,
+    reviewed: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A reviewed predict folder (dawnchorus review; repeatable): its verified windows join the "
+            "training items (confirmed species positive, rejected ones negative, unsure left out)."
+        ),
+    ] = None,
 ) -> None:
     """Train a multi-label classifier and write one self-contained model file.
 
@@ -88,6 +95,8 @@ def train(
     settings = load_config(config, overrides)
     if not data.exists():
         fail(f"{data}: training data not found")
+    if reviewed and (unlabelled or pseudo is not None):
+        fail("--reviewed trains one model on DATA; it does not combine with --unlabelled or --pseudo")
     if unlabelled or pseudo is not None:
         _self_train(data, out, settings, unlabelled, pseudo, teacher)
         return
@@ -95,8 +104,14 @@ def train(
         fail("--teacher, --rounds and --student-model need --unlabelled DIR or --pseudo PL")
     from dawnchorus.training.run import train as run_training
 
+    windows = None
+    if reviewed:
+        from dawnchorus.training.reviewed import reviewed_window_items
+
+        windows, judged = reviewed_window_items(reviewed, data, settings)
+        console.print(f"reviewed: {judged.describe()}", highlight=False, soft_wrap=True)
     try:
-        result = run_training(data, out, settings, resume=resume)
+        result = run_training(data, out, settings, resume=resume, windows=windows)
     except DatasetError as exc:  # training stops on a bad set with exit 1, as `data check` does
         fail(str(exc), code=1)
     for problem in result.dropped_problems:

@@ -55,6 +55,19 @@ class ReviewedWindows:
         values = (1 - self.table[self.labels].to_numpy()) * self.mask
         return {label: int(n) for label, n in zip(self.labels, values.sum(axis=0), strict=True)}
 
+    def describe(self) -> str:
+        """'12 windows (5 positive, 9 negative labels); 2 unsure verdicts left out; ...' for the user."""
+        text = (
+            f"{len(self.table)} windows ({sum(self.positives.values())} positive, "
+            f"{sum(self.negatives.values())} negative labels)"
+        )
+        if self.unsure:
+            text += f"; {self.unsure} unsure verdicts left out"
+        if self.unknown_labels:
+            names = ", ".join(sorted(self.unknown_labels))
+            text += f"; verdicts naming labels not in the data set left out: {names}"
+        return text
+
 
 def reviewed_windows(verdicts: pd.DataFrame, labels: Sequence[str]) -> ReviewedWindows:
     """The judged windows of ``verdicts`` (the columns of :func:`~dawnchorus.io.verdicts.read_verdicts`)
