@@ -30,14 +30,22 @@ def review(
     ] = None,
     audio: Annotated[
         list[Path] | None,
-        typer.Option("--audio", help="Folder to look for recordings in, when not where predict read them."),
+        typer.Option(
+            "--audio",
+            help="Folder to look for recordings in, when not where predict read them (run.json says where).",
+        ),
     ] = None,
     model_path: Annotated[
         Path | None,
-        typer.Option("--model", help="The model file of the run: its per-species thresholds (else 0.5)."),
+        typer.Option(
+            "--model",
+            help="A model file whose per-species thresholds to use (default: those the run applied, from "
+            "RESULTS_DIR/run.json, else 0.5).",
+        ),
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Threshold for every species (default: the model's, else 0.5).")
+        float | None,
+        typer.Option(help="Threshold for every species (default: --model's, else the run's, else 0.5)."),
     ] = None,
     export_format: Annotated[
         str | None, typer.Option("--export", help="raven or csv: write the verified selections, no server.")
@@ -53,7 +61,7 @@ def review(
     from dawnchorus.review.items import open_run
 
     thresholds = None
-    if model_path is not None and threshold is None:  # the run folder itself holds no thresholds
+    if model_path is not None and threshold is None:  # else open_run takes run.json's
         model = load_model_or_fail(model_path, build_network=False)
         # float32 in the file: shown as 0.3, not 0.30000001
         cutoffs = [round(float(t), 6) for t in model.class_thresholds]

@@ -56,6 +56,7 @@ from dawnchorus.inference.windows import (
 from dawnchorus.io.audio import AudioError
 from dawnchorus.io.files import output_folder, remove_stale_temporaries
 from dawnchorus.io.outputs import read_probabilities, write_probabilities_parquet
+from dawnchorus.io.runinfo import RunInfo, RunModel, RunRecording, write_run_info
 
 if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
@@ -241,8 +242,8 @@ class RunFolder:
     removes the temporaries a killed run left there, expands the inputs and finds the recordings
     whose part is missing (``todo``); :meth:`write_recording` writes one recording's outputs (its
     part last: the mark of a complete recording); :meth:`close` rebuilds the combined tables from
-    this tag's parts and writes ``errors.csv``. Parts of other tags (another model file, hop,
-    smoothing or overlap averaging) are neither read nor removed.
+    this tag's parts and writes ``errors.csv`` and ``run.json`` (:meth:`run_info`). Parts of other
+    tags (another model file, hop, smoothing or overlap averaging) are neither read nor removed.
     """
 
     out_dir: Path
@@ -314,7 +315,8 @@ class RunFolder:
         """Rebuild the combined tables from every recording's part of this tag, and the Raven/Audacity
         files of the recordings skipped as complete (a run with another threshold, or one returning
         to earlier settings, must not keep those of other settings), and write ``errors.csv`` (the
-        unreadable inputs and ``failed``); returns what was written, by format."""
+        unreadable inputs and ``failed``), then ``run.json`` (:meth:`run_info`; a resumed run rewrites
+        it); returns what was written, by format."""
         parts = [part_path(self.parts_dir, recording_key(p)) for p in self.recordings]
         todo = set(self.todo)
         for path, part in zip(self.recordings, parts, strict=True):
@@ -325,7 +327,45 @@ class RunFolder:
                 )
         written = write_combined(model, parts, self.out_dir, self.thresholds, self.formats)
         written["errors"] = write_errors(self.failures(failed), self.out_dir)
+        written["run"] = write_run_info(self.out_dir, self.run_info(model, parts))
         return written
+
+    def run_info(self, model: LoadedModel | Ensemble, parts: Sequence[Path]) -> RunInfo:
+        """What ``run.json`` records (see :mod:`dawnchorus.io.runinfo`): the model file(s) with their
+        SHA-256 (an ensemble: every member and its weight), labels, the thresholds applied, the settings
+        that shape the scores, and for each recording in the tables (``parts``: one per recording, those
+        that exist) its ``file`` value there (as the run that predicted it spelt it: a resumed run may
+        spell it otherwise), absolute path and size (a recording gone since it was predicted is left out)."""
+        members = model.members if isinstance(model, Ensemble) else [model]
+        weights = model.weights if isinstance(model, Ensemble) else (1.0,)
+        models = tuple(
+            RunModel(None if m.path is None else str(Path(m.path).resolve()), model_sha256(m), float(w))
+            for m, w in zip(members, weights, strict=True)
+        )
+        recordings = {}
+        for path, part in zip(self.recordings, parts, strict=True):
+            named = pd.read_parquet(part, columns=["file"])["file"] if part.is_file() else ()
+            if not len(named):
+                continue
+            file, absolute = str(named.iloc[0]), path.resolve()
+            try:
+                recordings[file] = RunRecording(file, str(absolute), absolute.stat().st_size)
+            except OSError:  # removed since it was predicted: review looks for it as before
+                continue
+        settings = self.settings
+        recipe = {
+            "hop_s": model.config.audio.clip_s if settings.hop_s is None else settings.hop_s,
+            "smoothing": None if settings.smoothing is None else [float(w) for w in settings.smoothing],
+            "overlap_average": settings.overlap_average,
+            "max_scaling": settings.max_scaling,
+            "calibrated": bool(getattr(settings, "calibrated", False)),
+            "engine": settings.engine,
+            "threshold": settings.threshold,
+        }
+        # float32 in the model file: written as 0.3, not 0.30000001192092896
+        cutoffs = [round(float(t), 6) for t in self.thresholds]
+        thresholds = dict(zip(model.labels, cutoffs, strict=True))
+        return RunInfo(models, tuple(model.labels), thresholds, recipe, recordings, self.tag)
 
     @contextmanager
     def stop_if_unwritable(self) -> Iterator[None]:

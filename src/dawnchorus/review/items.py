@@ -1,10 +1,13 @@
 """The review items of a predict run: every (window, label) pair, its queues and filters.
 
 :func:`open_run` reads a ``predict`` output folder (``predictions.parquet``, else ``predictions.csv``,
-else the newest ``parts/<tag>/``) and finds each recording on disk: predict's tables name a
-recording as the user gave it, so a relative name is looked for from the working folder, from the
-results folder's parent and under the folders given (``--audio``). A run folder holds no thresholds:
-they come from the model file (``--model``, read by the command line), else 0.5. Recordings are named by a
+else the newest ``parts/<tag>/``) and its ``run.json`` (:mod:`dawnchorus.io.runinfo`), and finds each
+recording on disk: predict's tables name a recording as the user gave it, so it is looked for at the
+absolute path run.json gives it (when the file there has the recorded size and the same name), then
+as named from the working folder, from the results folder's parent and under the folders given
+(``--audio``). Thresholds: ``--threshold``, else the model file's (``--model``, read by the command
+line), else those run.json says the run applied, else 0.5. A run.json is data from wherever the
+folder came from: its paths only ever locate the recordings of the run's tables. Recordings are named by a
 :func:`recording_id` derived from the ``file`` column; media are served by that id only, so no request
 names a path. An item is one label on one window, ``"<recording id>:<start ms>:<label>"``.
 
@@ -30,6 +33,7 @@ import pandas as pd
 
 from dawnchorus.errors import InputError
 from dawnchorus.io.outputs import label_columns, read_probabilities
+from dawnchorus.io.runinfo import RunInfo, RunRecording, read_run_info
 from dawnchorus.io.verdicts import QUEUES, SCORE_BIN_EDGES
 
 DEFAULT_THRESHOLD = 0.5  # the model file's default global threshold, used when no model is given
@@ -209,15 +213,19 @@ def open_run(
     source: str = "model file",
 ) -> Run:
     """Read predict output folder ``results_dir`` for review; raises :class:`InputError` with one line
-    when it is not one. Thresholds: ``threshold`` for every label, else ``thresholds`` by label (the
-    model's, from ``source``; every label of the run must have one), else
-    :data:`DEFAULT_THRESHOLD`. Recordings not at the path the run names are looked for under
-    ``audio_dirs`` (by their path relative to it, then by name)."""
+    when it is not one, or when its run.json is malformed (naming the field). Thresholds: ``threshold``
+    for every label, else ``thresholds`` by label (the model's, from ``source``; every label of the run
+    must have one), else run.json's, else :data:`DEFAULT_THRESHOLD`. Recordings are found at run.json's
+    absolute paths, else where the run names them, else under ``audio_dirs`` (by their path relative
+    to it, then by name)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise InputError(f"{results_dir}: no such folder (give a predict output folder)")
-    table = _read_table(results_dir)
+    info = read_run_info(results_dir)
+    table = _read_table(results_dir, info.tag if info is not None else "")
     labels = label_columns(table)
+    if threshold is None and thresholds is None and info is not None:
+        thresholds, source = _run_thresholds(info, labels), f"{info.path} (those predict applied)"
     cutoffs, used = _thresholds(labels, threshold, thresholds, source)
     table = table.sort_values(["file", "start_s"], kind="stable").reset_index(drop=True)
     files = {recording_id(name): name for name in pd.unique(table["file"].astype(str))}
@@ -230,7 +238,10 @@ def open_run(
     )
     table = pd.concat([table[["file", "start_s", "end_s"]], keys, table[labels]], axis=1)
     folders = list(audio_dirs or [])
-    recordings = {rid: _find_recording(name, results_dir, folders) for rid, name in files.items()}
+    known = info.recordings if info is not None else {}
+    recordings = {
+        rid: _find_recording(name, results_dir, folders, known.get(name)) for rid, name in files.items()
+    }
     return Run(results_dir, labels, cutoffs, used, table, recordings, files)
 
 
@@ -264,15 +275,16 @@ def _bins(scores: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, len(edges) - 2)
 
 
-def _read_table(results_dir: Path) -> pd.DataFrame:
-    """The run's window table: the combined Parquet or CSV, else the newest parts folder's parts."""
+def _read_table(results_dir: Path, tag: str = "") -> pd.DataFrame:
+    """The run's window table: the combined Parquet or CSV, else the parts of ``parts/<tag>`` (the
+    last run's, from run.json) when it exists, else those of the newest parts folder."""
     for name in ("predictions.parquet", "predictions.csv"):
         if (results_dir / name).is_file():
             return _checked(read_probabilities(results_dir / name), results_dir / name)
     parts_root = results_dir / "parts"
     tags = sorted(
         (p for p in parts_root.iterdir() if p.is_dir()) if parts_root.is_dir() else [],
-        key=lambda p: p.stat().st_mtime,
+        key=lambda p: (p.name == tag, p.stat().st_mtime),
     )
     parts = sorted(tags[-1].glob("*.parquet")) if tags else []
     parts = [p for p in parts if ".windows-" not in p.name]
@@ -309,10 +321,28 @@ def _thresholds(
     return {label: DEFAULT_THRESHOLD for label in labels}, f"{DEFAULT_THRESHOLD:g} (no model given)"
 
 
-def _find_recording(name: str, results_dir: Path, audio_dirs: list[Path]) -> Path | None:
-    """Where recording ``name`` (as the tables give it) is on disk: the name itself (absolute, or
-    relative to the working folder or to the results folder's parent), then under each of
-    ``audio_dirs``; None when none exists."""
+def _run_thresholds(info: RunInfo, labels: list[str]) -> dict[str, float]:
+    """run.json's thresholds for the labels of the run's table; a run.json of other labels (from
+    another run: its table was replaced, or the two come from different places) is refused."""
+    missing = [label for label in labels if label not in info.thresholds]
+    if missing:
+        raise InputError(
+            f"{info.path}: thresholds: none for {len(missing)} label(s) of the run's table "
+            f"({', '.join(missing[:5])}): it describes another run; give --model or --threshold"
+        )
+    return {label: info.thresholds[label] for label in labels}
+
+
+def _find_recording(
+    name: str, results_dir: Path, audio_dirs: list[Path], recorded: RunRecording | None = None
+) -> Path | None:
+    """Where recording ``name`` (as the tables give it) is on disk: where run.json ``recorded`` it
+    (see :func:`_recorded_path`), then the name itself (absolute, or relative to the working folder or
+    to the results folder's parent), then under each of ``audio_dirs``; None when none exists."""
+    if recorded is not None:
+        found = _recorded_path(name, recorded)
+        if found is not None:
+            return found
     given = Path(name)
     candidates = [given] if given.is_absolute() else [Path.cwd() / given, results_dir.parent / given]
     for folder in audio_dirs:
@@ -322,3 +352,18 @@ def _find_recording(name: str, results_dir: Path, audio_dirs: list[Path]) -> Pat
         if candidate.is_file() and os.access(candidate, os.R_OK):
             return candidate.resolve()
     return None
+
+
+def _recorded_path(name: str, recorded: RunRecording) -> Path | None:
+    """run.json's absolute path of recording ``name``, when it can only be that recording: a readable
+    regular file with the name the tables give and the size predict recorded (a recording replaced
+    since, or a run.json pointing elsewhere, is not used); else None."""
+    path = Path(recorded.path)
+    if not path.is_absolute() or path.name != Path(name).name:
+        return None
+    try:
+        if not path.is_file() or path.stat().st_size != recorded.size or not os.access(path, os.R_OK):
+            return None
+    except OSError:  # a name too long, a folder without permission on the way
+        return None
+    return path
