@@ -192,3 +192,91 @@ def write_settings(folder: Path, config: object) -> Path:
     path = folder / "settings.yaml"
     config.to_yaml(path)
     return path
+
+
+# --- a round that improves: a separable task with a domain shift ---------------------------------------
+
+TONE_SPECIES = ("hi", "lo", "mid")
+WINDOW_S = 2.0
+
+
+def tone_call(species: str, rng: np.random.Generator) -> np.ndarray:
+    """A call of one of three easily told apart species: bursts at 1.2 kHz, a 4.5-3 kHz sweep, or a
+    7 kHz tone amplitude-modulated at 40 Hz."""
+    if species == "lo":
+        burst = np.sin(2 * np.pi * 1200 * np.arange(int(0.15 * RATE)) / RATE) * np.hanning(int(0.15 * RATE))
+        gap = np.zeros(int(0.1 * RATE))
+        call = np.concatenate([burst, gap, burst, gap, burst])
+    elif species == "mid":
+        t = np.arange(int(0.4 * RATE)) / RATE
+        call = np.sin(2 * np.pi * (4500 * t - 1500 * t**2 / 0.8)) * np.hanning(len(t))
+    else:
+        t = np.arange(int(0.5 * RATE)) / RATE
+        call = np.sin(2 * np.pi * 7000 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 40 * t)) * np.hanning(len(t))
+    return call * rng.uniform(0.5, 1.0)
+
+
+def write_tone_set(
+    root: Path, seed: int = 0, clips: int = 4, val: int = 3, pool: int = 12
+) -> dict[str, Path]:
+    """Clean clips (``clips`` per species, BirdCLEF layout), ``val`` labelled 20-s soundscapes of calls in
+    coloured noise of random slope (``test_soundscapes``, 2-s windows, each species in a window with
+    probability 0.35) and ``pool`` unlabelled ones like them."""
+    from dawnchorus.augment.noise import coloured_noise
+
+    rng = np.random.default_rng(seed)
+    data, unlabelled = root / "data", root / "pool"
+    rows = []
+    for species in TONE_SPECIES:
+        for index in range(clips):
+            samples = 0.01 * rng.standard_normal(int(WINDOW_S * RATE))
+            call = tone_call(species, rng)
+            start = int(rng.integers(0, len(samples) - len(call)))
+            samples[start : start + len(call)] += 0.5 * call
+            name = f"{species}/{species}{index}.wav"
+            write_audio(data / "train_audio" / name, samples.astype(np.float32), RATE)
+            rows.append({"primary_label": species, "secondary_labels": "[]", "filename": name, "rating": 5})
+    pd.DataFrame(rows).to_csv(data / "train_metadata.csv", index=False)
+    truth = []
+    for kind, count, folder in (("val", val, data / "test_soundscapes"), ("pool", pool, unlabelled)):
+        for index in range(count):
+            audio_id = f"{kind}{index:02d}"
+            windows = 10
+            noise = coloured_noise(int(windows * WINDOW_S * RATE), RATE, rng.uniform(0.5, 2.0), rng)
+            samples = noise / np.sqrt(np.mean(noise**2)) * 0.1
+            for window in range(windows):
+                present = [sp for sp in TONE_SPECIES if rng.random() < 0.35]
+                for species in present:
+                    call = tone_call(species, rng)
+                    start = int((window * WINDOW_S + rng.uniform(0, WINDOW_S - 0.7)) * RATE)
+                    samples[start : start + len(call)] += 10 ** (rng.uniform(0, 10) / 20) * call
+                truth.append({"row_id": f"{audio_id}_{(window + 1) * 2}", "audio_id": audio_id,
+                              "seconds": (window + 1) * 2, "birds": " ".join(present) or "nocall"})
+            write_audio(folder / f"{audio_id}.ogg", (samples * 0.5).astype(np.float32), RATE)
+    labels = pd.DataFrame(truth)
+    labels[labels["audio_id"].str.startswith("val")].to_csv(data / "test_labels.csv", index=False)
+    return {"data": data, "pool": unlabelled}
+
+
+def tone_config(**selftrain: object) -> object:
+    return build_config({
+        "model": {"backbone": "test_efficientnet", "pretrained": False, "drop_rate": 0.0},
+        "augment": {**QUIET_AUGMENT, "colored_noise_p": 0.5},
+        "audio": {"clip_s": WINDOW_S},
+        "train": {"batch_size": 4, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 10,
+                  "val_fraction": 0.34},
+        "selftrain": {"student_augment": {}, **selftrain},
+    })
+
+
+@pytest.mark.slow
+def test_a_round_on_pseudo_labelled_soundscapes_improves_on_the_teacher(tmp_path: Path) -> None:
+    # Measured (seed 0): the teacher, on 8 clean clips, scores ROC-AUC 0.453 / cmAP 0.701 on the noisy
+    # validation soundscapes; the round-1 student, with 120 pseudo-labelled windows of the pool,
+    # 0.616 / 0.784.
+    sets = write_tone_set(tmp_path)
+    result = self_train(sets["data"], tmp_path / "run", tone_config(rounds=1), unlabelled=[sets["pool"]])
+    teacher, student = result.rounds
+    assert student.windows_kept == 120
+    assert student.roc_auc > teacher.roc_auc + 0.05, result.rounds
+    assert student.cmap > teacher.cmap + 0.03, result.rounds

@@ -1,0 +1,284 @@
+"""Self-training: do noisy-student rounds on unlabelled soundscapes raise held-out soundscape scores?
+
+Protocol. One synthetic species catalogue and its clean focal training clips
+(:func:`dawnchorus.synth.soundscapes.make_dataset`, ``--data-seed``), and two sets of 60-s soundscapes
+of the same species drawn from disjoint seed streams of the generator: the **test** soundscapes
+(indices 0..T-1 of one set, scored, never heard in training) and the **unlabelled pool** (indices
+T..T+P-1 of a second set: other call sequences, other individuals, and other real backgrounds).
+The bird-free real backgrounds of ``../shared/data/real`` are split in three disjoint banks: the
+*training* bank feeds noise augmentation, the *pool* bank only the pool's soundscapes, the *test*
+bank only the test soundscapes (besides the generator's own synthetic wind, insects and coloured
+noise in both). Training sees the clips only (a training view without ``test_soundscapes``:
+validation and thresholds on held-out clips), then the pool's recordings without their labels.
+
+Per training seed: the **teacher** (``train`` on the clips, noise augmentation from the training bank)
+and three **rounds** of ``self_train`` (teacher -> pseudo-labels on the pool -> student on clips +
+pseudo-labelled windows, clip+window mixing with label union, stronger augmentation -> next teacher;
+``selftrain`` defaults except the epochs). Each model predicts the test soundscapes; a global threshold
+is tuned on half of them, macro ROC-AUC / padded cmAP / macro F1 are computed on the other half (as
+in ``domain_shift.py``). Mean ± sd over ``--seeds`` seeds.
+
+Prediction recipe, on the round-3 students: temporal smoothing (kernel 0.1 0.2 0.4 0.2 0.1, BirdCLEF
+2025 1st), overlapping windows (hop 2.5 s averaged back onto the 5-s grid), both, and a 2-model
+ensemble (``dawnchorus.predict([m1, m2])``, equal weights: seed s's round-3 student with seed s+1's,
+mod seeds), each against the plain prediction of the same models.
+
+Distillation (every seed; ``--distil-seeds`` fewer): a head on the frozen BirdNET 2.4 backbone
+(``train --backbone birdnet``, its defaults, the training bank) is the teacher; one round with
+``--teacher`` that model and ``--student-model`` the bench CNN trains a CNN student on the clips +
+BirdNET's pseudo-labels of the pool. Both are scored like the rest; their x real time is ``predict``
+on the test soundscapes (engine auto, batch auto; wall time of ``dawnchorus.predict`` in this
+process, under whatever load the machine has: rerun alone for timing, see bench/README.md). Needs
+the ``birdnet`` extra; ``--no-distil`` skips it.
+
+Model: ``test_efficientnet`` (timm's 0.1M-parameter EfficientNet, random init: benches never
+download), as ``domain_shift.py`` chose it for 2 cores.
+
+    python bench/self_training.py --quick    # 1 seed, 1 round, few soundscapes
+    python bench/self_training.py            # the quoted table
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+from common import run_in_work_dir
+from domain_shift import (
+    SoundscapeSplit,
+    bird_free_backgrounds,
+    link_bank,
+    real_data_dir,
+    score_predictions,
+    training_view,
+)
+
+import dawnchorus
+from dawnchorus.config import Config, PredictSettings, build_config
+from dawnchorus.models.modelfile import load_model
+from dawnchorus.synth.soundscapes import make_dataset
+from dawnchorus.training.rounds import self_train
+from dawnchorus.training.run import train
+
+TRAIN_BANK = ("redeclipse_rain", "redeclipse_wind", "redeclipse_creek", "redeclipse_nightcrickets")
+POOL_BANK = ("redeclipse_stormrain", "redeclipse_blowwind", "supertuxkart_river_loop")
+TEST_BANK = ("redeclipse_wind1", "redeclipse_waterfall", "supertuxkart_waterfall_loop_2")
+METRICS = (("roc_auc_macro", "ROC-AUC"), ("cmap_padded", "cmAP"), ("f1_macro_2022", "F1@tuned"))
+KERNEL = [0.1, 0.2, 0.4, 0.2, 0.1]
+FULL = {"species": 5, "clips": (8, 16), "test": 8, "pool": 8, "epochs": 10, "student_epochs": 3,
+        "rounds": 3, "seeds": 3}
+QUICK = {"species": 4, "clips": (3, 6), "test": 4, "pool": 4, "epochs": 4, "student_epochs": 2,
+         "rounds": 1, "seeds": 1}
+LABEL_WIDTH = 40
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small run that checks the bench")
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds (default 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="noisy-student rounds (default 3)")
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--backbone", default="test_efficientnet")
+    parser.add_argument("--no-distil", action="store_true", help="skip the BirdNET-teacher distillation")
+    parser.add_argument("--distil-seeds", type=int, default=3, help="seeds with a distillation run")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--real-data", type=Path, default=None)
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the data and runs here")
+    return parser.parse_args(argv)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def make_sets(work: Path, preset: dict, data_seed: int) -> tuple[Path, Path, Path]:
+    """The data set (clips + ``preset['test']`` test soundscapes over the test bank), and the unlabelled
+    pool: soundscapes ``test .. test + pool - 1`` of a second set of the same seed over the pool bank
+    (the generator draws soundscape i from its own seed stream i, so the pool shares no call sequence
+    with the test soundscapes). Returns (data, pool folder, test labels CSV)."""
+    backgrounds = bird_free_backgrounds(real_data_dir(None))
+    test_bank = link_bank(backgrounds, TEST_BANK, work / "noise_test")
+    pool_bank = link_bank(backgrounds, POOL_BANK, work / "noise_pool")
+    data, pool = work / "data", work / "pool"
+    if not (data / "train_metadata.csv").is_file():
+        summary = make_dataset(data, species=preset["species"], soundscapes=preset["test"], seed=data_seed,
+                               noise_dir=test_bank, clips_per_species=preset["clips"])
+        print(f"data: {summary.n_clips} clips of {len(summary.species)} species, "
+              f"{len(summary.soundscape_ids)} test soundscapes x 60 s ({summary.elapsed_s:.0f} s)",
+              flush=True)
+    if not pool.is_dir():
+        scratch = work / "pool_set"
+        make_dataset(scratch, species=preset["species"], soundscapes=preset["test"] + preset["pool"],
+                     seed=data_seed, noise_dir=pool_bank, clips_per_species=preset["clips"], overwrite=True)
+        ids = list(dict.fromkeys(pd.read_csv(scratch / "test_labels.csv")["audio_id"]))
+        pool.mkdir()
+        for audio_id in ids[preset["test"]:]:
+            shutil.move(scratch / "test_soundscapes" / f"{audio_id}.ogg", pool / f"{audio_id}.ogg")
+        shutil.rmtree(scratch)
+        print(f"unlabelled pool: {preset['pool']} soundscapes x 60 s over {', '.join(POOL_BANK)}", flush=True)
+    return data, pool, data / "test_labels.csv"
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def bench_config(args: argparse.Namespace, preset: dict, train_bank: Path, seed: int, rounds: int) -> Config:
+    return build_config({
+        "model": {"backbone": args.backbone, "pretrained": False},
+        "augment": {"noise_dir": str(train_bank)},
+        "train": {"epochs": preset["epochs"], "batch_size": 8, "lr": 5e-3, "seed": seed,
+                  "num_workers": args.workers, "warmup_epochs": 1.0},
+        "selftrain": {"rounds": rounds},
+    })
+
+
+def student_epochs(config: Config, epochs: int) -> Config:
+    """Students see clips + windows, several times the items of the teacher: fewer epochs."""
+    return config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
+
+
+class Scorer:
+    """Predicts the test soundscapes and scores them (threshold tuned on one half, scores on the other)."""
+
+    def __init__(self, data: Path, labels_csv: Path) -> None:
+        self.files = sorted((data / "test_soundscapes").glob("*.ogg"))
+        self.labels_csv = labels_csv
+        self.split = SoundscapeSplit.halves(labels_csv)
+        self.seconds = 60.0 * len(self.files)
+
+    def predict(self, model_path: Path | list[Path], **options: object) -> tuple[pd.DataFrame, float]:
+        """Window table and x real time of one model (or an ensemble: a list) on the test soundscapes."""
+        paths = model_path if isinstance(model_path, list) else [model_path]
+        model = [load_model(path) for path in paths] if len(paths) > 1 else load_model(paths[0])
+        started = time.perf_counter()
+        table = dawnchorus.predict(model, self.files, PredictSettings(**options)).reset_index()
+        return table, self.seconds / (time.perf_counter() - started)
+
+    def score(self, table: pd.DataFrame, labels: list[str]) -> dict[str, float]:
+        return score_predictions(table, labels, self.labels_csv, self.split)
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+Rows = dict[str, list[dict[str, float]]]
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    preset = dict(QUICK if args.quick else FULL)
+    seeds = args.seeds or preset["seeds"]
+    rounds = args.rounds or preset["rounds"]
+    started = time.perf_counter()
+    backgrounds = bird_free_backgrounds(real_data_dir(args.real_data))
+    train_bank = link_bank(backgrounds, TRAIN_BANK, work / "noise_train")
+    data, pool, labels_csv = make_sets(work, preset, args.data_seed)
+    view = training_view(data, work / "train_only")
+    scorer = Scorer(data, labels_csv)
+    print(f"banks: training {', '.join(TRAIN_BANK)}; pool {', '.join(POOL_BANK)}; "
+          f"test {', '.join(TEST_BANK)}")
+    print(f"{args.backbone}: teacher {preset['epochs']} epochs, students {preset['student_epochs']}; "
+          f"{rounds} round(s), {seeds} seed(s); thresholds tuned on {len(scorer.split.tune)} test "
+          f"soundscapes, scores on the other {len(scorer.split.test)}", flush=True)
+
+    rows: Rows = {}
+    final: dict[int, tuple[Path, list[str]]] = {}
+    windows: list[int] = []
+    for seed in range(seeds):
+        config = bench_config(args, preset, train_bank, seed, rounds)
+        run_dir = work / f"run_seed{seed}"
+        teacher = train(view, run_dir / "round0", config, progress_bar=False)
+        students = student_epochs(config, preset["student_epochs"])
+        result = self_train(view, run_dir, students, unlabelled=[pool], teacher=teacher.model_path)
+        for row in result.rounds:
+            path = Path(row.model)
+            table, _ = scorer.predict(path)
+            labels = load_model(path).labels
+            name = "teacher" if row.round == 0 else f"round {row.round}"
+            rows.setdefault(name, []).append(scorer.score(table, labels))
+            windows.append(row.windows_kept)
+            print(f"seed {seed} {name}: ROC-AUC {rows[name][-1]['roc_auc_macro']:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        final[seed] = (result.model_path, load_model(result.model_path).labels)
+        recipe(scorer, result.model_path, final[seed][1], rows)
+
+    if seeds > 1:
+        for seed in range(seeds):
+            (one, labels), (other, _) = final[seed], final[(seed + 1) % seeds]
+            table, _ = scorer.predict([one, other])  # predict's ensemble: the members' mean per window
+            rows.setdefault(f"round {rounds}, 2-model ensemble", []).append(scorer.score(table, labels))
+    speeds: dict[str, list[float]] = {}
+    if not args.no_distil:
+        for seed in range(min(args.distil_seeds, seeds)):
+            distil(args, preset, view, pool, train_bank, work, seed, scorer, rows, speeds)
+
+    print()
+    print(f"pseudo-labelled windows per round: {sorted(set(windows) - {0})}; "
+          f"wall {time.perf_counter() - started:.0f} s")
+    print(render(rows, speeds))
+
+
+def recipe(scorer: Scorer, model_path: Path, labels: list[str], rows: Rows) -> None:
+    """The prediction recipe on one model: smoothing, overlap, both."""
+    variants = {
+        "+ smoothing": {"smoothing": KERNEL},
+        "+ overlap (hop 2.5, averaged)": {"hop_s": 2.5, "overlap_average": True},
+        "+ smoothing + overlap": {"smoothing": KERNEL, "hop_s": 2.5, "overlap_average": True},
+    }
+    last = max(name for name in rows if name.startswith("round ") and "," not in name)
+    for name, options in variants.items():
+        table, _ = scorer.predict(model_path, **options)
+        rows.setdefault(f"{last} {name}", []).append(scorer.score(table, labels))
+
+
+def distil(
+    args: argparse.Namespace, preset: dict, view: Path, pool: Path, train_bank: Path, work: Path, seed: int,
+    scorer: Scorer, rows: Rows, speeds: dict[str, list[float]],
+) -> None:
+    """A BirdNET-head teacher distilled into the bench CNN by one round on the pool."""
+    head = build_config({
+        "embedding": {"backbone": "birdnet"},
+        "augment": {"noise_dir": str(train_bank)},
+        "train": {"seed": seed, "num_workers": args.workers},
+    })
+    run_dir = work / f"distil_seed{seed}"
+    teacher = train(view, run_dir / "teacher", head, progress_bar=False).model_path
+    student = student_epochs(bench_config(args, preset, train_bank, seed, 1), preset["student_epochs"])
+    student.selftrain.student_backbone = args.backbone
+    result = self_train(view, run_dir / "student", student, unlabelled=[pool], teacher=teacher)
+    pair = (("birdnet head (teacher)", teacher), (f"{args.backbone} student of it", result.model_path))
+    for name, path in pair:
+        table, speed = scorer.predict(path)
+        rows.setdefault(name, []).append(scorer.score(table, load_model(path).labels))
+        speeds.setdefault(name, []).append(speed)
+        print(f"seed {seed} {name}: ROC-AUC {rows[name][-1]['roc_auc_macro']:.3f}, {speed:.0f}x real time",
+              flush=True)
+
+
+def _cell(runs: list[dict[str, float]], key: str) -> str:
+    values = [float(run[key]) for run in runs if run.get(key) is not None]
+    if not values:
+        return f"{'n/a':>15}"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):>8.3f} ± {sd:.3f}"
+
+
+def render(rows: Rows, speeds: dict[str, list[float]]) -> str:
+    titles = "".join(f"{title:>16}" for _, title in METRICS)
+    header = f"{'model':<{LABEL_WIDTH}}{titles}{'x real time':>14}"
+    lines = [header, "-" * len(header)]
+    for name, runs in rows.items():
+        speed = f"{statistics.mean(speeds[name]):>14.0f}" if name in speeds else ""
+        cells = "".join(f"{_cell(runs, key):>16}" for key, _ in METRICS)
+        lines.append(f"{name:<{LABEL_WIDTH}}{cells}{speed}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_in_work_dir(run, parse_args(argv), prefix="dawnchorus_self_training_")
+
+
+if __name__ == "__main__":
+    main()
