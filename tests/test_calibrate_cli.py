@@ -210,14 +210,23 @@ def test_calibration_is_closer_to_the_truth_than_raw_scores_on_held_out_windows(
         assert calibrated_brier < raw_brier, (label, calibrated_brier, raw_brier)
 
 
-def test_without_a_model_only_the_precision_table_is_printed(reviewed: dict[str, Path]) -> None:
-    before = sorted(p.name for p in reviewed["root"].iterdir())
-    result = CliRunner().invoke(app, ["calibrate", str(reviewed["run"])], env={"COLUMNS": "200"})
+def test_without_a_model_only_the_precision_table_is_printed(
+    reviewed: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reviewed["run"], run)
+    (run / "run.json").unlink()  # it names the run's model, which calibrate takes (tests/test_runinfo.py)
+    def listing() -> tuple[list[str], list[str]]:
+        return sorted(p.name for p in reviewed["root"].iterdir()), sorted(p.name for p in run.iterdir())
+
+    before, model = listing(), reviewed["model"].read_bytes()
+    result = CliRunner().invoke(app, ["calibrate", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "precision" in result.output and "slope" not in result.output
     for label in load_model(reviewed["model"], build_network=False).labels:
         assert label in result.output
-    assert sorted(p.name for p in reviewed["root"].iterdir()) == before
+    assert listing() == before
+    assert reviewed["model"].read_bytes() == model
 
 
 def test_a_run_without_verdicts_is_one_line(tmp_path: Path, reviewed: dict[str, Path]) -> None:

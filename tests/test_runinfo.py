@@ -329,3 +329,48 @@ def test_a_run_json_path_never_reaches_another_file(results: Path, site: Path, t
     items = client.get("/api/items", params={"file": "rec/a.wav", "limit": 1}).json()["items"]
     reply = client.get(items[0]["audio"])
     assert reply.status_code == 404 and "not found on disk" in reply.json()["error"]
+
+
+# ---- calibrate takes the run's model from it --------------------------------------------------------
+
+
+def reviewed_copy(site: Path, folder: Path) -> Path:
+    """``predict`` with a copy of the tuned model into folder/out, and a verdict on every item of the
+    random queue (present when its score is at least 0.5)."""
+    shutil.copytree(site / "rec", folder / "rec")
+    shutil.copy(site / "tuned.pt", folder / "model.pt")
+    predict(folder, "model.pt", "rec", "--out", "out")
+    results = folder / "out"
+    run = open_run(results)
+    store = VerdictStore(results / REVIEWS_FILE)
+    for item in run.query(order="random", limit=500)[1]:
+        verdict = "present" if item["score"] >= 0.5 else "absent"
+        fields = {k: item[k] for k in ("file", "start_s", "end_s", "label", "score")}
+        store.add(item_id=item["id"], verdict=verdict, queue="random", score_bin=item["score_bin"], **fields)
+    return results
+
+
+def test_calibrate_fits_the_model_run_json_names_while_it_is_unchanged(site: Path, tmp_path: Path) -> None:
+    results = reviewed_copy(site, tmp_path)
+    model = tmp_path / "model.pt"
+    before = sha256(model)
+    first = runner.invoke(cli, ["calibrate", str(results), "--min-verdicts", "2"])
+    assert first.exit_code == 0, first.output
+    assert f"model: {model.resolve()} (named by {results / RUN_INFO_FILE})" in first.output
+    assert "calibrated:" in first.output and sha256(model) != before  # written into the run's model
+    # now the file is not the one that predicted the run: the table only, and why
+    again = runner.invoke(cli, ["calibrate", str(results), "--min-verdicts", "2"])
+    assert again.exit_code == 0, again.output
+    assert "has changed since the run" in again.output and "calibrated:" not in again.output
+    refused = runner.invoke(cli, ["calibrate", str(results), "--out", str(tmp_path / "x.pt")])
+    assert refused.exit_code == 2 and "--out needs --model" in refused.output
+    given = runner.invoke(cli, ["calibrate", str(results), "--model", str(model), "--min-verdicts", "2"])
+    assert given.exit_code == 0 and "calibrated:" in given.output and "named by" not in given.output
+
+
+def test_calibrate_never_defaults_to_an_ensembles_members(site: Path, tmp_path: Path) -> None:
+    results = reviewed_copy(site, tmp_path)
+    edit_run_json(results, lambda d: d["models"].append({**d["models"][0], "weight": 0.5}))
+    result = runner.invoke(cli, ["calibrate", str(results)])
+    assert result.exit_code == 0, result.output
+    assert "the run was an ensemble of 2 models" in result.output and "calibrated:" not in result.output

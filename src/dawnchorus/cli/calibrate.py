@@ -29,8 +29,9 @@ def calibrate(
         Path | None,
         typer.Option(
             "--model",
-            help="The model that predicted the run: fit thresholds and calibration and store them in it. "
-            "Without it: the precision table only.",
+            help="The model that predicted the run: fit thresholds and calibration and store them in it "
+            "(default: the model RESULTS_DIR/run.json names, when its file is unchanged since the run). "
+            "Without one: the precision table only.",
         ),
     ] = None,
     target_precision: Annotated[
@@ -54,6 +55,8 @@ def calibrate(
     of a true detection) per species, written into the model file (predict --calibrated reports them)."""
     from dawnchorus.evaluate.verified import fitted_model_settings, read_reviewed_run, review_species
 
+    if model_path is None:
+        model_path = _model_of_run(results_dir)
     if out is not None and model_path is None:
         fail("--out needs --model (the model file to calibrate)")
     table, verdicts = read_reviewed_run(results_dir)
@@ -90,6 +93,28 @@ def calibrate(
         f"{target_precision:g} (the others keep their threshold); {fitted} calibrated",
         highlight=False, soft_wrap=True,
     )
+
+
+def _model_of_run(results_dir: Path) -> Path | None:
+    """The model run.json names, when its file is unchanged since the run and the run's scores are
+    not calibrated ones (said on the console); else None (and why, when there is a run.json)."""
+    from rich.markup import escape
+
+    from dawnchorus.io.runinfo import read_run_info, unchanged_model
+
+    info = read_run_info(results_dir)
+    if info is None:
+        return None
+    path, why = unchanged_model(info)
+    if path is not None and info.settings.get("calibrated"):
+        path, why = None, f"{info.path}: the run's scores are calibrated ones"
+    if path is None:
+        console.print(f"[yellow]note:[/] {escape(why)}; give --model to fit thresholds and a calibration",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"model: {escape(str(path))} (named by {escape(str(info.path))})",
+                      highlight=False, soft_wrap=True)
+    return path
 
 
 def _table(reviews: Sequence[SpeciesReview], target: float | None) -> Table:

@@ -24,6 +24,7 @@ file and the field. It imports no torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -137,6 +138,30 @@ def read_run_info(results_dir: str | Path) -> RunInfo | None:
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     return _parse(data, path)
+
+
+def unchanged_model(info: RunInfo) -> tuple[Path | None, str]:
+    """The run's model file, when a command may take it as the run's model without being told: one
+    model (not an ensemble) whose file is still at the recorded path with the recorded SHA-256.
+    Returns (path, "") or (None, why not: a sentence part naming the file)."""
+    model = info.single_model
+    if model is None:
+        return None, f"{info.path}: the run was an ensemble of {len(info.models)} models"
+    if model.path is None:
+        return None, f"{info.path}: the run's model had no file"
+    path = Path(model.path)
+    if not path.is_file():  # never opened otherwise: a run.json from elsewhere may name a device or pipe
+        return None, f"the run's model {path} is not there any more"
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        return None, f"the run's model {path} cannot be read ({exc.strerror or exc})"
+    if digest.hexdigest() != model.sha256:
+        return None, f"the run's model {path} has changed since the run (its SHA-256 differs)"
+    return path, ""
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
