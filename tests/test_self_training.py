@@ -156,6 +156,11 @@ def test_rounds_keep_every_model_and_score_each_in_rounds_csv(
     assert (run / "round1" / "pseudo" / "pseudo_labels.parquet").is_file()
     final = load_model(run / "model.pt")
     assert final.labels == load_model(run / "round2" / "model.pt").labels
+    report = runner.invoke(app, ["report", str(run)])
+    assert report.exit_code == 0, report.output
+    page = (run / "report.html").read_text()
+    assert "Self-training rounds" in page and "<td>round 2</td>" in page
+    assert f"{rounds['cmap'][2]:.3f}" in page
 
 
 @pytest.mark.slow

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
 
 REPORT_NAME = "report.html"
+ROUNDS_CSV = "rounds.csv"  # written by dawnchorus.training.rounds (not imported here: it pulls in torch)
 IMAGES_DIR = "report_files"
 MAX_TIMELINES = 3
 MAX_TIMELINE_S = 120.0  # a timeline shows at most the first two minutes of a recording
@@ -314,6 +315,8 @@ def build_report(run_dir: Path) -> Path:
     sections = [make(builder) for make in SECTION_BUILDERS]
     if folder.reviewed_runs:  # only where someone reviewed a run: no empty section elsewhere
         sections.append(_reviewed_precision(builder))
+    if (folder.root / ROUNDS_CSV).is_file():  # a self-training run (train --unlabelled / --pseudo)
+        sections.append(_self_training_rounds(folder.root / ROUNDS_CSV))
     page = _page(builder, sections)
     target = folder.root / REPORT_NAME
     return atomic_write_text(target, page)
@@ -685,6 +688,28 @@ def _reviewed_precision(builder: _Builder) -> Section:
 
 
 # --- HTML pieces --------------------------------------------------------------------------------------
+
+
+def _self_training_rounds(path: Path) -> Section:
+    """Each noisy-student round's scores on the validation soundscapes, from ``RUN/rounds.csv``."""
+    try:
+        rounds = pd.read_csv(path)
+        cells = rounds[["round", "roc_auc", "cmap", "f1", "windows_kept"]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReportError(f"{path}: not a rounds table ({exc})") from None
+    rows = [
+        f"<tr><td>{'teacher' if int(r.round) == 0 else f'round {int(r.round)}'}</td>"
+        + "".join(f'<td class="num">{format_metric(v)}</td>' for v in (r.roc_auc, r.cmap, r.f1))
+        + f'<td class="num">{int(r.windows_kept)}</td></tr>'
+        for r in cells.itertuples()
+    ]
+    body = (
+        "<p>The teacher, then each student trained on the labelled clips plus the windows of the "
+        "unlabelled recordings it pseudo-labelled (scores on the data set's labelled validation "
+        "soundscapes; n/a: it has none).</p>"
+        + _table(["model", "ROC-AUC", "padded cmAP", "F1", "pseudo-labelled windows"], rows)
+    )
+    return Section("Self-training rounds", body)
 
 
 def _key_value_table(rows: Sequence[tuple[str, str]]) -> str:
