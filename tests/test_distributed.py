@@ -32,6 +32,7 @@ from dawnchorus.inference.windows import chunk_ranges, plan_recordings, whole_re
 from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import iter_windows, write_audio
 from dawnchorus.io.outputs import read_probabilities
+from dawnchorus.io.runinfo import read_run_info
 from dawnchorus.models.modelfile import load_model
 from tests.conftest import write_model_file
 
@@ -107,6 +108,11 @@ def assert_same_outputs(reference: Path, candidate: Path, atol: float = PROBABIL
     for name in ("submission_2022.csv", "submission_2023.csv"):
         want, got = pd.read_csv(reference / name), pd.read_csv(candidate / name)
         assert list(got["row_id"]) == list(want["row_id"])
+    # run.json: the Dask runner closes the run folder as the single-process one does
+    want_run, got_run = read_run_info(reference), read_run_info(candidate)
+    assert want_run is not None and got_run is not None
+    for field in ("models", "labels", "thresholds", "recordings", "tag"):
+        assert getattr(got_run, field) == getattr(want_run, field), field
 
 
 # --- window sub-ranges (audio.iter_windows first_window / max_windows) --------------------------
