@@ -285,3 +285,25 @@ def test_a_round_on_pseudo_labelled_soundscapes_improves_on_the_teacher(tmp_path
     assert student.windows_kept == 120
     assert student.roc_auc > teacher.roc_auc + 0.05, result.rounds
     assert student.cmap > teacher.cmap + 0.03, result.rounds
+
+
+@pytest.mark.slow
+def test_a_round_is_deterministic_for_a_seed_and_skips_a_corrupt_unlabelled_file(
+    small_set: dict[str, Path], tmp_path: Path
+) -> None:
+    pool = tmp_path / "pool"
+    shutil.copytree(small_set["pool"], pool)
+    (pool / "broken.ogg").write_bytes(b"OggS" + bytes(range(256)) * 8)
+    teacher = self_train(small_set["data"], tmp_path / "teacher", small_config(), unlabelled=[pool])
+    students = []
+    for name in ("first", "second"):
+        lines: list[str] = []
+        result = self_train(
+            small_set["data"], tmp_path / name, small_config(), unlabelled=[pool],
+            teacher=teacher.model_path, log=lines.append,
+        )
+        assert any("skipped" in line and "broken.ogg" in line for line in lines), lines
+        students.append(torch.load(result.model_path, weights_only=True)["state_dict"])
+    first, second = students
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
