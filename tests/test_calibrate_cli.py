@@ -300,3 +300,65 @@ def test_a_predict_folder_without_reviews_is_not_reportable(reviewed: dict[str, 
     assert RunFolder.find(reviewed["run"]).reviewed_runs == [reviewed["run"]]
     with pytest.raises(ReportError, match="reviewed predict folder"):
         RunFolder.find(reviewed["heldout"])
+
+
+# --- predict --calibrated -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(reviewed: dict[str, Path]) -> Path:
+    out = reviewed["root"] / "calibrated-for-predict.pt"
+    command = ["calibrate", str(reviewed["run"]), "--model", str(reviewed["model"]), "--out", str(out)]
+    assert CliRunner().invoke(app, command).exit_code == 0
+    return out
+
+
+def test_predict_calibrated_reports_probabilities_and_detects_the_same_windows(
+    reviewed: dict[str, Path], calibrated_model: Path, tmp_path: Path
+) -> None:
+    from dawnchorus.inference.run import run_tag
+    from dawnchorus.io.outputs import detections
+
+    model = load_model(calibrated_model, build_network=False)
+    scapes = sorted((reviewed["data"] / "test_soundscapes").glob("*.ogg"))[1::2][:6]
+    plain = PredictSettings(formats=["parquet", "raven"])
+    calibrated = PredictSettings(formats=["parquet", "raven"], calibrated=True)
+    run_prediction(model, scapes, tmp_path / "raw", plain, batch_function=BandDetector())
+    run_prediction(model, scapes, tmp_path / "cal", calibrated, batch_function=BandDetector())
+    raw = pd.read_parquet(tmp_path / "raw" / "predictions.parquet")
+    cal = pd.read_parquet(tmp_path / "cal" / "predictions.parquet")
+    slopes, intercepts = model.calibration_arrays
+    expected = calibrate_scores(raw[model.labels].to_numpy(), slopes[None, :], intercepts[None, :])
+    np.testing.assert_allclose(cal[model.labels].to_numpy(), expected, atol=1e-6)
+    assert not np.allclose(cal[model.labels].to_numpy(), raw[model.labels].to_numpy(), atol=1e-3)
+    # The model's thresholds, mapped through the calibration, detect the same windows.
+    cutoffs = calibrate_scores(model.class_thresholds, slopes, intercepts)
+    found_raw = detections(raw, model.labels, model.class_thresholds)
+    found_cal = detections(cal, model.labels, cutoffs.astype(np.float32))
+    assert len(found_raw) > 0
+    assert found_raw[["file", "start_s", "label"]].equals(found_cal[["file", "start_s", "label"]])
+    raven = sorted((tmp_path / "cal" / "raven").glob("*.txt"))
+    assert raven, "Raven tables written"
+    assert run_tag(model, calibrated) == run_tag(model, plain) + "-cal"
+    # Calibrating again on calibrated scores is refused (it would fit a calibration of a calibration).
+    shutil.copy(reviewed["run"] / REVIEWS_FILE, tmp_path / "cal" / REVIEWS_FILE)
+    again = CliRunner().invoke(app, ["calibrate", str(tmp_path / "cal"), "--model", str(calibrated_model)])
+    assert again.exit_code == 2 and "calibrated ones" in again.output
+
+
+def test_predict_calibrated_without_a_calibration_is_refused_before_any_output(
+    model_file: Path, tmp_path: Path
+) -> None:
+    from dawnchorus.io.audio import write_audio
+    from tests.conftest import synthetic_audio
+
+    write_audio(tmp_path / "rec.wav", synthetic_audio(10.0, seed=1), 32000)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["predict", str(model_file), str(tmp_path / "rec.wav"), "--out", str(out), "--calibrated",
+              "--engine", "torch"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "no calibration" in result.output and "dawnchorus calibrate" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()

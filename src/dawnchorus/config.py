@@ -414,6 +414,11 @@ class PredictSettings(_Section):
         description="Per-recording max scaling a in (0, 1]: each window's probability p of a species becomes "
         "p * (1 - a + a * m), m that species' maximum over the recording. None: off.",
     )
+    calibrated: bool = Field(
+        False,
+        description="Report calibrated scores: each species' probability of a true detection, from the "
+        "calibration 'dawnchorus calibrate' stored in the model file (thresholds mapped alike).",
+    )
     ensemble_weights: list[float] | None = Field(
         None,
         description="With several models (an ensemble): one weight per model, in order (a list or "

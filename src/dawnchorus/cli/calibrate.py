@@ -53,7 +53,12 @@ def calibrate(
     """Per-species precision (95 % interval, from the random-sample verdicts) of a reviewed run; with
     --model, the threshold reaching --target-precision and a logistic calibration (score -> probability
     of a true detection) per species, written into the model file (predict --calibrated reports them)."""
-    from dawnchorus.evaluate.verified import fitted_model_settings, read_reviewed_run, review_species
+    from dawnchorus.evaluate.verified import (
+        fitted_model_settings,
+        read_reviewed_run,
+        review_species,
+        scores_were_calibrated,
+    )
 
     if model_path is None:
         model_path = _model_of_run(results_dir)
@@ -61,6 +66,11 @@ def calibrate(
         fail("--out needs --model (the model file to calibrate)")
     table, verdicts = read_reviewed_run(results_dir)
     model = load_model_or_fail(model_path) if model_path is not None else None
+    if model is not None and scores_were_calibrated(results_dir):
+        fail(
+            f"{results_dir}: its scores are calibrated ones (predict --calibrated); fit a calibration on "
+            "a run predicted without --calibrated"
+        )
     run_labels = [c for c in table.columns if c not in ("file", "start_s", "end_s")]
     if model is not None:
         missing = [label for label in run_labels if label not in model.labels]

@@ -83,6 +83,13 @@ def predict(
             "that species); off by default."
         ),
     ] = None,
+    calibrated: Annotated[
+        bool,
+        typer.Option(
+            help="Report calibrated scores (probability of a true detection) from the calibration "
+            "'dawnchorus calibrate' stored in the model."
+        ),
+    ] = False,
     weights: Annotated[
         str | None,
         typer.Option(
@@ -138,6 +145,7 @@ def predict(
         "smoothing": ("smoothing", smoothing),
         "overlap_average": ("overlap_average", overlap_average),
         "max_scaling": ("max_scaling", max_scaling),
+        "calibrated": ("calibrated", calibrated),
         "ensemble_weights": ("weights", weights),
     }
     overrides = {

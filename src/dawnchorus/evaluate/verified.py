@@ -30,6 +30,7 @@ from dawnchorus.evaluate.calibration import (
     threshold_for_precision,
 )
 from dawnchorus.io.outputs import read_probabilities
+from dawnchorus.io.runinfo import read_run_info
 from dawnchorus.io.verdicts import REVIEWS_FILE, read_verdicts
 
 RANDOM_QUEUE = "random"  # the queue name of the review's stratified random sample (io.verdicts.QUEUES)
@@ -67,6 +68,21 @@ def read_reviewed_run(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFra
     if verdicts.empty:
         raise EvaluationError(f"{results_dir}: no verdicts in {REVIEWS_FILE}: review the run first")
     return read_probabilities(table_path), verdicts
+
+
+def scores_were_calibrated(results_dir: str | Path) -> bool:
+    """Whether the run's scores are calibrated ones (``predict --calibrated``), as its ``run.json``
+    says, else as its newest parts folder's tag says (a ``cal`` part, see
+    :func:`dawnchorus.inference.run.run_tag`); a calibration fitted on those would be fitted on a
+    calibration's output."""
+    info = read_run_info(results_dir)
+    if info is not None:
+        return bool(info.settings.get("calibrated"))
+    tags = [p for p in (Path(results_dir) / "parts").glob("*") if p.is_dir()]
+    if not tags:
+        return False
+    newest = max(tags, key=lambda p: p.stat().st_mtime)
+    return "cal" in newest.name.split("-")
 
 
 def verdict_truth(verdicts: pd.DataFrame) -> pd.DataFrame:

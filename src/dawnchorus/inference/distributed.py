@@ -269,6 +269,7 @@ class TaskOptions:
     smoothing: tuple[float, ...] | None = None  # PredictSettings.smoothing, applied to whole recordings
     overlap_average: bool = False
     max_scaling: float | None = None
+    calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # RunFolder.calibration
     # An ensemble: every member's (path, stamp), model_path being the first; weights normalised.
     ensemble: tuple[tuple[str, tuple[int, int]], ...] = ()
     ensemble_weights: tuple[float, ...] = ()
@@ -412,8 +413,10 @@ def finish_recording(plan: RecordingPlan, options: TaskOptions, *chunks: ChunkRe
         return RecordingDone(str(plan.path), 0.0, 0, failure, loads)
     frame = pd.concat([c.frame for c in chunks], ignore_index=True)
     clip_s, hop_s = model.config.audio.clip_s, options.hop_s
+    calibration = None if options.calibration is None else tuple(np.asarray(c) for c in options.calibration)
     frame = finish_table(
-        frame, model.labels, clip_s, hop_s, options.smoothing, options.overlap_average, options.max_scaling
+        frame, model.labels, clip_s, hop_s, options.smoothing, options.overlap_average, options.max_scaling,
+        calibration,
     )
     thresholds = np.asarray(options.thresholds, dtype=np.float32)
     write_recording(
@@ -515,6 +518,9 @@ def run_distributed_prediction(
                 smoothing=None if settings.smoothing is None else tuple(settings.smoothing),
                 overlap_average=settings.overlap_average,
                 max_scaling=settings.max_scaling,
+                calibration=None if folder.calibration is None else tuple(
+                    tuple(float(v) for v in c) for c in folder.calibration
+                ),
                 ensemble=tuple((str(p.resolve()), model_stamp(p)) for p in paths)
                 if isinstance(model, Ensemble) else (),
                 ensemble_weights=model.weights if isinstance(model, Ensemble) else (),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from dawnchorus.errors import PredictionError
 from dawnchorus.io import outputs
 from dawnchorus.io.files import atomic_write
 
@@ -22,11 +23,35 @@ if TYPE_CHECKING:
     from dawnchorus.models.modelfile import LoadedModel
 
 
-def class_thresholds(model: LoadedModel, threshold: float | None = None) -> np.ndarray:
-    """One detection threshold per label: ``threshold`` for every class, or the model's own."""
-    if threshold is None:
+def class_thresholds(
+    model: LoadedModel, threshold: float | None = None, calibrated: bool = False
+) -> np.ndarray:
+    """One detection threshold per label: ``threshold`` for every class (on the scores reported:
+    calibrated ones with ``calibrated``), or the model's own (``calibrated``: mapped through the
+    model's calibration, so the same windows are detected)."""
+    if threshold is not None:
+        return np.full(len(model.labels), threshold, np.float32)
+    calibration = calibration_for(model, calibrated)
+    if calibration is None:
         return model.class_thresholds
-    return np.full(len(model.labels), threshold, np.float32)
+    from dawnchorus.evaluate.calibration import calibrate_scores
+
+    return calibrate_scores(model.class_thresholds, *calibration).astype(np.float32)
+
+
+def calibration_for(model: LoadedModel, calibrated: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (slopes, intercepts) per label that ``PredictSettings.calibrated`` applies (NaN: a label
+    left uncalibrated, its scores as they are), None when not asked; a model without a calibration
+    is a :class:`PredictionError` (before anything is predicted)."""
+    if not calibrated:
+        return None
+    arrays = getattr(model, "calibration_arrays", None)  # an ensemble has none
+    if arrays is None:
+        raise PredictionError(
+            f"{getattr(model, 'path', None) or 'the model'}: no calibration stored in it; fit one with "
+            "'dawnchorus calibrate RESULTS_DIR --model MODEL' on a reviewed run, or leave out --calibrated"
+        )
+    return arrays
 
 
 def write_detections(

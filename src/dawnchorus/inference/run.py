@@ -42,7 +42,13 @@ from dawnchorus.inference.pipeline import (
     iter_predictions,
     reuse_large_allocations,
 )
-from dawnchorus.inference.postprocess import class_thresholds, write_combined, write_detections, write_errors
+from dawnchorus.inference.postprocess import (
+    calibration_for,
+    class_thresholds,
+    write_combined,
+    write_detections,
+    write_errors,
+)
 from dawnchorus.inference.smoothing import check_recipe, finish_table
 from dawnchorus.inference.windows import (
     RecordingPlan,
@@ -190,6 +196,7 @@ def predict_frame(
     settings = settings or PredictSettings()
     clip_s = model.config.audio.clip_s
     check_recipe(settings, clip_s)
+    calibration = calibration_for(model, settings.calibrated)
     if isinstance(paths, str | Path):
         paths = [paths]
     found = find_recordings(paths)
@@ -224,6 +231,7 @@ def predict_frame(
                     settings.smoothing,
                     settings.overlap_average,
                     settings.max_scaling,
+                    calibration,
                 )
             )
     columns = ["file", "start_s", "end_s", *model.labels]
@@ -255,6 +263,7 @@ class RunFolder:
     unreadable: list[tuple[Path, str]]  # seen among the inputs, cannot be read: see find_recordings
     settings: PredictSettings = field(default_factory=PredictSettings)  # hop and recipe of the run
     tag: str = ""  # run_tag(model, settings): the parts folder under out_dir/parts
+    calibration: tuple[np.ndarray, np.ndarray] | None = None  # settings.calibrated: calibration_for
 
     @classmethod
     def open(
@@ -262,6 +271,8 @@ class RunFolder:
     ) -> RunFolder:
         """Set up ``out_dir`` for a run over ``inputs``; raises :class:`PredictionError` when the
         inputs hold no recording and nothing that could not be read."""
+        calibration = calibration_for(model, settings.calibrated)  # a missing one: refused before any output
+        thresholds = class_thresholds(model, settings.threshold, settings.calibrated)
         out_dir = output_folder(out_dir)
         tag = run_tag(model, settings)
         parts_dir = output_folder(out_dir / "parts" / tag, "folder of finished recordings")
@@ -269,12 +280,14 @@ class RunFolder:
         found = find_recordings(inputs)
         if not found.recordings and not found.unreadable:
             raise PredictionError("no recordings found in the given inputs")
-        thresholds = class_thresholds(model, settings.threshold)
         recordings = found.recordings
         todo = [p for p in recordings if not part_path(parts_dir, recording_key(p)).is_file()]
         started = time.perf_counter()
         formats = list(settings.formats)
-        return cls(out_dir, recordings, todo, thresholds, formats, started, found.unreadable, settings, tag)
+        return cls(
+            out_dir, recordings, todo, thresholds, formats, started, found.unreadable, settings, tag,
+            calibration,
+        )
 
     @property
     def parts_dir(self) -> Path:
@@ -300,7 +313,7 @@ class RunFolder:
         hop_s = clip_s if self.settings.hop_s is None else self.settings.hop_s
         frame = finish_table(
             frame, model.labels, clip_s, hop_s, self.settings.smoothing, self.settings.overlap_average,
-            self.settings.max_scaling,
+            self.settings.max_scaling, self.calibration,
         )
         write_recording(
             frame, plan.key, model.labels, self.thresholds, self.out_dir, self.formats, merge, plan.split,
@@ -417,7 +430,7 @@ def run_tag(model: LoadedModel | Ensemble, settings: PredictSettings) -> str:
     checkpoint lengths (saved windows are named by their range), device and engine: torch and ONNX
     agree within 1e-4, and ``auto`` resolves by device (on a cluster, by each worker), so naming the
     engine would recompute everything when a run resumes on another machine, for no difference a
-    threshold can see.
+    threshold can see. Calibrated scores (``settings.calibrated``) add ``-cal``.
     """
     clip_s = model.config.audio.clip_s
     hop_s = clip_s if settings.hop_s is None else settings.hop_s
@@ -432,6 +445,8 @@ def run_tag(model: LoadedModel | Ensemble, settings: PredictSettings) -> str:
     tag = f"{kind}{model_sha256(model)[:16]}-h{hop_s * 1000:g}ms-{smoothing}-{average}"
     if settings.max_scaling is not None:  # only when on: tags of runs without it stay as they were
         tag += f"-max{round(settings.max_scaling, 6):g}"
+    if settings.calibrated:  # the calibration itself is in the model file, so in its SHA-256
+        tag += "-cal"
     return tag
 
 

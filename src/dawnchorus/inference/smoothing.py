@@ -1,6 +1,7 @@
 """The prediction recipe applied to one recording's finished window table: overlapping windows
 averaged back onto the window grid, then temporal smoothing of each species over neighbouring windows,
-then per-recording max scaling.
+then per-recording max scaling, then (asked for) the model's calibration of scores to probabilities of a
+true detection.
 
 Both runners (and :func:`dawnchorus.predict`) call :func:`finish_table` where a recording's whole
 table is assembled, never on a checkpointed segment or a Dask chunk: the saved segments hold the raw
@@ -49,11 +50,14 @@ def finish_table(
     smoothing: Sequence[float] | None = None,
     overlap_average: bool = False,
     max_scaling: float | None = None,
+    calibration: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One recording's final table (windows every ``hop_s`` seconds, in time order):
     :func:`average_overlaps` with ``overlap_average``, then :func:`smooth` with the ``smoothing``
-    kernel, then :func:`scale_by_max` with ``max_scaling``; the table itself when all are off
-    (``PredictSettings.smoothing``, ``overlap_average``, ``max_scaling``).
+    kernel, then :func:`scale_by_max` with ``max_scaling``, then ``calibration`` (one slope and
+    intercept per label: :func:`dawnchorus.evaluate.calibration.calibrate_scores`, last, as the
+    reviewed scores it was fitted on were finished); the table itself when all are off
+    (``PredictSettings.smoothing``, ``overlap_average``, ``max_scaling``, ``calibrated``).
     With both on, the kernel's neighbours are grid windows (5 s apart for a 5-s model), otherwise
     the windows as predicted (``hop_s`` apart)."""
     if overlap_average and len(frame):
@@ -68,6 +72,14 @@ def finish_table(
         columns = list(labels)
         values = frame[columns].to_numpy()
         frame[columns] = scale_by_max(values, max_scaling).astype(values.dtype)
+    if calibration is not None and len(frame):
+        from dawnchorus.evaluate.calibration import calibrate_scores
+
+        frame = frame.copy()
+        columns = list(labels)
+        values = frame[columns].to_numpy()
+        slopes, intercepts = calibration
+        frame[columns] = calibrate_scores(values, slopes[None, :], intercepts[None, :]).astype(values.dtype)
     return frame
 
 
