@@ -295,7 +295,8 @@ def test_malformed_run_json_is_one_line_naming_the_field_and_exit_2(
 @pytest.mark.parametrize(
     ("text", "message"),
     [("{", "not valid JSON"), ("[1, 2]", "(top level): must be a JSON object, not a list"),
-     ('{"format": NaN}', "not valid JSON (NaN is not a number JSON allows")],
+     ('{"format": NaN}', "not valid JSON (NaN is not a number JSON allows"),
+     ("[" * 100_000, "not valid JSON (nested too deeply)")],
 )
 def test_run_json_that_is_not_an_object_is_one_line(
     results: Path, tmp_path: Path, text: str, message: str

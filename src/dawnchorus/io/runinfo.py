@@ -137,6 +137,8 @@ def read_run_info(results_dir: str | Path) -> RunInfo | None:
         data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
     return _parse(data, path)
 
 
