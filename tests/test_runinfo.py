@@ -375,3 +375,15 @@ def test_calibrate_never_defaults_to_an_ensembles_members(site: Path, tmp_path: 
     result = runner.invoke(cli, ["calibrate", str(results)])
     assert result.exit_code == 0, result.output
     assert "the run was an ensemble of 2 models" in result.output and "calibrated:" not in result.output
+
+
+def test_train_reviewed_finds_the_recordings_from_another_folder(site: Path, tmp_path: Path) -> None:
+    from dawnchorus.data.reviewed import read_reviewed_windows
+
+    results = reviewed_copy(site, tmp_path / "predicted")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with working_folder(elsewhere):
+        windows = read_reviewed_windows(results, ["aaa", "bbb", "ccc"])
+    recordings = (tmp_path / "predicted" / "rec").resolve()
+    assert set(windows.table["file"]) == {str(recordings / "a.wav"), str(recordings / "b.wav")}

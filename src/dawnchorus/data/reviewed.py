@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dawnchorus.errors import DatasetError
+from dawnchorus.io.runinfo import RunInfo, read_run_info
 from dawnchorus.io.verdicts import REVIEWS_FILE, read_verdicts
 
 KEY = ["file", "start_s", "end_s"]
@@ -111,8 +112,9 @@ def read_reviewed_windows(
     results_dir: str | Path, labels: Sequence[str], audio_dirs: Sequence[Path] = ()
 ) -> ReviewedWindows:
     """:func:`reviewed_windows` of run folder ``results_dir``, each ``file`` resolved to a recording
-    on disk: as named, else relative to the run folder, else by its path relative to (then its name
-    in) one of ``audio_dirs``. Raises :class:`DatasetError` (source: the run folder) when it has no
+    on disk: where the run's run.json recorded it (:meth:`~dawnchorus.io.runinfo.RunInfo.recording_path`),
+    else as named, else relative to the run folder, else by its path relative to (then its name in)
+    one of ``audio_dirs``. Raises :class:`DatasetError` (source: the run folder) when it has no
     verdicts on the model's labels, listing every recording not found."""
     results_dir = Path(results_dir)
     source = f"reviewed run {results_dir}"
@@ -124,7 +126,8 @@ def read_reviewed_windows(
     windows = reviewed_windows(verdicts, labels)
     if windows.table.empty:
         raise DatasetError(["no verdict names one of the model's labels as present or absent"], source)
-    resolved = {name: _find(name, results_dir, audio_dirs) for name in windows.table["file"].unique()}
+    info = read_run_info(results_dir)
+    resolved = {name: _find(name, results_dir, audio_dirs, info) for name in windows.table["file"].unique()}
     missing = [name for name, path in resolved.items() if path is None]
     if missing:
         raise DatasetError([f"{name}: reviewed recording not found" for name in missing], source)
@@ -132,7 +135,10 @@ def read_reviewed_windows(
     return windows
 
 
-def _find(name: str, results_dir: Path, audio_dirs: Sequence[Path]) -> Path | None:
+def _find(name: str, results_dir: Path, audio_dirs: Sequence[Path], info: RunInfo | None) -> Path | None:
+    recorded = info.recording_path(name) if info is not None else None
+    if recorded is not None:
+        return recorded
     path = Path(name)
     candidates = [path, results_dir / path]
     for folder in audio_dirs:

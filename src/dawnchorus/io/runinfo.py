@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,25 @@ class RunInfo:
     dawnchorus: str = __version__
     format: int = FORMAT_VERSION
     path: Path | None = field(default=None, compare=False)  # the file read, when read from one
+
+    def recording_path(self, file: str) -> Path | None:
+        """Where recording ``file`` (a ``file`` value of the run's tables) is, by this run.json: its
+        recorded absolute path when that can only be the recording: a readable regular file with the
+        name ``file`` has and the size predict recorded. None when run.json does not list ``file``,
+        or the file there is missing, another file or changed since (a run.json from elsewhere can
+        name any path: it never makes a reader open another file)."""
+        recorded = self.recordings.get(file)
+        if recorded is None:
+            return None
+        path = Path(recorded.path)
+        if not path.is_absolute() or path.name != PurePath(file).name:
+            return None
+        try:
+            if not path.is_file() or path.stat().st_size != recorded.size or not os.access(path, os.R_OK):
+                return None
+        except OSError:  # a name too long, a folder without permission on the way
+            return None
+        return path
 
     @property
     def single_model(self) -> RunModel | None:

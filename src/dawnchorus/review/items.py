@@ -33,7 +33,7 @@ import pandas as pd
 
 from dawnchorus.errors import InputError
 from dawnchorus.io.outputs import label_columns, read_probabilities
-from dawnchorus.io.runinfo import RunInfo, RunRecording, read_run_info
+from dawnchorus.io.runinfo import RunInfo, read_run_info
 from dawnchorus.io.verdicts import QUEUES, SCORE_BIN_EDGES
 
 DEFAULT_THRESHOLD = 0.5  # the model file's default global threshold, used when no model is given
@@ -238,10 +238,7 @@ def open_run(
     )
     table = pd.concat([table[["file", "start_s", "end_s"]], keys, table[labels]], axis=1)
     folders = list(audio_dirs or [])
-    known = info.recordings if info is not None else {}
-    recordings = {
-        rid: _find_recording(name, results_dir, folders, known.get(name)) for rid, name in files.items()
-    }
+    recordings = {rid: _find_recording(name, results_dir, folders, info) for rid, name in files.items()}
     return Run(results_dir, labels, cutoffs, used, table, recordings, files)
 
 
@@ -334,15 +331,15 @@ def _run_thresholds(info: RunInfo, labels: list[str]) -> dict[str, float]:
 
 
 def _find_recording(
-    name: str, results_dir: Path, audio_dirs: list[Path], recorded: RunRecording | None = None
+    name: str, results_dir: Path, audio_dirs: list[Path], info: RunInfo | None = None
 ) -> Path | None:
-    """Where recording ``name`` (as the tables give it) is on disk: where run.json ``recorded`` it
-    (see :func:`_recorded_path`), then the name itself (absolute, or relative to the working folder or
-    to the results folder's parent), then under each of ``audio_dirs``; None when none exists."""
-    if recorded is not None:
-        found = _recorded_path(name, recorded)
-        if found is not None:
-            return found
+    """Where recording ``name`` (as the tables give it) is on disk: where run.json (``info``) recorded
+    it (see :meth:`RunInfo.recording_path`), then the name itself (absolute, or relative to the
+    working folder or to the results folder's parent), then under each of ``audio_dirs``; None when
+    none exists."""
+    found = info.recording_path(name) if info is not None else None
+    if found is not None:
+        return found
     given = Path(name)
     candidates = [given] if given.is_absolute() else [Path.cwd() / given, results_dir.parent / given]
     for folder in audio_dirs:
@@ -352,18 +349,3 @@ def _find_recording(
         if candidate.is_file() and os.access(candidate, os.R_OK):
             return candidate.resolve()
     return None
-
-
-def _recorded_path(name: str, recorded: RunRecording) -> Path | None:
-    """run.json's absolute path of recording ``name``, when it can only be that recording: a readable
-    regular file with the name the tables give and the size predict recorded (a recording replaced
-    since, or a run.json pointing elsewhere, is not used); else None."""
-    path = Path(recorded.path)
-    if not path.is_absolute() or path.name != Path(name).name:
-        return None
-    try:
-        if not path.is_file() or path.stat().st_size != recorded.size or not os.access(path, os.R_OK):
-            return None
-    except OSError:  # a name too long, a folder without permission on the way
-        return None
-    return path
