@@ -85,7 +85,8 @@ def self_train(
     ``unlabelled``: recordings (files, folders, .txt lists) pseudo-labelled every round; ``pseudo``: a
     pseudo-label folder used in round 1 (later rounds pseudo-label its recordings again with the new
     teacher); one of them is needed. ``teacher``: a model file to start from instead of training one on
-    ``data``. ``log`` gets one line per finished step.
+    ``data`` (with ``pseudo`` and no ``teacher``, the pseudo-labels' own teacher file is round 0 when it
+    is still there). ``log`` gets one line per finished step.
     """
     say = log or (lambda line: None)
     settings = config.selftrain
@@ -111,10 +112,8 @@ def self_train(
     if teacher is not None:
         teacher_path = Path(teacher)
         load_model(teacher_path, build_network=False)  # an unusable file stops here, before any work
-    elif given is not None and settings.rounds == 1 and given.info.get("teacher") and Path(
-        given.info["teacher"]
-    ).is_file():
-        teacher_path = Path(given.info["teacher"])
+    elif given is not None and given.info.get("teacher") and Path(given.info["teacher"]).is_file():
+        teacher_path = Path(given.info["teacher"])  # the pseudo-labels' own teacher is round 0
     else:
         last = train(data, run_dir / "round0", config, drop_bad=drop_bad, progress_bar=progress_bar)
         teacher_path = last.model_path
