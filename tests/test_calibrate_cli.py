@@ -275,16 +275,22 @@ def test_report_of_a_reviewed_run_shows_precision_per_species(
     reviewed: dict[str, Path], tmp_path: Path
 ) -> None:
     import re
+    from dataclasses import replace
 
     from dawnchorus.evaluate.verified import read_reviewed_run, review_species
+    from dawnchorus.io.runinfo import read_run_info, write_run_info
 
     run = tmp_path / "run"
     shutil.copytree(reviewed["run"], run)
+    info = read_run_info(run)  # the run's own thresholds are the ones the report shows precision at
+    thresholds = {label: 0.6 + 0.05 * index for index, label in enumerate(info.labels)}
+    write_run_info(run, replace(info, thresholds=thresholds))
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     page = (run / "report.html").read_text()
-    assert "Review: precision per species" in page
-    expected = review_species(*read_reviewed_run(run), {})
+    assert "Review: precision per species" in page and "its run.json" in page
+    expected = review_species(*read_reviewed_run(run), thresholds)
+    assert len(expected) == len(thresholds)
     for review in expected:
         shown = re.search(rf'data-precision="{review.label}">([0-9.]+)<', page)
         assert shown is not None

@@ -659,12 +659,8 @@ def _reviewed_precision(builder: _Builder) -> Section:
         except EvaluationError as exc:
             parts.append(f'<p class="note">{html.escape(str(exc))}</p>')
             continue
-        model = builder.model
-        own = {}
-        if model is not None:
-            own = dict(zip(model.labels, model.class_thresholds.tolist(), strict=True))
+        own, source = _review_thresholds(builder, run)
         reviews = review_species(table, verdicts, own)
-        source = "the model's thresholds" if own else "threshold 0.5 (no model in this folder)"
         rows = [
             f"<tr><th>{html.escape(r.label)}</th><td class=\"num\">{r.n_verdicts}</td>"
             f"<td class=\"num\">{r.n_random}</td><td class=\"num\">{r.threshold:.3f}</td>"
@@ -685,6 +681,26 @@ def _reviewed_precision(builder: _Builder) -> Section:
             + builder.save(figure, f"reviewed_precision_{index}", f"reviewed precision, {run.name}")
         )
     return Section("Review: precision per species", "".join(parts))
+
+
+def _review_thresholds(builder: _Builder, run: Path) -> tuple[dict[str, float], str]:
+    """The thresholds a reviewed run's precision is shown at, and where they come from: those the run
+    applied (its ``run.json``), else the folder's model's, else 0.5."""
+    from dawnchorus.errors import InputError
+    from dawnchorus.io.runinfo import read_run_info
+
+    unread = ""
+    try:
+        info = read_run_info(run)
+    except InputError as exc:  # a malformed run.json: the thresholds come from elsewhere, said so
+        info, unread = None, f" ({exc})"
+    if info is not None and info.thresholds:
+        return dict(info.thresholds), "the thresholds the run applied (its run.json)"
+    if builder.model is not None:
+        model = builder.model
+        thresholds = dict(zip(model.labels, model.class_thresholds.tolist(), strict=True))
+        return thresholds, f"the model's thresholds{unread}"
+    return {}, f"threshold 0.5 (neither a readable run.json nor a model in this folder){unread}"
 
 
 # --- HTML pieces --------------------------------------------------------------------------------------
