@@ -164,7 +164,10 @@ def test_rounds_keep_every_model_and_score_each_in_rounds_csv(
 
 
 @pytest.mark.slow
-def test_pseudo_labels_given_train_one_student_from_them(small_set: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_pseudo_labels_given_train_students_from_their_teacher(
+    small_set: dict[str, Path], tmp_path: Path, rounds: int
+) -> None:
     teacher = tmp_path / "teacher"
     first = self_train(small_set["data"], teacher, small_config(), unlabelled=[small_set["pool"]])
     pl = tmp_path / "pl"
@@ -174,9 +177,9 @@ def test_pseudo_labels_given_train_one_student_from_them(small_set: dict[str, Pa
     assert made.exit_code == 0, made.output
     run = tmp_path / "run"
     result = self_train(
-        small_set["data"], run, small_config(student_backbone="resnet10t"), pseudo=pl,
+        small_set["data"], run, small_config(student_backbone="resnet10t", rounds=rounds), pseudo=pl,
     )
-    assert [row.round for row in result.rounds] == [0, 1]
+    assert [row.round for row in result.rounds] == list(range(rounds + 1))
     assert result.rounds[0].model == str(first.model_path.resolve())  # the pseudo-labels' teacher
     assert not (run / "round0").exists()
     assert load_model(run / "model.pt").config.model.backbone == "resnet10t"  # distilled into another net
