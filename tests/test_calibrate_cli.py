@@ -368,3 +368,22 @@ def test_predict_calibrated_without_a_calibration_is_refused_before_any_output(
     assert "no calibration" in result.output and "dawnchorus calibrate" in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_without_a_usable_model_precision_is_at_the_runs_own_thresholds(
+    reviewed: dict[str, Path], tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from dawnchorus.io.runinfo import read_run_info, write_run_info
+
+    run = tmp_path / "run"
+    shutil.copytree(reviewed["run"], run)
+    info = read_run_info(run)
+    changed = replace(info.models[0], sha256="0" * 64)  # the model file changed since: not taken
+    write_run_info(run, replace(info, models=(changed,), thresholds=dict.fromkeys(info.labels, 0.65)))
+    result = CliRunner().invoke(app, ["calibrate", str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "slope" not in result.output
+    rows = [line for line in result.output.splitlines() if any(f" {label} " in line for label in info.labels)]
+    assert len(rows) == len(info.labels) and all("0.650" in row for row in rows)

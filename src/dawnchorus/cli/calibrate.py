@@ -43,7 +43,8 @@ def calibrate(
     threshold: Annotated[
         float | None,
         typer.Option(
-            min=0.0, max=1.0, help="Report precision at this threshold (default: the model's, else 0.5)."
+            min=0.0, max=1.0,
+            help="Report precision at this threshold (default: the model's, else the run's, else 0.5).",
         ),
     ] = None,
     out: Annotated[
@@ -80,8 +81,11 @@ def calibrate(
                 "give the model that predicted this run"
             )
         own = dict(zip(model.labels, model.class_thresholds.tolist(), strict=True))
-    else:
-        own = {}
+    else:  # the thresholds the run applied
+        from dawnchorus.io.runinfo import read_run_info
+
+        info = read_run_info(results_dir)
+        own = dict(info.thresholds) if info is not None else {}
     thresholds = {label: threshold if threshold is not None else own.get(label, 0.5) for label in run_labels}
     target = target_precision if model is not None else None
     reviews = review_species(table, verdicts, thresholds, target=target, min_count=min_verdicts)
