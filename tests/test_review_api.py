@@ -174,6 +174,19 @@ def test_random_queue_verdict_records_its_score_bin(client: TestClient, results:
     assert (row["queue"], row["score_bin"]) == ("random", item["score_bin"])
 
 
+def test_a_verdict_on_another_label_of_a_random_item_is_not_in_the_random_sample(
+    client: TestClient, results: Path
+) -> None:
+    item = all_items(client, order="random")[0]
+    other = next(label for label, _ in item["top"] if label != item["label"])
+    answer = client.post(
+        "/api/verdicts", json={"item_id": item["id"], "label": other, "verdict": "absent", "queue": "random"}
+    )
+    assert answer.status_code in (200, 201), answer.text
+    row = read_verdicts(results).iloc[0]
+    assert (row["label"], row["queue"], row["score_bin"]) == (other, "", -1)  # kept, but not a sample item
+
+
 def test_progress_counts_detections_and_verdicts_per_species(client: TestClient, results: Path) -> None:
     table = pd.read_parquet(results / "predictions.parquet")
     for item in all_items(client, species="ccc")[:3]:

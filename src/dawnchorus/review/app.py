@@ -305,6 +305,10 @@ class _Api:
         queue = body.get("queue") or ""
         if queue and queue not in QUEUES:
             raise InputError(f"queue: must be one of {', '.join(QUEUES)}")
+        if queue == "random" and label != item["label"]:
+            # Only the label the stratified sample drew belongs to it: another label of the window was
+            # not drawn from its own species x score bin (precision estimates weight the sample by bin).
+            queue = ""
         recording, start_ms, _ = parsed
         row = self.run.window_row(recording, start_ms)
         assert row is not None  # the item exists
