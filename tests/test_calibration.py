@@ -148,3 +148,27 @@ def test_calibrated_table_keeps_uncalibrated_labels() -> None:
     assert out[:, 1] == pytest.approx([0.2, 0.9])
     shifted = calibrate_scores(table, np.array([1.0, 1.0]), np.array([np.log(3.0), 0.0]))
     assert shifted[0, 0] == pytest.approx(0.2 * 3 / (0.2 * 3 + 0.8))  # odds times 3
+
+
+def test_bin_sizes_above_any_threshold_match_counting_the_population() -> None:
+    """Scores on bin edges, at 1.0 and thresholds on and between edges: the estimate's population per
+    bin is exactly the count of scores at or above the threshold in that bin."""
+    rng = np.random.default_rng(2)
+    population = np.concatenate([rng.random(500), np.array(DEFAULT_EDGES), [1.0, 1.0, 0.0]])
+    picked = rng.choice(len(population), 120, replace=False)
+    truth = (rng.random(120) < population[picked]).astype(float)
+    for threshold in (0.0, 0.2, 0.25, 0.3, 0.95, 1.0):
+        estimate = stratified_precision(population[picked], truth, population, threshold)
+        above = population >= threshold
+        assert estimate.n_detections == int(above.sum())
+        sizes = np.bincount(score_bins(population[above]), minlength=10)
+        keep = population[picked] >= threshold
+        bins = score_bins(population[picked][keep])
+        sampled = np.bincount(bins, minlength=10)
+        hits = np.bincount(bins, weights=truth[keep], minlength=10)
+        seen = sampled > 0
+        if not seen.any():
+            assert estimate.precision is None
+            continue
+        expected = np.sum(sizes[seen] / sizes[seen].sum() * hits[seen] / sampled[seen])
+        assert estimate.precision == pytest.approx(expected)

@@ -120,13 +120,17 @@ def stratified_precision(
     one; unsure verdicts left out by the caller). See the module docstring for the estimator and its
     interval."""
     scores, truth = _verified(verified_scores, verified_true)
-    population = np.asarray(population_scores, dtype=np.float64).reshape(-1)
-    edges = np.asarray(edges, dtype=np.float64)
+    return _stratified(scores, truth, _Population(population_scores, edges), threshold, confidence)
+
+
+def _stratified(
+    scores: np.ndarray, truth: np.ndarray, population: _Population, threshold: float, confidence: float = 0.95
+) -> PrecisionEstimate:
+    """:func:`stratified_precision` on checked verdicts and a binned population."""
     keep = scores >= threshold
     scores, truth = scores[keep], truth[keep]
-    population = population[population >= threshold]
-    bins = score_bins(scores, edges)
-    sizes = np.bincount(score_bins(population, edges), minlength=len(edges) - 1).astype(np.float64)
+    bins = score_bins(scores, population.edges)
+    sizes = population.sizes_above(threshold)
     n_detections = int(sizes.sum())
     if n_detections == 0 or len(scores) == 0:
         return PrecisionEstimate(None, 0.0, 1.0, len(scores), n_detections, 0.0, confidence)
@@ -170,6 +174,7 @@ def threshold_for_precision(
     if not 0 < target <= 1:
         raise EvaluationError(f"target precision must be in (0, 1], got {target}")
     scores, truth = _verified(verified_scores, verified_true)
+    population = _Population(population_scores, edges)  # sorted once for every candidate
     if len(scores) < min_count:
         return ThresholdChoice(
             None, False, None, len(scores), f"{len(scores)} verdicts, fewer than the {min_count} needed"
@@ -179,7 +184,7 @@ def threshold_for_precision(
         above = int(np.sum(scores >= candidate))
         if above < min_count:
             break
-        estimate = stratified_precision(scores, truth, population_scores, float(candidate), edges)
+        estimate = _stratified(scores, truth, population, float(candidate))
         if estimate.precision is None:
             continue
         if estimate.precision >= target:
@@ -235,6 +240,22 @@ def score_bins(scores: Any, edges: Any = DEFAULT_EDGES) -> np.ndarray:
     edges = np.asarray(edges, dtype=np.float64)
     index = np.searchsorted(edges, np.asarray(scores, dtype=np.float64), side="right") - 1
     return np.clip(index, 0, len(edges) - 2)
+
+
+class _Population:
+    """One species' scores (the population of its detections at any threshold), sorted, with where
+    each bin of ``edges`` starts, so the bins' sizes above a threshold take one search."""
+
+    def __init__(self, scores: Any, edges: Any) -> None:
+        self.scores = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
+        self.edges = np.asarray(edges, dtype=np.float64)
+        inner = np.searchsorted(self.scores, self.edges[1:-1], side="left")  # as score_bins assigns them
+        self.bounds = np.concatenate([[0], inner, [len(self.scores)]])
+
+    def sizes_above(self, threshold: float) -> np.ndarray:
+        """How many scores at or above ``threshold`` each bin holds."""
+        first = np.searchsorted(self.scores, threshold, side="left")
+        return np.clip(self.bounds[1:] - np.maximum(self.bounds[:-1], first), 0, None).astype(np.float64)
 
 
 def _verified(scores: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
