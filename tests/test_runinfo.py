@@ -355,18 +355,24 @@ def test_calibrate_fits_the_model_run_json_names_while_it_is_unchanged(site: Pat
     results = reviewed_copy(site, tmp_path)
     model = tmp_path / "model.pt"
     before = sha256(model)
-    first = runner.invoke(cli, ["calibrate", str(results), "--min-verdicts", "2"])
-    assert first.exit_code == 0, first.output
-    assert f"model: {model.resolve()} (named by {results / RUN_INFO_FILE})" in first.output
-    assert "calibrated:" in first.output and sha256(model) != before  # written into the run's model
+    shown = runner.invoke(cli, ["calibrate", str(results), "--min-verdicts", "2"])
+    assert shown.exit_code == 0, shown.output
+    assert f"model: {model.resolve()} (named by {results / RUN_INFO_FILE})" in shown.output
+    assert "per-species precision" in shown.output and "for" in shown.output  # the fit is shown ...
+    assert "not written:" in shown.output and sha256(model) == before  # ... but the file is never rewritten
+    copy = tmp_path / "calibrated.pt"
+    written = runner.invoke(cli, ["calibrate", str(results), "--min-verdicts", "2", "--out", str(copy)])
+    assert written.exit_code == 0 and "calibrated:" in written.output and copy.is_file()
+    assert sha256(model) == before
+    given = runner.invoke(cli, ["calibrate", str(results), "--model", str(model), "--min-verdicts", "2"])
+    assert given.exit_code == 0 and "calibrated:" in given.output and "named by" not in given.output
+    assert sha256(model) != before  # named: written in place
     # now the file is not the one that predicted the run: the table only, and why
     again = runner.invoke(cli, ["calibrate", str(results), "--min-verdicts", "2"])
     assert again.exit_code == 0, again.output
     assert "has changed since the run" in again.output and "calibrated:" not in again.output
     refused = runner.invoke(cli, ["calibrate", str(results), "--out", str(tmp_path / "x.pt")])
     assert refused.exit_code == 2 and "--out needs --model" in refused.output
-    given = runner.invoke(cli, ["calibrate", str(results), "--model", str(model), "--min-verdicts", "2"])
-    assert given.exit_code == 0 and "calibrated:" in given.output and "named by" not in given.output
 
 
 def test_calibrate_never_defaults_to_an_ensembles_members(site: Path, tmp_path: Path) -> None:

@@ -29,9 +29,9 @@ def calibrate(
         Path | None,
         typer.Option(
             "--model",
-            help="The model that predicted the run: fit thresholds and calibration and store them in it "
-            "(default: the model RESULTS_DIR/run.json names, when its file is unchanged since the run). "
-            "Without one: the precision table only.",
+            help="The model that predicted the run: fit thresholds and calibration and store them in it. "
+            "Without it, the model RESULTS_DIR/run.json names (when its file is unchanged since the run) is "
+            "fitted and shown but written only with --out; without either, the precision table only.",
         ),
     ] = None,
     target_precision: Annotated[
@@ -48,7 +48,8 @@ def calibrate(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the calibrated model here (default: in place).")
+        Path | None,
+        typer.Option("--out", help="Write the calibrated model here (default: in place, with --model)."),
     ] = None,
 ) -> None:
     """Per-species precision (95 % interval, from the random-sample verdicts) of a reviewed run; with
@@ -61,6 +62,7 @@ def calibrate(
         scores_were_calibrated,
     )
 
+    model_given = model_path is not None
     if model_path is None:
         model_path = _model_of_run(results_dir)
     if out is not None and model_path is None:
@@ -97,6 +99,15 @@ def calibrate(
     per_class, calibration = fitted_model_settings(
         reviews, model.labels, model.class_thresholds.tolist(), model.calibration, target
     )
+    if not model_given and out is None:  # a model file is never rewritten unless the user named it
+        from rich.markup import escape
+
+        console.print(
+            f"[yellow]not written:[/] give --model {escape(str(model_path))} to store this fit in it, "
+            "or --out PATH for a calibrated copy",
+            highlight=False, soft_wrap=True,
+        )
+        return
     model.thresholds = {"global": float(model.thresholds.get("global", 0.5)), "per_class": per_class}
     model.calibration = calibration
     written = model.save(out or model_path)
