@@ -59,6 +59,18 @@ def test_latest_verdict_of_an_item_label_is_active_and_history_is_kept(tmp_path:
     assert len(store.history()) == 3
 
 
+def test_a_random_sample_item_stays_in_it_when_judged_again_from_another_queue(tmp_path: Path) -> None:
+    store = VerdictStore(tmp_path / REVIEWS_FILE)
+    store.add(**_verdict(verdict="present", queue="random", score_bin=8))
+    store.add(**_verdict(verdict="absent", queue="uncertain"))
+    store.add(**_verdict(item="rec-1:5000:amerob", verdict="present", queue="score"))
+    frame = store.frame().set_index("item_id")
+    redone = frame.loc["rec-1:0:amerob"]
+    assert (redone["verdict"], redone["queue"], redone["score_bin"]) == ("absent", "random", 8)
+    assert frame.loc["rec-1:5000:amerob", "queue"] == "score"
+    assert list(store.frame().columns) == list(COLUMNS)
+
+
 def test_undo_restores_the_verdict_before_it(tmp_path: Path) -> None:
     store = VerdictStore(tmp_path / REVIEWS_FILE)
     store.add(**_verdict(verdict="present"))

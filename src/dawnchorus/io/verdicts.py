@@ -146,11 +146,22 @@ class VerdictStore:
 
     def frame(self) -> pd.DataFrame:
         """The active verdicts (the newest undeleted row of each ``(item_id, label)``), oldest first,
-        with the columns of :data:`COLUMNS`."""
+        with the columns of :data:`COLUMNS`.
+
+        An item judged in the random queue stays in the random sample (``queue`` "random" and its
+        ``score_bin``) when it is judged again from another queue: the sample is which items were
+        drawn, the verdict is the reviewer's latest word on them."""
+        own = [c for c in COLUMNS if c not in ("queue", "score_bin")]
         query = (
-            f"SELECT {', '.join(COLUMNS)} FROM verdicts WHERE id IN ("
-            " SELECT MAX(id) FROM verdicts WHERE deleted_at IS NULL GROUP BY item_id, label"
-            ") ORDER BY id"
+            f"SELECT {', '.join('v.' + c for c in own)},"
+            " COALESCE(r.queue, v.queue), COALESCE(r.score_bin, v.score_bin)"
+            " FROM verdicts v LEFT JOIN ("
+            "  SELECT item_id, label, 'random' AS queue, MAX(score_bin) AS score_bin FROM verdicts"
+            "  WHERE queue = 'random' AND deleted_at IS NULL GROUP BY item_id, label"
+            " ) r ON r.item_id = v.item_id AND r.label = v.label"
+            " WHERE v.id IN ("
+            "  SELECT MAX(id) FROM verdicts WHERE deleted_at IS NULL GROUP BY item_id, label"
+            " ) ORDER BY v.id"
         )
         with self._connect() as db:
             rows = db.execute(query).fetchall()
