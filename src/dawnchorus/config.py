@@ -214,6 +214,13 @@ class TrainSettings(_Section):
 
     epochs: int = Field(20, ge=1)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: no limit).")
+    # A run's length should not shrink with its data set: 35 clips at batch 32 made one optimizer step
+    # an epoch (issue 12), so 20 epochs trained 20 steps. Below this, an epoch draws the clips in
+    # repeated shuffled rounds (or the weighted sampler draws more) up to this many steps; measured in
+    # bench/README.md ("Epochs of at least 20 steps").
+    min_steps_per_epoch: int = Field(
+        20, ge=0, description="An epoch makes at least this many optimizer steps (0: one pass of the clips)."
+    )
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
@@ -363,7 +370,7 @@ class Config(_Section):
 
 
 OUTPUT_FORMATS: tuple[str, ...] = ("csv", "parquet", "birdclef", "raven", "audacity")
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8")
 
 
 class PredictSettings(_Section):
@@ -386,8 +393,10 @@ class PredictSettings(_Section):
         description="Outputs: csv, parquet, birdclef, raven, audacity (a list or comma-separated).",
     )
     merge: bool = Field(False, description="Merge consecutive detections of a species.")
-    engine: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="auto: onnx on CPU when the 'onnx' extra is installed, else torch."
+    engine: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="auto: onnx on CPU when the 'onnx' extra is installed, else torch; onnx-int8: the "
+        "CNN quantised to int8 (CPU, calibrated on audio), only when asked for.",
     )
     device: str | None = Field(None, description="cpu, cuda or cuda:N (None: the best one here).")
     chunk_s: float = Field(

@@ -357,10 +357,12 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel | Ensemble, BatchFun
 def worker_batch_function(model: LoadedModel, options: TaskOptions, device: str | None) -> BatchFunction:
     """The batch function a worker on ``device`` runs: ``options.engine`` resolved here, where the
     device is known (``auto``: torch on a GPU worker, onnx on a CPU one)."""
-    if resolve_engine(options.engine, device) == "torch":
+    engine = resolve_engine(options.engine, device)
+    if engine == "torch":
         return torch_batch_function(model, device, batch_size=options.batch_size)
-    # One lane: the worker's threads already share the cores with the other workers.
-    return batch_function_for(model, "onnx", device=device, threads=options.torch_threads, lanes=1)
+    # One lane: the worker's threads already share the cores with the other workers. onnx-int8 runs
+    # the int8 graph the client calibrated (prepare_engine).
+    return batch_function_for(model, engine, device=device, threads=options.torch_threads, lanes=1)
 
 
 def chunk_part(plan: RecordingPlan, segment: Segment, options: TaskOptions) -> Path:
@@ -570,6 +572,14 @@ def prepare_engine(engine: str, device: str | None, model_path: Path, model: Loa
     from dawnchorus.inference.export import ExportError, cached_onnx_path
 
     if model.backbone is not None:  # a head on a frozen backbone: each worker runs backbone + head
+        return
+    if engine == "onnx-int8":  # the int8 graph must exist (predict calibrates it on its inputs)
+        from dawnchorus.inference.quantise import cached_int8_path
+
+        try:
+            cached_int8_path(model_path, model)
+        except ExportError as exc:
+            raise PredictionError(str(exc)) from exc
         return
     wanted = engine == "onnx" or (engine == "auto" and onnx_available())
     if not wanted or (device is not None and device.startswith("cuda")):

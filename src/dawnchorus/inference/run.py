@@ -430,7 +430,8 @@ def run_tag(model: LoadedModel | Ensemble, settings: PredictSettings) -> str:
     checkpoint lengths (saved windows are named by their range), device and engine: torch and ONNX
     agree within 1e-4, and ``auto`` resolves by device (on a cluster, by each worker), so naming the
     engine would recompute everything when a run resumes on another machine, for no difference a
-    threshold can see. Calibrated scores (``settings.calibrated``) add ``-cal``.
+    threshold can see. Only ``onnx-int8``, whose scores differ from fp32's, adds ``-int8``; calibrated
+    scores (``settings.calibrated``) add ``-cal``.
     """
     clip_s = model.config.audio.clip_s
     hop_s = clip_s if settings.hop_s is None else settings.hop_s
@@ -447,6 +448,8 @@ def run_tag(model: LoadedModel | Ensemble, settings: PredictSettings) -> str:
         tag += f"-max{round(settings.max_scaling, 6):g}"
     if settings.calibrated:  # the calibration itself is in the model file, so in its SHA-256
         tag += "-cal"
+    if settings.engine == "onnx-int8":  # int8 scores are not fp32's (bench/quantise.py): own parts
+        tag += "-int8"
     return tag
 
 
