@@ -31,7 +31,8 @@ of one of the species' clips, mixed at an SNR drawn from ``SNR_DB_RANGE`` (the s
 Arms, each trained on exactly the k clips per species:
 
 - ``cnn``: today's timm recipe (``model.backbone`` default, no pretrained weights: benches never
-  download), noise augmentation from the training bank, ``--cnn-epochs`` epochs;
+  download), noise augmentation from the training bank, ``--cnn-epochs`` epochs (``--cnn-train``
+  overrides more of its train section);
 - ``birdnet plain``: ``--backbone birdnet``, linear head, ``embedding.draws=1, negatives=0``, no
   noise bank;
 - ``birdnet aug``: ``--backbone birdnet`` with the defaults (draws, negatives) and the training bank;
@@ -130,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CNN epochs (full: 5; the default 20 takes ~3 min a run here)")
     parser.add_argument("--cnn-backbone", default=None,
                         help="timm backbone of the CNN (default: the config's)")
+    parser.add_argument("--cnn-train", default="{}",
+                        help="JSON overrides of the cnn arm's train section")
     parser.add_argument("--embedding", default="{}",
                         help="JSON overrides of the 'birdnet aug' arm's embedding section")
     parser.add_argument("--augment", default="{}",
@@ -329,7 +332,7 @@ def arm_config(arm: str, args: argparse.Namespace, work: Path, train_bank: Path,
         if args.cnn_backbone:
             model["backbone"] = args.cnn_backbone
         return build_config({"model": model, "augment": {"noise_dir": str(train_bank)},
-                             "train": {**train, "epochs": args.cnn_epochs}})
+                             "train": {**train, "epochs": args.cnn_epochs, **json.loads(args.cnn_train)}})
     if arm == "birdnet plain":
         return build_config({"embedding": {"backbone": "birdnet", "draws": 1, "negatives": 0},
                              "train": train})

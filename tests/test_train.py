@@ -50,7 +50,10 @@ def fast_config(overrides: dict[str, Any] | None = None) -> Config:
     settings = {
         "model": {"backbone": "test_efficientnet", "pretrained": False, "drop_rate": 0.0},
         "augment": dict(QUIET_AUGMENT),
-        "train": {"batch_size": 8, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 1},
+        # One pass an epoch (tests/test_epoch_length.py covers the 20-step default): the learning
+        # test's epochs were measured so, and machinery tests stay short.
+        "train": {"batch_size": 8, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 1,
+                  "min_steps_per_epoch": 0},
     }
     return build_config(settings, overrides)
 

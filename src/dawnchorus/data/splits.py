@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedKFold
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import Sampler, WeightedRandomSampler
 
 # ----------------------------------------------------------------------------------------------
 # Splits
@@ -132,6 +132,30 @@ def make_weighted_sampler(
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples,
                                  replacement=True, generator=generator)
+
+
+class RepeatedShuffleSampler(Sampler[int]):
+    """``num_samples`` indices of ``range(size)``: shuffled rounds of every index, chained (seeded).
+
+    Each round holds every index once in a fresh random order; the last round is cut at
+    ``num_samples``. An epoch of a tiny data set can so make more than one optimizer step while
+    every clip is still seen about equally often. Like :func:`make_weighted_sampler` it is seeded,
+    so every DDP process draws the same sequence and Lightning's sampler wrapper shards it.
+    """
+
+    def __init__(self, size: int, num_samples: int, seed: int) -> None:
+        if size < 1 or num_samples < 1:
+            raise ValueError(f"size and num_samples must be at least 1, got {size} and {num_samples}")
+        self.size, self.num_samples = size, num_samples
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        rounds = -(-self.num_samples // self.size)
+        order = torch.cat([torch.randperm(self.size, generator=self.generator) for _ in range(rounds)])
+        yield from order[: self.num_samples].tolist()
 
 
 # ----------------------------------------------------------------------------------------------

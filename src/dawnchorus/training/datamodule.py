@@ -3,8 +3,9 @@
 :class:`BirdDataModule` reads the training set (BirdCLEF layout or folder per class), splits it
 (stratified, or fold K of a K-fold), oversamples rare classes, builds the training clips (random crops,
 waveform augmentation, optional bird-free negatives from the noise bank), the validation clips and the
-labelled soundscape windows, and hands Lightning one training loader (weighted sampler when asked) and
-one or two validation loaders (clips, then soundscapes). Decoded audio goes through one
+labelled soundscape windows, and hands Lightning one training loader (weighted sampler when asked; an
+epoch of at least ``train.min_steps_per_epoch`` steps however few the clips) and one or two validation
+loaders (clips, then soundscapes). Decoded audio goes through one
 :class:`~dawnchorus.data.datasets.AudioCache`. Given window items (pseudo-labelled soundscape windows,
 :class:`~dawnchorus.training.windows.WindowItems`), the training items are the labelled clips, a share
 ``selftrain.mix_p`` of them mixed with a random window, followed by the windows themselves
@@ -37,7 +38,13 @@ from dawnchorus.data.datasets import (
     soundscape_windows,
 )
 from dawnchorus.data.layouts import TrainingSet, load_training_set
-from dawnchorus.data.splits import fold_split, make_weighted_sampler, oversample, stratified_split
+from dawnchorus.data.splits import (
+    RepeatedShuffleSampler,
+    fold_split,
+    make_weighted_sampler,
+    oversample,
+    stratified_split,
+)
 from dawnchorus.errors import TrainingError
 from dawnchorus.io.files import usable_cores
 from dawnchorus.training.windows import ClipWindowMix, WindowItems
@@ -118,8 +125,8 @@ class BirdDataModule(L.LightningDataModule):
         primary = self.training_set.clips["primary_label"].to_numpy()[self.train_idx]
         if self.windows is not None and len(self.train_items) > len(primary):
             primary = np.concatenate([primary, self.windows.primary_labels(self.labels)])
-        sampler = train_sampler(primary, self.config, len(primary))
         world_size = self.trainer.world_size if self.trainer is not None else 1
+        sampler = train_sampler(primary, self.config, epoch_items(len(primary), self.config, world_size))
         return _loader(self.train_items, self.config, train=True, sampler=sampler, world_size=world_size)
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -168,11 +175,24 @@ def build_datasets(
     return train_set, val_set, soundscape_windows(training_set, labels, config, cache), train_idx, val_idx
 
 
+def epoch_items(items: int, config: Config, world_size: int = 1) -> int:
+    """Training items drawn per epoch: all ``items``, or more when that is under
+    ``train.min_steps_per_epoch`` optimizer steps for each of the ``world_size`` processes."""
+    return max(items, config.train.min_steps_per_epoch * config.train.batch_size * world_size)
+
+
 def train_sampler(primary: Sequence[str], config: Config, num_samples: int) -> Sampler | None:
-    """The weighted sampler ``imbalance.sampler: weighted`` asks for, else None (plain shuffling)."""
+    """The sampler drawing ``num_samples`` training items an epoch from the ``len(primary)`` there are.
+
+    The weighted sampler when ``imbalance.sampler: weighted`` asks for it; shuffled rounds of every
+    item (:class:`~dawnchorus.data.splits.RepeatedShuffleSampler`) when an epoch needs more items
+    than there are (``train.min_steps_per_epoch``); else None: the loader's plain shuffling.
+    """
     settings = config.imbalance
     if settings.sampler == "weighted":
         return make_weighted_sampler(primary, settings.sampler_power, num_samples, config.train.seed)
+    if num_samples > len(primary):
+        return RepeatedShuffleSampler(len(primary), num_samples, config.train.seed)
     return None
 
 
