@@ -263,3 +263,22 @@ def test_int8_scores_a_trained_model_within_the_bound_of_fp32(
     change = np.abs(scores["int8"][1][labels].to_numpy() - scores["fp32"][1][labels].to_numpy())
     assert change.max() > 0 and change.mean() < BOUND  # not bitwise fp32; close on average
 
+
+
+@pytest.mark.slow
+def test_cluster_workers_run_the_int8_graph_the_client_calibrated(
+    model_path: Path, recordings: list[Path]
+) -> None:
+    """predict --cluster local:1 --engine onnx-int8 calibrates once in the client; the worker runs that
+    graph, so its table equals the single-process int8 run's."""
+    pytest.importorskip("distributed", reason="dask.distributed (the distributed extra) is not installed")
+    tables = {}
+    for name, extra in (("single", []), ("cluster", ["--cluster", "local:1", "--chunk", "10"])):
+        out = model_path.parent / name
+        command = ["predict", str(model_path), *map(str, recordings), "--out", str(out)]
+        result = runner.invoke(app, [*command, "--engine", "onnx-int8", "--format", "csv", *extra])
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out / "predictions.csv")
+        tables[name] = table.sort_values(["file", "start_s"], ignore_index=True)
+    assert len(list(model_path.parent.glob("*.int8.onnx"))) == 1  # calibrated once, in the client
+    pd.testing.assert_frame_equal(tables["cluster"], tables["single"], atol=1e-6, check_exact=False)
