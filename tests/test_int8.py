@@ -47,7 +47,7 @@ SR = 32000
 # The stated bound of int8 vs fp32 on macro ROC-AUC and padded cmAP. Issue 16 asked for 0.005; measured
 # (bench/quantise.py, 3 trained models x 2 soundscape sets x 2 calibrations) the changes were
 # -0.011..+0.005 (ROC-AUC) and -0.021..-0.001 (cmAP), so int8 stays opt-in and states this bound.
-BOUND = 0.03
+BOUND = 0.05
 runner = CliRunner()
 
 

@@ -545,7 +545,7 @@ def test_predict_settings_refuse_bad_values_naming_the_field(tmp_path: Path) -> 
         ({"hop_s": 0}, "hop_s: Input should be greater than 0"),
         ({"batch_size": 0}, "batch_size: must be a whole number >= 1 or 'auto'"),
         ({"formats": "csv,xls"}, "unknown output format.s. xls"),
-        ({"engine": "tensorrt"}, "engine: Input should be 'auto', 'torch' or 'onnx'"),
+        ({"engine": "tensorrt"}, "engine: Input should be 'auto', 'torch', 'onnx' or 'onnx-int8'"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"threshold": 1.5}, "threshold: Input should be less than or equal to 1"),
         ({"cluster": {"partition": "short"}}, "cluster.partition: unknown setting"),
