@@ -230,7 +230,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "model": {"backbone": "test_efficientnet", "pretrained": False, "drop_rate": 0.0},
         "augment": {"mixup_p": 0.0, "specaugment_p": 0.0, "colored_noise_p": 0.0, "gain_p": 0.0,
                     "shift_p": 0.0},
-        "train": {"batch_size": 8, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 10},
+        "train": {"batch_size": 8, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 10,
+                  "min_steps_per_epoch": 0},
     })
     result = train(view, root / "run", config, progress_bar=False)
     return {"model": load_model(result.model_path), "data": data}

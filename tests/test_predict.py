@@ -52,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = build_config(
         {
             "model": {"backbone": "test_efficientnet", "pretrained": False},
-            "train": {"epochs": 1, "batch_size": 8, "num_workers": 0},
+            "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "min_steps_per_epoch": 0},
         }
     )
     result = train(data, root / "run", config, progress_bar=False)

@@ -120,7 +120,8 @@ def small_config(**selftrain: object) -> object:
     return build_config({
         "model": {"backbone": "test_efficientnet", "pretrained": False, "drop_rate": 0.0},
         "augment": dict(QUIET_AUGMENT),
-        "train": {"batch_size": 8, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 1},
+        "train": {"batch_size": 8, "num_workers": 0, "lr": 5e-3, "warmup_epochs": 0.5, "epochs": 1,
+                  "min_steps_per_epoch": 0},
         "selftrain": {"student_augment": {}, **selftrain},
     })
 

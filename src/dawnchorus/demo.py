@@ -153,6 +153,8 @@ def demo_config(noise_dir: Path, seed: int = 0, settings: DemoSettings | None = 
                 "lr": settings.learning_rate,
                 "seed": seed,
                 "monitor": "val_soundscape/cmap",
+                # one pass of the (oversampled) clips per epoch: the epochs above were measured so
+                "min_steps_per_epoch": 0,
             },
         },
         source="demo settings",
