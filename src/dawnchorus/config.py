@@ -438,51 +438,14 @@ class PredictSettings(_Section):
     @field_validator("ensemble_weights", mode="before")
     @classmethod
     def _weights(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("none", "equal"):
-            return None
-        if isinstance(value, str):
-            try:
-                value = [float(part) for part in value.split(",") if part.strip()]
-            except ValueError:
-                raise ValueError(f"must be comma-separated numbers, got {value!r}") from None
-        if value is None or not isinstance(value, list | tuple):
-            return value
-        try:
-            weights = [float(weight) for weight in value]
-        except (TypeError, ValueError):
-            raise ValueError(f"must be a list of numbers, got {value!r}") from None
-        if not weights:
-            raise ValueError("must hold one weight per model")
-        if any(not math.isfinite(weight) or weight < 0 for weight in weights):
-            raise ValueError(f"weights must be finite and >= 0, got {value!r}")
-        if sum(weights) <= 0:
-            raise ValueError("weights must not all be 0")
-        return weights
+        return _weight_list(value, off=("none", "equal"), empty="must hold one weight per model")
 
     @field_validator("smoothing", mode="before")
     @classmethod
     def _kernel(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("none", "off"):
-            return None
-        if isinstance(value, str):
-            try:
-                value = [float(part) for part in value.split(",") if part.strip()]
-            except ValueError:
-                raise ValueError(f"must be comma-separated numbers, got {value!r}") from None
-        if value is None or not isinstance(value, list | tuple):
-            return value
-        try:
-            weights = [float(weight) for weight in value]
-        except (TypeError, ValueError):
-            raise ValueError(f"must be a list of numbers, got {value!r}") from None
-        if not weights:
-            raise ValueError("must hold at least one weight")
-        if len(weights) % 2 == 0:
+        weights = _weight_list(value, off=("none", "off"), empty="must hold at least one weight")
+        if isinstance(weights, list) and len(weights) % 2 == 0:
             raise ValueError(f"needs an odd number of weights (centred on the window), got {len(weights)}")
-        if any(not math.isfinite(weight) or weight < 0 for weight in weights):
-            raise ValueError(f"weights must be finite and >= 0, got {value!r}")
-        if sum(weights) <= 0:
-            raise ValueError("weights must not all be 0")
         return weights
 
     @field_validator("batch_size", mode="before")
@@ -518,6 +481,31 @@ class PredictSettings(_Section):
     def to_yaml(self, path: str | Path) -> None:
         """Write the full settings (defaults included) as YAML."""
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def _weight_list(value: Any, off: tuple[str, ...], empty: str) -> Any:
+    """Non-negative, finite weights, not all 0, from a list or a comma-separated string; None for
+    one of the ``off`` words; anything else is left for pydantic to refuse."""
+    if isinstance(value, str) and value.strip().lower() in off:
+        return None
+    if isinstance(value, str):
+        try:
+            value = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"must be comma-separated numbers, got {value!r}") from None
+    if value is None or not isinstance(value, list | tuple):
+        return value
+    try:
+        weights = [float(weight) for weight in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a list of numbers, got {value!r}") from None
+    if not weights:
+        raise ValueError(empty)
+    if any(not math.isfinite(weight) or weight < 0 for weight in weights):
+        raise ValueError(f"weights must be finite and >= 0, got {value!r}")
+    if sum(weights) <= 0:
+        raise ValueError("weights must not all be 0")
+    return weights
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
