@@ -151,3 +151,38 @@ class FirstSamples:
 
 class Interrupted(Exception):
     pass
+
+
+def stop_after_segments(count: int) -> Callable[..., None]:
+    """A ``progress`` callback for ``run_prediction`` that raises :class:`Interrupted` once ``count``
+    segments of a long recording are saved (the segment indices it saw are on ``.seen``)."""
+    seen: list[int] = []
+
+    def progress(result: Any, done: int, total: int) -> None:
+        if result.segment is not None:
+            seen.append(result.segment.index)
+            if len(seen) == count:
+                raise Interrupted
+
+    progress.seen = seen  # type: ignore[attr-defined]
+    return progress
+
+
+def finished_parts(parts: Path) -> list[Path]:
+    """The finished parts under ``parts/<tag>/``: a write cut short by a kill leaves a hidden
+    temporary file, never a finished part."""
+    return [p for p in parts.glob("*/*.parquet") if not p.name.startswith(".")]
+
+
+def kill_after_parts(process: Any, parts: Path, count: int = 3) -> int:
+    """SIGKILL ``process`` (a ``subprocess.Popen``) once ``count`` parts are finished under ``parts``;
+    the number finished when it died."""
+    import signal
+    import time
+
+    while process.poll() is None and len(finished_parts(parts)) < count:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return len(finished_parts(parts))

@@ -34,7 +34,7 @@ from dawnchorus.inference.windows import plan_recordings
 from dawnchorus.io.audio import write_audio
 from dawnchorus.models.embedding_classifier import EmbeddingClassifier
 from dawnchorus.models.modelfile import load_model, save_model_file
-from tests.conftest import Interrupted, synthetic_audio, write_model_file
+from tests.conftest import Interrupted, stop_after_segments, synthetic_audio, write_model_file
 
 KEYS = ["file", "start_s", "end_s"]
 LABELS = ["aaa", "bbb", "ccc"]
@@ -278,17 +278,9 @@ def test_an_interrupted_segmented_ensemble_run_resumes_to_the_uninterrupted_tabl
     whole = tmp_path / "whole"
     run_prediction(load_ensemble(paths, [0.3, 0.7]), [recordings], whole, TORCH)
     out = tmp_path / "segmented"
-    seen: list[int] = []
-
-    def stop_after_two_segments(result, done: int, total: int) -> None:
-        if result.segment is not None:
-            seen.append(result.segment.index)
-            if len(seen) == 2:
-                raise Interrupted
-
     with pytest.raises(Interrupted):
         run_prediction(load_ensemble(paths, [0.3, 0.7]), [recordings / "long.flac"], out, settings,
-                       progress=stop_after_two_segments)
+                       progress=stop_after_segments(2))
     assert len(list((out / "parts").glob("*/*.windows-*"))) == 2
     resumed = run_prediction(load_ensemble(paths, [0.3, 0.7]), [recordings], out, settings)
     assert resumed.windows == (13 - 8) + 3  # the two saved segments are not computed again

@@ -7,10 +7,8 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,14 @@ from dawnchorus.io.annotations import read_audacity_labels, read_raven_table
 from dawnchorus.io.audio import write_audio
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.run import train
-from tests.conftest import REPO, FirstSamples, Interrupted, synthetic_audio, write_model_file
+from tests.conftest import (
+    REPO,
+    FirstSamples,
+    Interrupted,
+    kill_after_parts,
+    synthetic_audio,
+    write_model_file,
+)
 
 runner = CliRunner()
 SOUNDSCAPE_S = 60.0
@@ -377,18 +382,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "dawnchorus", "predict", str(model_path), str(folder), "--out", str(out)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    parts = out / "parts"
-
-    def finished_parts() -> list[Path]:
-        # A write cut short by the kill leaves a hidden temporary file, never a finished part.
-        return [p for p in parts.glob("*/*.parquet") if not p.name.startswith(".")]
-
-    while process.poll() is None and len(finished_parts()) < 3:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done_before = len(finished_parts())
+    done_before = kill_after_parts(process, out / "parts")
     assert 0 < done_before < count
     assert not (out / "predictions.csv").exists()
 

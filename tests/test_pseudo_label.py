@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from dawnchorus.config import PseudoLabelSettings
 from dawnchorus.errors import InputError
 from dawnchorus.io.audio import write_audio
 from dawnchorus.training.pseudo import clean_pseudo_labels, read_pseudo_labels
-from tests.conftest import MODEL_LABELS, synthetic_audio, write_model_file
+from tests.conftest import MODEL_LABELS, kill_after_parts, synthetic_audio, write_model_file
 
 runner = CliRunner()
 LABELS = list(MODEL_LABELS)
@@ -118,16 +116,7 @@ def test_a_killed_pseudo_label_run_resumes_without_loss_or_duplicates(tmp_path: 
                str(pl), "--floor", "0.2"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def finished_parts() -> list[Path]:
-        return [p for p in (pl / "teacher" / "parts").glob("*/*.parquet") if not p.name.startswith(".")]
-
-    while process.poll() is None and len(finished_parts()) < 3:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done_before = len(finished_parts())
+    done_before = kill_after_parts(process, pl / "teacher" / "parts")
     assert 0 < done_before < count
     assert not (pl / "pseudo_labels.parquet").exists()
 

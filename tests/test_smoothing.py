@@ -20,7 +20,7 @@ from dawnchorus.inference.smoothing import average_overlaps, finish_table, smoot
 from dawnchorus.inference.windows import plan_recordings
 from dawnchorus.io.audio import write_audio
 from dawnchorus.models.modelfile import load_model
-from tests.conftest import FirstSamples, Interrupted
+from tests.conftest import FirstSamples, Interrupted, stop_after_segments
 
 KEYS = ["file", "start_s", "end_s"]
 LABELS = ["aaa", "bbb", "ccc"]
@@ -216,17 +216,9 @@ def test_segmented_and_resumed_runs_smooth_like_one_pass(recordings: Path, model
 
     segmented = PredictSettings(smoothing=smoothing, checkpoint_s=20.0)  # segments of 4 windows
     out = tmp_path / "segmented"
-    seen: list[int] = []
-
-    def stop_after_two_segments(result, done: int, total: int) -> None:
-        if result.segment is not None:
-            seen.append(result.segment.index)
-            if len(seen) == 2:
-                raise Interrupted
-
     with pytest.raises(Interrupted):
         run_prediction(model, [recordings / "long_32k.flac"], out, segmented, batch_function=FirstSamples(),
-                       progress=stop_after_two_segments)
+                       progress=stop_after_segments(2))
     assert len(list((out / "parts").glob("*/*.windows-*"))) == 2  # parts/<tag>/
     again = FirstSamples()
     run_prediction(model, [recordings], out, segmented, batch_function=again)
