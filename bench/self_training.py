@@ -36,6 +36,10 @@ the ``birdnet`` extra; ``--no-distil`` skips it.
 Model: ``test_efficientnet`` (timm's 0.1M-parameter EfficientNet, random init: benches never
 download), as ``domain_shift.py`` chose it for 2 cores.
 
+Any setting of the students' config can be changed with ``--set KEY=VALUE`` (dotted
+:class:`~dawnchorus.config.Config` keys, YAML values, repeatable; the teacher keeps the bench's
+settings), e.g. ``--set selftrain.pseudo.keep=0.5 --set selftrain.pseudo.floor=0.1``.
+
     python bench/self_training.py --quick    # 1 seed, 1 round, few soundscapes
     python bench/self_training.py            # the quoted table
 """
@@ -49,6 +53,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from common import run_in_work_dir
 from domain_shift import (
     SoundscapeSplit,
@@ -61,6 +66,7 @@ from domain_shift import (
 
 import dawnchorus
 from dawnchorus.config import Config, PredictSettings, build_config
+from dawnchorus.errors import ConfigError
 from dawnchorus.models.modelfile import load_model
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.rounds import self_train
@@ -90,7 +96,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--real-data", type=Path, default=None)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the data and runs here")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a dotted setting of the students' config (YAML value; repeatable), e.g. "
+        "selftrain.pseudo.keep=0.5",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.overrides = parse_overrides(args.overrides)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings as dotted overrides (values read as YAML: ``0.5`` a number, ``teacher`` a
+    string), checked against :class:`~dawnchorus.config.Config` at once (a typo fails before training)."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. selftrain.pseudo.keep=0.5")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    build_config(overrides=overrides, source="--set")
+    return overrides
+
+
+def with_overrides(config: Config, overrides: dict[str, object]) -> Config:
+    """``config`` with the dotted ``overrides`` applied (validated as a whole)."""
+    if not overrides:
+        return config
+    return build_config(config.model_dump(), overrides, source="--set")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -190,6 +229,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"{args.backbone}: teacher {preset['epochs']} epochs, students {preset['student_epochs']}; "
           f"{rounds} round(s), {seeds} seed(s); thresholds tuned on {len(scorer.split.tune)} test "
           f"soundscapes, scores on the other {len(scorer.split.test)}", flush=True)
+    if args.overrides:
+        print("students: " + ", ".join(f"{key}={value}" for key, value in args.overrides.items()))
 
     rows: Rows = {}
     final: dict[int, tuple[Path, list[str]]] = {}
@@ -198,7 +239,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         config = bench_config(args, preset, train_bank, seed, rounds)
         run_dir = work / f"run_seed{seed}"
         teacher = train(view, run_dir / "round0", config, progress_bar=False)
-        students = student_epochs(config, preset["student_epochs"])
+        students = with_overrides(student_epochs(config, preset["student_epochs"]), args.overrides)
         result = self_train(view, run_dir, students, unlabelled=[pool], teacher=teacher.model_path)
         # The control: a student's training (epochs, stronger augmentation) on the clips alone.
         control = train(view, run_dir / "control", without_windows(students), progress_bar=False)
@@ -259,7 +300,9 @@ def distil(
     run_dir = work / f"distil_seed{seed}"
     teacher = train(view, run_dir / "teacher", head, progress_bar=False).model_path
     student = student_epochs(bench_config(args, preset, train_bank, seed, 1), preset["student_epochs"])
-    student.selftrain.student_backbone = args.backbone
+    student = with_overrides(
+        student, {**args.overrides, "selftrain.rounds": 1, "selftrain.student_backbone": args.backbone}
+    )
     result = self_train(view, run_dir / "student", student, unlabelled=[pool], teacher=teacher)
     pair = (("birdnet head (teacher)", teacher), (f"{args.backbone} student of it", result.model_path))
     for name, path in pair:
