@@ -295,6 +295,11 @@ class SelfTrainSettings(_Section):
     student_backbone: str | None = Field(
         None, description="timm backbone of the students (distillation); None: the teacher's."
     )
+    student_init: Literal["pretrained", "teacher"] = Field(
+        "pretrained",
+        description="Where a student's weights start: the backbone's pretrained weights, or its teacher's "
+        "(when both are the same network on the same labels; else pretrained). Not yet measured.",
+    )
 
     @field_validator("student_augment")
     @classmethod

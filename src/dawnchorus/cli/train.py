@@ -42,7 +42,13 @@ def train(
     devices: Annotated[str | None, typer.Option(help="Devices per node (e.g. 2, or auto).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node training.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.ckpt.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue from RUN/checkpoints/last.ckpt; with --unlabelled/--pseudo: keep the finished "
+            "rounds and continue the interrupted one (refused when settings, data or recordings changed)."
+        ),
+    ] = False,
     unlabelled: Annotated[
         list[Path] | None,
         typer.Option(help="Unlabelled recordings (file, folder, .txt list; repeatable): noisy-student."),
@@ -98,7 +104,7 @@ def train(
     if reviewed and (unlabelled or pseudo is not None):
         fail("--reviewed trains one model on DATA; it does not combine with --unlabelled or --pseudo")
     if unlabelled or pseudo is not None:
-        _self_train(data, out, settings, unlabelled, pseudo, teacher)
+        _self_train(data, out, settings, unlabelled, pseudo, teacher, resume)
         return
     if teacher is not None or rounds is not None or student_model is not None:
         fail("--teacher, --rounds and --student-model need --unlabelled DIR or --pseudo PL")
@@ -124,9 +130,16 @@ def train(
 
 
 def _self_train(
-    data: Path, out: Path, settings, unlabelled: list[Path] | None, pseudo: Path | None, teacher: Path | None
+    data: Path,
+    out: Path,
+    settings,
+    unlabelled: list[Path] | None,
+    pseudo: Path | None,
+    teacher: Path | None,
+    resume: bool,
 ) -> None:
-    """``train --unlabelled/--pseudo``: the noisy-student rounds, one line per round."""
+    """``train --unlabelled/--pseudo``: the noisy-student rounds, one line per round (``resume``: keep
+    the finished ones)."""
     from dawnchorus.training.rounds import self_train
 
     if unlabelled:
@@ -142,7 +155,7 @@ def _self_train(
     try:
         result = self_train(
             data, out, settings, unlabelled=unlabelled or None, pseudo=pseudo, teacher=teacher,
-            progress_bar=True, log=say,
+            resume=resume, progress_bar=True, log=say,
         )
     except DatasetError as exc:  # training stops on a bad set with exit 1, as `data check` does
         fail(str(exc), code=1)

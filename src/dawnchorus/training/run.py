@@ -37,7 +37,7 @@ from dawnchorus.config import Config
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.thresholds import tune_thresholds
 from dawnchorus.io.files import output_folder
-from dawnchorus.models.modelfile import load_refusal, save_model_file
+from dawnchorus.models.modelfile import load_model, load_refusal, save_model_file
 from dawnchorus.training.datamodule import BirdDataModule
 from dawnchorus.training.frozen import train_frozen
 from dawnchorus.training.module import BirdModule, ThroughputMonitor
@@ -53,6 +53,7 @@ def train(
     drop_bad: bool = True,
     progress_bar: bool = True,
     windows: WindowItems | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train on ``data`` and write ``out/model.pt``.
 
@@ -63,6 +64,9 @@ def train(
     ``resume`` then retrains the head from the cached embeddings, in seconds). ``windows`` (soundscape
     windows with soft targets in the data set's label order, e.g. pseudo-labels) join the training
     items (see :class:`~dawnchorus.training.datamodule.BirdDataModule`); not with a frozen backbone.
+    ``init_from``: a model file of the same network and labels whose weights the run starts from instead
+    of the backbone's pretrained ones (a noisy student warm-started from its teacher; ``resume`` still
+    continues from the checkpoint).
     """
     if config.embedding.backbone is not None:
         if windows is not None:
@@ -85,6 +89,8 @@ def train(
     # The network is built (pretrained weights fetched) before the run folder: offline, or with a
     # weights file that does not fit, the run fails with nothing written.
     module = BirdModule(config, data_module.read().labels)
+    if init_from is not None:
+        start_from_model(module, Path(init_from))
     output_folder(run_dir, "run folder")  # only now: every input above was checked first
     if rank_zero_only.rank == 0:  # under DDP every process runs this function
         config.to_yaml(run_dir / "config.yaml")
@@ -180,6 +186,21 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def start_from_model(module: BirdModule, path: Path) -> None:
+    """Load the network weights of model file ``path`` into ``module`` (same backbone, head and labels);
+    one :class:`TrainingError` naming the file when they do not fit."""
+    model = load_model(path, build_network=False)
+    if model.backbone is not None or model.labels != module.labels:
+        raise TrainingError(f"{path}: not a model of this run's network and labels; cannot start from it")
+    state = model.stored_state if model.stored_state is not None else model.network.classifier.state_dict()
+    try:
+        module.network.classifier.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainingError(
+            f"{path}: its weights do not fit this run's network ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
