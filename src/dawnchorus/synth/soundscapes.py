@@ -12,6 +12,13 @@ ratios, with distance filtering and reverberation, over coloured noise, wind, in
 (optionally) real background recordings (read through :class:`~dawnchorus.augment.noise.NoiseBank`,
 the bank training uses).
 
+With ``bouts=True`` the soundscapes hold **song bouts** instead of independent calls per window:
+each bird sings over a stretch of 10-60 s, repeating its phrases with natural gaps, starting
+anywhere relative to the 5-s grid, so a species is present in runs of neighbouring windows and its
+phrases cross window edges, as in real dawn choruses (what smoothing over neighbouring windows and
+overlapping windows rely on). The bouts are listed in ``test_bouts.csv``; the window labels follow
+the same rule either way.
+
 Everything is drawn from ``numpy`` generators seeded by ``(seed, stream, index)``, so the output is
 the same for a seed whatever the number of worker processes.
 """
@@ -67,6 +74,15 @@ CLEAN_FLOOR_DB = -40.0  # the clean copies' recorder self-noise, relative to the
 MIN_LABEL_OVERLAP_S = 0.5
 CALLS_PER_WINDOW_WEIGHTS = (0.3, 0.35, 0.25, 0.1)  # P(0, 1, 2, 3 calls start in a window)
 SCORED_FRACTION = 0.8
+# Song bouts (make_dataset(bouts=True)): a bird's singing stretch, the silence between its phrases
+# (at most WINDOW_S - 2 * MIN_LABEL_OVERLAP_S, so every window lying inside a bout holds >= 0.5 s
+# of one of its phrases and is labelled), bouts per minute beyond the first (Poisson mean), the
+# birds of a soundscape, and each phrase's level around its bird's (distance).
+BOUT_S_RANGE = (10.0, 60.0)
+BOUT_GAP_S_RANGE = (0.5, 3.5)
+BOUTS_PER_MINUTE = 2.0
+BOUT_BIRDS_RANGE = (2, 4)
+BOUT_LEVEL_JITTER_DB = 1.5
 
 METADATA_COLUMNS = (
     "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
@@ -75,8 +91,9 @@ METADATA_COLUMNS = (
 LABEL_COLUMNS = ("row_id", "audio_id", "seconds", "birds")
 OUTPUT_NAMES = (
     "train_metadata.csv", "train_audio", "scored_birds.json", "test_soundscapes",
-    "test_soundscapes_clean", "test_labels.csv",
+    "test_soundscapes_clean", "test_labels.csv", "test_bouts.csv",
 )
+BOUT_COLUMNS = ("audio_id", "species", "start_s", "end_s")
 
 # Seed streams (synth.calls.stream_rng): each concern draws from its own generator so one never
 # shifts another; stream 1 is the species catalogue (synth.calls.SPECIES_STREAM).
@@ -222,6 +239,7 @@ class _SoundscapeTask:
     clean_path: Path | None
     species: tuple[tuple[str, CallModel], ...]
     noise_dir: Path | None
+    bouts: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,6 +250,16 @@ class CallEvent:
     start_s: float
     end_s: float
     snr_db: float
+
+
+@dataclass(frozen=True)
+class SongBout:
+    """One bird's singing stretch in a soundscape (seconds from the start): from its first phrase's
+    start to its last phrase's end. Every 5-s window lying entirely inside it is labelled ``code``."""
+
+    code: str
+    start_s: float
+    end_s: float
 
 
 @lru_cache(maxsize=4)
@@ -353,6 +381,52 @@ def _place_calls(
     return calls, events
 
 
+def _place_bouts(
+    task: _SoundscapeTask, background: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[CallEvent], list[SongBout]]:
+    """Render a calls track of song bouts (same length as ``background``), its events and bouts.
+
+    A few birds (one individual per species); each bout is one of them singing for
+    ``BOUT_S_RANGE`` seconds from a start drawn anywhere (also before the recording, a bout already
+    under way), phrase after phrase with ``BOUT_GAP_S_RANGE`` gaps, at the bird's level with a little
+    jitter. Phrases are cut at the window length and at the recording's end."""
+    n = len(background)
+    window = int(WINDOW_S * SOUNDSCAPE_RATE)
+    duration_s = n / SOUNDSCAPE_RATE
+    size = min(len(task.species), int(rng.integers(BOUT_BIRDS_RANGE[0], BOUT_BIRDS_RANGE[1] + 1)))
+    community = rng.choice(len(task.species), size=size, replace=False)
+    birds = {int(i): draw_individual(rng) for i in community}
+    calls = np.zeros(n)
+    events: list[CallEvent] = []
+    bouts: list[SongBout] = []
+    for _ in range(1 + int(rng.poisson(BOUTS_PER_MINUTE * duration_s / 60.0))):
+        which = int(rng.choice(community))
+        code, model = task.species[which]
+        pitch, tempo = birds[which]
+        length_s = float(rng.uniform(*BOUT_S_RANGE))
+        position = float(rng.uniform(-0.5 * length_s, duration_s - 1.0))
+        stop = min(position + length_s, duration_s)
+        level_db = float(rng.uniform(*SNR_DB_RANGE))
+        placed: list[CallEvent] = []
+        while position < stop:
+            dry = render_call(model, SOUNDSCAPE_RATE, rng, pitch * rng.normal(1, 0.005), tempo)[:window]
+            snr_db = level_db + float(rng.normal(0.0, BOUT_LEVEL_JITTER_DB))
+            start = int(round(position * SOUNDSCAPE_RATE))
+            if start >= 0:  # a phrase sung before the recording began is not heard
+                dry = dry[: n - start]
+                span = background[start : start + len(dry)]
+                gain = rms(span) / max(rms(dry), 1e-12) * 10 ** (snr_db / 20)
+                _add_at(calls, _propagate(dry, rng), start, gain)
+                end = start + len(dry)
+                placed.append(CallEvent(code, start / SOUNDSCAPE_RATE, end / SOUNDSCAPE_RATE, snr_db))
+            position += len(dry) / SOUNDSCAPE_RATE + float(rng.uniform(*BOUT_GAP_S_RANGE))
+        if placed:
+            events.extend(placed)
+            bouts.append(SongBout(code, placed[0].start_s, placed[-1].end_s))
+    events.sort(key=lambda event: (event.start_s, event.code))
+    return calls, events, bouts
+
+
 def _recorder_floor(n: int, background_rms: float, task: _SoundscapeTask) -> np.ndarray:
     """The faint self-noise of a recorder in a silent place, ``CLEAN_FLOOR_DB`` under the field
     background: "clean" means no environment, not digital silence, which no microphone records."""
@@ -360,15 +434,20 @@ def _recorder_floor(n: int, background_rms: float, task: _SoundscapeTask) -> np.
     return _clip_noise(n, SOUNDSCAPE_RATE, rng) * background_rms * 10 ** (CLEAN_FLOOR_DB / 20)
 
 
-def _write_soundscape(task: _SoundscapeTask) -> tuple[list[CallEvent], int]:
-    """Render and write one soundscape (and its clean copy); returns its calls and bytes written."""
+def _write_soundscape(task: _SoundscapeTask) -> tuple[list[CallEvent], int, list[SongBout]]:
+    """Render and write one soundscape (and its clean copy); returns its calls, the bytes written and
+    its song bouts (none without ``task.bouts``)."""
     n = int(round(task.duration_s * SOUNDSCAPE_RATE))
     background_rng = stream_rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 0)
     calls_rng = stream_rng(task.seed, _SOUNDSCAPE_STREAM, task.index, 1)
     bank = _noise_bank(task.noise_dir) if task.noise_dir is not None else ()
     background = soundscape_background(n, background_rng, bank)
     background *= 10 ** (background_rng.uniform(-34, -24) / 20)
-    calls, events = _place_calls(task, background, calls_rng)
+    bouts: list[SongBout] = []
+    if task.bouts:
+        calls, events, bouts = _place_bouts(task, background, calls_rng)
+    else:
+        calls, events = _place_calls(task, background, calls_rng)
     mix = background + calls
     gain = min(1.0, 0.9 / max(np.abs(mix).max(), 1e-9))
     write_audio(task.path, (mix * gain).astype(np.float32), SOUNDSCAPE_RATE)
@@ -377,7 +456,7 @@ def _write_soundscape(task: _SoundscapeTask) -> tuple[list[CallEvent], int]:
         clean = calls + _recorder_floor(n, rms(background), task)
         write_audio(task.clean_path, (clean * gain).astype(np.float32), SOUNDSCAPE_RATE)
         written += task.clean_path.stat().st_size
-    return events, written
+    return events, written, bouts
 
 
 def window_labels(
@@ -572,6 +651,7 @@ def make_dataset(
     total_clips: int | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    bouts: bool = False,
 ) -> SynthSummary:
     """Write a synthetic data set in the BirdCLEF 2022 layout under ``out``.
 
@@ -582,7 +662,8 @@ def make_dataset(
     ``progress(stage, done, total)`` is called as files are written. ``workers`` processes render in
     parallel (default: all cores); the output is the same for a seed whatever their number. Refuses
     a folder that already holds a data set unless ``overwrite`` (which deletes only the files this
-    function writes).
+    function writes). ``bouts`` fills the soundscapes with song bouts (see the module docstring)
+    instead of independent calls per window, and lists them in ``test_bouts.csv``.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -597,7 +678,8 @@ def make_dataset(
     rows = _metadata_rows(catalogue, counts, metadata_rng)
     clip_tasks = _clip_tasks(rows, catalogue, metadata_rng, seed, out)
     scape_tasks = _soundscape_tasks(soundscapes, soundscape_s, catalogue,
-                                    Path(noise_dir) if noise_files else None, seed, out, clean_copies)
+                                    Path(noise_dir) if noise_files else None, seed, out, clean_copies,
+                                    bouts)
 
     workers = min(workers or usable_cores(), max(1, len(clip_tasks) + len(scape_tasks)))
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
@@ -615,7 +697,9 @@ def make_dataset(
     metadata = pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
     metadata.to_csv(out / "train_metadata.csv", index=False)
     _write_scored_birds(out, catalogue, seed)
-    _write_test_labels(out, scape_tasks, [events for events, _ in scape_results], soundscape_s)
+    _write_test_labels(out, scape_tasks, [events for events, _, _ in scape_results], soundscape_s)
+    if bouts:
+        _write_bouts(out, scape_tasks, [scape_bouts for _, _, scape_bouts in scape_results])
     return SynthSummary(
         out=out,
         species=tuple(sp.code for sp in catalogue),
@@ -624,7 +708,7 @@ def make_dataset(
         train_seconds=float(sum(seconds for seconds, _ in clip_results)),
         soundscape_ids=tuple(task.audio_id for task in scape_tasks),
         soundscape_seconds=soundscapes * soundscape_s,
-        bytes_written=sum(size for _, size in clip_results) + sum(size for _, size in scape_results)
+        bytes_written=sum(size for _, size in clip_results) + sum(size for _, size, _ in scape_results)
         + sum(f.stat().st_size for f in out.iterdir() if f.is_file()),
         elapsed_s=time.perf_counter() - started,
     )
@@ -657,7 +741,7 @@ def parse_label_list(text: str) -> list[str]:
 
 def _soundscape_tasks(
     count: int, duration_s: float, catalogue: Sequence[Species], noise_dir: Path | None,
-    seed: int, out: Path, clean_copies: bool,
+    seed: int, out: Path, clean_copies: bool, bouts: bool = False,
 ) -> list[_SoundscapeTask]:
     numbers = np.arange(100_000, 1_000_000)
     ids = stream_rng(seed, _SOUNDSCAPE_STREAM).choice(numbers, size=count, replace=False)
@@ -669,7 +753,7 @@ def _soundscape_tasks(
             index=index, seed=seed, audio_id=audio_id, duration_s=duration_s,
             path=out / "test_soundscapes" / f"{audio_id}.ogg",
             clean_path=out / "test_soundscapes_clean" / f"{audio_id}.ogg" if clean_copies else None,
-            species=species, noise_dir=noise_dir,
+            species=species, noise_dir=noise_dir, bouts=bouts,
         ))
     return tasks
 
@@ -697,3 +781,15 @@ def _write_test_labels(
                 "seconds": seconds, "birds": " ".join(birds) if birds else "nocall",
             })
     pd.DataFrame(rows, columns=list(LABEL_COLUMNS)).to_csv(out / "test_labels.csv", index=False)
+
+
+def _write_bouts(
+    out: Path, tasks: Sequence[_SoundscapeTask], bouts: Sequence[Sequence[SongBout]]
+) -> None:
+    rows = [
+        {"audio_id": task.audio_id, "species": bout.code, "start_s": round(bout.start_s, 3),
+         "end_s": round(bout.end_s, 3)}
+        for task, scape_bouts in zip(tasks, bouts, strict=True)
+        for bout in scape_bouts
+    ]
+    pd.DataFrame(rows, columns=list(BOUT_COLUMNS)).to_csv(out / "test_bouts.csv", index=False)
