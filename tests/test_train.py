@@ -212,6 +212,51 @@ def test_resume_continues_from_the_last_checkpoint(dataset: Path, tmp_path: Path
     assert load_model(second.model_path).metadata["epochs"] == 2
 
 
+def network_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's tensors of a LightningModule checkpoint's ``state_dict``, keyed as in model.pt."""
+    return {key.removeprefix("network."): value for key, value in state_dict.items()
+            if key.startswith("network.")}
+
+
+def test_resume_after_an_epoch_that_did_not_improve_continues_after_it(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """last.ckpt is the last finished epoch even when that epoch was not the best (Lightning 2.6 saves
+    "last" only beside a new best); model.pt still holds the best epoch, across the resume too."""
+    scores = iter(1.0 / n for n in range(1, 1000))  # every validation scores worse than the one before
+    monkeypatch.setattr(dawnchorus.training.module, "macro_roc_auc", lambda y_true, y_score: next(scores))
+    run = tmp_path / "run"
+    train(dataset, run, fast_config({"train.epochs": 2, **SHORT_CLIPS}), progress_bar=False)
+    checkpoints = run / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=False)
+    assert (best["epoch"], last["epoch"]) == (0, 1)
+    assert last["global_step"] == 2 * best["global_step"]
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+    second = train(dataset, run, fast_config({"train.epochs": 3, **SHORT_CLIPS}), resume=True,
+                   progress_bar=False)
+
+    assert [entry["epoch"] for entry in second.throughput] == [2]  # not epochs 1 and 2 again
+    assert second.best_score == pytest.approx(1.0)  # epoch 0 stays the best after the resume
+    model = load_model(second.model_path)
+    for key, value in network_weights(best["state_dict"]).items():
+        torch.testing.assert_close(model.network.state_dict()[key], value, msg=key)
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 2
+
+
+def test_a_fresh_run_in_a_used_run_folder_replaces_its_checkpoints(dataset: Path, tmp_path: Path) -> None:
+    """Training again without --resume into a run folder: a later --resume continues this run, not the
+    earlier one (Lightning's version counter had written best-v1.ckpt / last-v1.ckpt beside the old)."""
+    run = tmp_path / "run"
+    config = fast_config({"train.epochs": 1, **SHORT_CLIPS})
+    train(dataset, run, config, progress_bar=False)
+    train(dataset, run, config, progress_bar=False)
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    logged = read_log(run)
+    assert list(epoch_rows(logged, "val/roc_auc")["epoch"]) == [0]
+
+
 def test_resume_without_checkpoint_fails_before_anything_is_written(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "fresh"
     with pytest.raises(TrainingError, match=r"no checkpoint at .*last\.ckpt"):

@@ -97,27 +97,20 @@ def train(
     data_module.setup("fit")
     check_monitor(config.train.monitor, has_soundscapes=data_module.soundscapes is not None)
 
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=config.train.monitor,
-        mode=config.train.monitor_mode,
-        save_last=True,
-        save_top_k=1,
-    )
+    checkpoints, latest = run_checkpoints(run_dir / "checkpoints", config)
     throughput = ThroughputMonitor()
     # A multi-process run keeps Lightning's lines: how its processes met is what its user checks first.
     setup = config.train
     several = setup.strategy != "auto" or setup.num_nodes > 1 or str(setup.devices) not in ("auto", "1")
     quiet = warnings.catch_warnings if several else quiet_lightning
     with quiet():
-        trainer = _trainer(config, run_dir, [checkpoints, throughput], progress_bar)
+        trainer = _trainer(config, run_dir, [checkpoints, latest, throughput], progress_bar)
     earlier_metrics = (
         set_aside_metrics(run_dir / "logs", resume_step) if resume and trainer.is_global_zero else None
     )
     with quiet():
-        if earlier_metrics is not None:  # Lightning warns it deletes the old log; its rows are kept
-            warnings.filterwarnings("ignore", message="Experiment logs directory .* is not empty")
+        for notice in RUN_FOLDER_NOTICES:
+            warnings.filterwarnings("ignore", message=notice)
         # A run folder is untrusted input: its checkpoints load as tensors and plain data only.
         checkpoint = str(last) if resume else None
         trainer.fit(module, datamodule=data_module, ckpt_path=checkpoint, weights_only=True)
@@ -164,11 +157,37 @@ def train(
 EARLIER_METRICS_NAME = "metrics.before_resume.csv"
 
 
+def run_checkpoints(folder: Path, config: Config) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The two checkpoints of a run in ``folder``: ``best.ckpt`` (the best epoch by ``train.monitor``,
+    what model.pt is made from) and ``last.ckpt`` (the last finished epoch, what ``resume`` continues).
+
+    ``last.ckpt`` has a callback of its own, saved after the best one: Lightning 2.6's
+    ``save_last=True`` writes it only at an epoch that also wrote a new best, so after an epoch that
+    did not improve it still held the earlier epoch and a resume trained that epoch again. Saved
+    after the best one, it carries the best score so far, so a resumed run keeps the best epoch.
+    Without a version counter a fresh run in a used folder replaces both files (was: ``best-v1.ckpt``
+    beside the earlier run's, and ``--resume`` then continued the earlier run).
+    """
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename="best",
+        monitor=config.train.monitor,
+        mode=config.train.monitor_mode,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    last = ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False)
+    return best, last
+
+
 # Lightning's own lines that are not for our users: device banners ("GPU available: False"),
 # advertising tips, "Loading `train_dataloader` ...", "`Trainer.fit` stopped", and its dependencies'
 # deprecation chatter. Its warnings about the run itself (WARNING and above) still show.
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_utilities")
 LIBRARY_CHATTER = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
+# Lightning's notices that a run folder holds files: a resume keeps the earlier metric rows
+# (set_aside_metrics), a fresh run replaces its checkpoints and logs (run_checkpoints), as model.pt.
+RUN_FOLDER_NOTICES = ("Experiment logs directory .* is not empty", "Checkpoint directory .* is not empty")
 
 
 @contextlib.contextmanager
