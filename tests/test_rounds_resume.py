@@ -89,13 +89,14 @@ def test_a_killed_round_resumes_keeping_the_teacher_and_the_finished_rounds(
 def started_run(small_set: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
     """A run folder whose state says it was made from small_config() on small_set's data and pool
     (what an interrupted run leaves before its first round finishes)."""
-    pool = tmp_path / "pool"
+    pool, data = tmp_path / "pool", tmp_path / "data"
     shutil.copytree(small_set["pool"], pool)
+    shutil.copytree(small_set["data"], data)
     run = tmp_path / "run"
     run.mkdir()
-    fingerprint = run_fingerprint(small_config(), small_set["data"], expand_inputs([pool]), run_dir=run)
+    fingerprint = run_fingerprint(small_config(), data, expand_inputs([pool]), run_dir=run)
     RoundsState.start(run, fingerprint, resume=False)
-    return {"data": small_set["data"], "pool": pool, "run": run}
+    return {"data": data, "pool": pool, "run": run}
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,7 @@ def started_run(small_set: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
     ],
 )
 def test_resuming_a_run_of_other_settings_data_or_recordings_is_refused(
-    started_run: dict[str, Path], tmp_path: Path, change: str, named: str
+    started_run: dict[str, Path], change: str, named: str
 ) -> None:
     config = small_config()
     if change == "settings":
@@ -116,11 +117,8 @@ def test_resuming_a_run_of_other_settings_data_or_recordings_is_refused(
         source = next(started_run["pool"].iterdir())
         shutil.copyfile(source, started_run["pool"] / "another.ogg")
     else:
-        data = tmp_path / "data"
-        shutil.copytree(started_run["data"], data)
-        clip = next((data / "train_audio").rglob("*.ogg"))
+        clip = next((started_run["data"] / "train_audio").rglob("*.ogg"))
         clip.write_bytes(clip.read_bytes() + b"\0")
-        started_run["data"] = data
     with pytest.raises(TrainingError) as refused:
         self_train(started_run["data"], started_run["run"], config, unlabelled=[started_run["pool"]],
                    resume=True)
@@ -207,3 +205,20 @@ def test_a_student_of_another_network_starts_pretrained_and_says_why(
         "round 1: the student starts from the backbone's pretrained weights (its teacher is another "
         "network (test_efficientnet" in line for line in lines
     ), lines
+
+
+def test_a_clip_changed_behind_a_linked_folder_changes_the_fingerprint(
+    small_set: dict[str, Path], tmp_path: Path
+) -> None:
+    data, view = tmp_path / "data", tmp_path / "view"
+    shutil.copytree(small_set["data"], data)
+    view.mkdir()
+    for name in ("train_metadata.csv", "train_audio"):  # a training view of links, as the benches make
+        (view / name).symlink_to(data / name)
+    recordings = expand_inputs([small_set["pool"]])
+    before = run_fingerprint(small_config(), view, recordings)
+    clip = next((data / "train_audio").rglob("*.ogg"))
+    clip.write_bytes(clip.read_bytes() + b"\0")
+    after = run_fingerprint(small_config(), view, recordings)
+    assert after["data"] != before["data"]
+    assert after["config"] == before["config"] and after["unlabelled"] == before["unlabelled"]

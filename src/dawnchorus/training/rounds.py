@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -206,22 +207,17 @@ def run_fingerprint(
 ) -> dict[str, str]:
     """SHA-256s of what a self-training run's rounds are made from, by part: ``config`` (every setting
     but those in :data:`UNFINGERPRINTED`), ``data`` (the training set's files: name, size, modification
-    time; ``run_dir`` left out when it lies inside), ``unlabelled`` (the recordings, likewise),
-    ``teacher`` and ``pseudo`` (the given model file's or pseudo-label folder's content). File contents
-    are not read: a file rewritten with its old size and time counts as unchanged."""
+    time, links followed; ``run_dir`` left out), ``unlabelled`` (the recordings, likewise),
+    ``teacher`` and ``pseudo`` (the given model file's or pseudo-label folder's content). Audio is not
+    read: a recording rewritten with its old size and time counts as unchanged; a moved folder as
+    changed."""
     settings = config.model_dump(mode="json")
     for section, names in UNFINGERPRINTED.items():
         for name in names:
             settings[section].pop(name, None)
-    root = Path(data) if Path(data).is_dir() else Path(data).parent
-    skip = run_dir.resolve() if run_dir is not None else None
-    data_files = [
-        path for path in sorted(root.resolve().rglob("*"))
-        if path.is_file() and (skip is None or not path.is_relative_to(skip))
-    ]
     parts = {
         "config": _digest(settings),
-        "data": _digest(_file_list(data_files, root.resolve())),
+        "data": _digest(_file_list(_training_files(data, run_dir))),
         "unlabelled": _digest(_file_list(sorted(Path(r).resolve() for r in recordings))),
     }
     if teacher is not None:
@@ -356,15 +352,31 @@ def _warm_start(teacher_path: Path, config: Config, labels: list[str]) -> tuple[
     return teacher_path, None
 
 
+def _training_files(data: str | Path, run_dir: Path | None) -> list[Path]:
+    """The files a training set is read from: the files beside its clips' folder (metadata, labels),
+    every clip, the labelled soundscapes (symbolic links followed; ``run_dir`` left out)."""
+    training_set = load_training_set(data, on_problem="drop", check_audio=False)
+    root = Path(training_set.root)
+    files = {path for path in root.iterdir() if path.is_file()}
+    files.update(Path(path) for path in training_set.clips["path"])
+    if training_set.soundscape_dir is not None:
+        files.update(expand_inputs([Path(training_set.soundscape_dir)]))
+    if training_set.soundscape_labels is not None:
+        files.add(Path(training_set.soundscape_labels))
+    skip = run_dir.resolve() if run_dir is not None else None
+    absolute = {Path(os.path.abspath(path)) for path in files}
+    return sorted(path for path in absolute if skip is None or not path.is_relative_to(skip))
+
+
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _file_list(paths: Sequence[Path], root: Path | None = None) -> list[tuple[str, int, int]]:
-    """(name, size, modification time) of each file; a missing one as (name, -1, -1)."""
+def _file_list(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """(name, size, modification time) of each file (links followed); a missing one as (name, -1, -1)."""
     listed = []
     for path in paths:
-        name = str(path.relative_to(root)) if root is not None else str(path)
+        name = str(path)
         try:
             stat = path.stat()
         except OSError:
