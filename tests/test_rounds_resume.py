@@ -6,6 +6,7 @@ step sees exactly its teacher's weights."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -222,3 +223,42 @@ def test_a_clip_changed_behind_a_linked_folder_changes_the_fingerprint(
     after = run_fingerprint(small_config(), view, recordings)
     assert after["data"] != before["data"]
     assert after["config"] == before["config"] and after["unlabelled"] == before["unlabelled"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_students_training_continues_from_its_checkpoint_only_when_it_was_this_run(
+    small_set: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dawnchorus.training.rounds as rounds
+
+    run = tmp_path / "run"
+    config = small_config(rounds=2)
+    self_train(small_set["data"], run, config, unlabelled=[small_set["pool"]])
+    kept = digest(run / "round1" / "model.pt")
+    # What a kill during round 2's training leaves: its checkpoints, no model, the state saying so.
+    state = json.loads((run / STATE_NAME).read_text())
+    state["rounds"] = state["rounds"][:2]
+    state["training"] = {"round": 2, "teacher_sha256": state["rounds"][1]["sha256"]}
+    (run / STATE_NAME).write_text(json.dumps(state))
+    (run / "round2" / "model.pt").unlink()
+    calls: list[tuple[str, bool]] = []
+    real_train = rounds.train
+
+    def recording_train(data: Path, out: Path, *args: object, **options: object) -> object:
+        calls.append((Path(out).name, bool(options.get("resume"))))
+        return real_train(data, out, *args, **options)
+
+    monkeypatch.setattr(rounds, "train", recording_train)
+    self_train(small_set["data"], run, config, unlabelled=[small_set["pool"]], resume=True)
+    assert calls == [("round2", True)]
+    assert digest(run / "round1" / "model.pt") == kept
+    assert pd.read_csv(run / "rounds.csv")["round"].tolist() == [0, 1, 2]
+
+    # A checkpoint the state does not vouch for (another teacher) is never continued: removed, trained anew.
+    state = json.loads((run / STATE_NAME).read_text())
+    state["rounds"] = state["rounds"][:2]
+    state["training"] = {"round": 2, "teacher_sha256": "another teacher"}
+    (run / STATE_NAME).write_text(json.dumps(state))
+    calls.clear()
+    self_train(small_set["data"], run, config, unlabelled=[small_set["pool"]], resume=True)
+    assert calls == [("round2", False)]
