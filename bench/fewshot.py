@@ -58,6 +58,7 @@ second folder is ``real-more`` beside it. Needs the ``birdnet`` extra and scikit
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -113,6 +114,8 @@ TEST_BANK = (
     "ufoai_waterfontain", "gcompris_LRRain_in_garden_01_LA_cut", "gcompris_LRFrogsInPondDuringStormLACut",
     "scratch_Crickets",
 )
+# k = "tail": clips per species by rank of pool size, a long tail (13:1; the great tit's pool is 13)
+TAIL = (13, 6, 6, 4, 3, 3, 2, 2, 1, 1, 1, 1)
 METRICS = (("roc_auc_macro", "ROC-AUC"), ("cmap_padded", "cmAP"), ("f1_macro_2022", "F1@own"))
 ARMS = ("cnn", "birdnet plain", "birdnet aug", "logreg")
 FULL = {"synth_species": 8, "synth_clips": 9, "test_soundscapes": 12, "val_soundscapes": 6,
@@ -124,8 +127,10 @@ QUICK = {"synth_species": 4, "synth_clips": 6, "test_soundscapes": 4, "val_sound
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few species and soundscapes, 1 seed")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (full: 3)")
-    parser.add_argument("--k", default=None, help="clips per species, comma-separated; 'all' = the pool")
+    parser.add_argument("--seeds", type=int, default=None, help="N seeds from --first-seed (full: 3)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first training seed")
+    parser.add_argument("--k", default=None,
+                        help="clips per species, comma-separated; 'all' = the pool, 'tail' = long-tailed")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--cnn-epochs", type=int, default=None,
                         help="CNN epochs (full: 5; the default 20 takes ~3 min a run here)")
@@ -137,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON overrides of the 'birdnet aug' arm's embedding section")
     parser.add_argument("--augment", default="{}",
                         help="JSON overrides of the 'birdnet aug' arm's augment section")
+    parser.add_argument("--imbalance", default="{}",
+                        help="JSON overrides of the imbalance section of every trained arm (not logreg)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the pools and the test soundscapes")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep data, cache and runs here (default: a temporary folder, deleted)")
@@ -144,7 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     args.seeds = args.seeds or preset["seeds"]
-    args.k = [None if part == "all" else int(part) for part in (args.k or preset["k"]).split(",")]
+    args.k = [None if part == "all" else part if part == "tail" else int(part)
+              for part in (args.k or preset["k"]).split(",")]
     args.cnn_epochs = args.cnn_epochs or preset["cnn_epochs"]
     args.arms = [arm.strip() for arm in args.arms.split(",")]
     unknown = sorted(set(args.arms) - set(ARMS))
@@ -294,14 +302,21 @@ def write_soundscapes(
     return ids
 
 
-def select(pools: Pools, k: int | None, seed: int) -> dict[str, list[str]]:
-    """k clips per species from the training pool (the first k of a seeded permutation: nested)."""
+def select(pools: Pools, k: int | str | None, seed: int) -> dict[str, list[str]]:
+    """k clips per species from the training pool (the first k of a seeded permutation: nested);
+    ``k = "tail"``: :data:`TAIL` clips, the most to the largest pools (ties in a seeded order)."""
     rng = np.random.default_rng([seed, 11])
     chosen = {}
     for label in pools.labels:
         files = pools.train[label]
         order = [files[i] for i in rng.permutation(len(files))]
-        chosen[label] = order if k is None else order[:k]
+        chosen[label] = order if k is None or k == "tail" else order[:k]
+    if k == "tail":
+        tiebreak = dict(zip(pools.labels, np.random.default_rng([seed, 12]).random(len(pools.labels)),
+                            strict=True))
+        ranked = sorted(pools.labels, key=lambda label: (-len(pools.train[label]), tiebreak[label]))
+        for rank, label in enumerate(ranked):
+            chosen[label] = chosen[label][:TAIL[min(rank, len(TAIL) - 1)]]
     return chosen
 
 
@@ -327,20 +342,30 @@ def arm_config(arm: str, args: argparse.Namespace, work: Path, train_bank: Path,
     """The settings of one arm; everything not named here is the package default."""
     train = {"seed": seed, "cache_dir": str(work / "cache"), "val_fraction": 0.001,
              "monitor": "val_soundscape/roc_auc", "num_workers": 0}
+    imbalance = json.loads(args.imbalance)
     if arm == "cnn":
         model: dict[str, Any] = {"pretrained": False}
         if args.cnn_backbone:
             model["backbone"] = args.cnn_backbone
         return build_config({"model": model, "augment": {"noise_dir": str(train_bank)},
+                             "imbalance": imbalance,
                              "train": {**train, "epochs": args.cnn_epochs, **json.loads(args.cnn_train)}})
     if arm == "birdnet plain":
         return build_config({"embedding": {"backbone": "birdnet", "draws": 1, "negatives": 0},
-                             "train": train})
+                             "imbalance": imbalance, "train": train})
     return build_config({
         "embedding": {"backbone": "birdnet", **json.loads(args.embedding)},
         "augment": {"noise_dir": str(train_bank), **json.loads(args.augment)},
+        "imbalance": imbalance,
         "train": train,
     })
+
+
+def run_tag(arm: str, args: argparse.Namespace) -> str:
+    """A run folder suffix naming the arm's overrides (runs of other settings never share a folder)."""
+    overrides = {"cnn": [args.cnn_train], "birdnet aug": [args.embedding, args.augment]}.get(arm, [])
+    text = "_".join(part for part in [*overrides, args.imbalance] if json.loads(part))
+    return "_" + hashlib.sha256(text.encode()).hexdigest()[:8] if text else ""
 
 
 def train_and_predict(
@@ -483,7 +508,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     train_noise = load_bank(train_bank)
     peer = LogisticPeer(work) if "logreg" in args.arms else None
     scores: Scores = {}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for k in args.k:
             k_name = "all" if k is None else str(k)
             tag = f"val_k{k_name}_s{seed}"
@@ -498,7 +523,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
                     arm_labels = labels
                 else:
                     config = arm_config(arm, args, work, train_bank, seed)
-                    run_dir = work / "runs" / f"{arm.replace(' ', '_')}_k{k_name}_s{seed}"
+                    run_dir = work / "runs" / f"{arm.replace(' ', '_')}{run_tag(arm, args)}_k{k_name}_s{seed}"
                     predictions, model = train_and_predict(data, run_dir, config, test_files)
                     thresholds, arm_labels = model.class_thresholds, list(model.labels)
                 result = score(predictions, truth, arm_labels, thresholds, pools)
@@ -524,7 +549,7 @@ def check_work_dir(work: Path, settings: dict[str, Any]) -> None:
 
 
 def _k_order(k: str) -> int:
-    return 10**6 if k == "all" else int(k)
+    return {"all": 10**6, "tail": 10**6 + 1}.get(k) or int(k)
 
 
 def main(argv: list[str] | None = None) -> None:
