@@ -40,11 +40,13 @@ ENGINES = {
     "torch": {"engine": "torch", "include_frontend": True},
     "onnx": {"engine": "onnx", "include_frontend": False},
     "onnx-graph": {"engine": "onnx", "include_frontend": True},
+    "onnx-int8": {"engine": "onnx-int8", "include_frontend": False},
 }
 ENGINE_NOTES = {
     "torch": "eager torch: log-mel, then channels-last CNN",
     "onnx": "log-mel in torch, CNN in onnxruntime",
     "onnx-graph": "log-mel and CNN in one onnxruntime graph",
+    "onnx-int8": "log-mel in torch, CNN int8 in onnxruntime (calibrated on the inputs)",
 }
 DEFAULT_DATA = Path(tempfile.gettempdir()) / "dawnchorus-bench"
 
@@ -285,14 +287,24 @@ def run_engine(
     return run_child(child_args, args.cores)
 
 
-def prepare_onnx(model: Path, engines: list[str]) -> dict[str, str]:
-    """Export the ONNX graphs (or find them cached) before timing; says what happened per engine."""
+def prepare_onnx(model: Path, engines: list[str], inputs: list[Path]) -> dict[str, str]:
+    """Export the ONNX graphs (or find them cached) before timing, the int8 graph calibrated on
+    ``inputs`` as ``predict --engine onnx-int8`` would; says what happened per engine."""
     from dawnchorus.inference.export import cached_onnx_path, onnx_path_beside
+    from dawnchorus.inference.quantise import cached_int8_path, int8_path_beside
 
     done = {}
     for engine in engines:
         settings = ENGINES[engine]
-        if settings["engine"] == "onnx":
+        if settings["engine"] == "onnx-int8":
+            graph = int8_path_beside(model)
+            before = graph.stat().st_mtime_ns if graph.is_file() else None
+            started = time.perf_counter()
+            path = cached_int8_path(model, calibration=inputs)
+            seconds = time.perf_counter() - started
+            made = path != graph or before != path.stat().st_mtime_ns
+            done[engine] = f"{'calibrated' if made else 'cached'} {path.name} ({seconds:.1f} s)"
+        elif settings["engine"] == "onnx":
             graph = onnx_path_beside(model, settings["include_frontend"])
             before = graph.stat().st_mtime_ns if graph.is_file() else None
             started = time.perf_counter()
@@ -442,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = benchmark_inputs(args)
     model = args.model or ensure_model(args.data_dir / "efficientnet_b0_calibrated.pt", inputs)
-    onnx_graphs = prepare_onnx(model, args.engine_list)
+    onnx_graphs = prepare_onnx(model, args.engine_list, inputs)
     with tempfile.TemporaryDirectory(prefix="dawnchorus-bench-") as folder:
         if args.repeats > 0:
             throughput_table(model, inputs, args, Path(folder), onnx_graphs)

@@ -31,6 +31,7 @@ graphs stay in ``--work-dir`` and are reused.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from dawnchorus.config import PredictSettings, build_config, load_config
 from dawnchorus.evaluate.metrics import evaluate
 from dawnchorus.inference.engines import onnx_batch_function
 from dawnchorus.inference.export import cached_onnx_path
-from dawnchorus.inference.quantise import calibration_windows, quantise_model
+from dawnchorus.inference.quantise import DEFAULT_RECIPE, RECIPES, Recipe, calibration_windows, quantise_model
 from dawnchorus.inference.run import predict_frame
 from dawnchorus.io.annotations import read_birdclef_labels
 from dawnchorus.models.modelfile import LoadedModel, load_model
@@ -66,6 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/dawnchorus-quantise"))
     parser.add_argument("--real-data", type=Path, default=None, help="real recordings folder")
     parser.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: one per core)")
+    parser.add_argument(
+        "--speed", action="store_true",
+        help="time the CNN of each recipe against fp32 instead (efficientnet_b0, one thread, interleaved)",
+    )
+    parser.add_argument("--speed-backbone", default="efficientnet_b0")
+    parser.add_argument("--rounds", type=int, default=7, help="--speed: interleaved rounds (median)")
+    parser.add_argument(
+        "--recipes", default=DEFAULT_RECIPE.name,
+        help=f"comma-separated quantisation recipes to score, or 'all' (known: {', '.join(RECIPES)})",
+    )
     return parser.parse_args(argv)
 
 
@@ -96,7 +107,9 @@ def scores(
     return {key: float(result[key]) for key, _ in METRICS}, predictions
 
 
-def run_seed(seed: int, preset: dict, args: argparse.Namespace, test_bank: Path) -> list[dict]:
+def run_seed(
+    seed: int, preset: dict, args: argparse.Namespace, test_bank: Path, recipes: list[Recipe]
+) -> list[dict]:
     work = args.work_dir / f"seed{seed}"
     data = work / "data"
     if not (data / "train_metadata.csv").is_file():
@@ -111,52 +124,107 @@ def run_seed(seed: int, preset: dict, args: argparse.Namespace, test_bank: Path)
         "training clips": data / "train_audio",
         "noisy soundscapes": data / "test_soundscapes",
     }
-    graphs = {"fp32": fp32}
+    graphs = {("fp32", ""): fp32}
     for name, source in calibrations.items():
-        graph = work / f"int8-{name.replace(' ', '-')}.onnx"
-        if not graph.is_file() or graph.stat().st_mtime < Path(model.path).stat().st_mtime:
-            windows = calibration_windows([source], audio.sample_rate, audio.clip_s)
-            quantise_model(model, graph, windows)
-        graphs[f"int8, calibrated on {name}"] = graph
+        windows = calibration_windows([source], audio.sample_rate, audio.clip_s)
+        for recipe in recipes:
+            graph = work / f"int8-{recipe.name}-v{recipe.version}-{name.replace(' ', '-')}.onnx"
+            if not graph.is_file() or graph.stat().st_mtime < Path(model.path).stat().st_mtime:
+                quantise_model(model, graph, windows, recipe=recipe)
+            graphs[(recipe.name, name)] = graph
     rows = []
     truth = read_birdclef_labels(data / "test_labels.csv", labels=model.labels)
     for condition, folder in CONDITIONS:
         reference, fp32_predictions = scores(model, fp32, data / folder, truth)
-        for name, graph in graphs.items():
-            result, predictions = (reference, fp32_predictions) if name == "fp32" else scores(
+        for (recipe_name, calibration), graph in graphs.items():
+            result, predictions = (reference, fp32_predictions) if recipe_name == "fp32" else scores(
                 model, graph, data / folder, truth
             )
-            change = float(np.abs(predictions.to_numpy() - fp32_predictions.to_numpy()).max())
-            rows.append({"seed": seed, "condition": condition, "graph": name, **result,
+            changes = np.abs(predictions.to_numpy() - fp32_predictions.to_numpy())
+            rows.append({"seed": seed, "condition": condition, "recipe": recipe_name,
+                         "calibration": calibration, **result,
                          **{f"d_{key}": result[key] - reference[key] for key, _ in METRICS},
-                         "max_prob_change": change})
+                         "max_prob_change": float(changes.max()), "mean_prob_change": float(changes.mean())})
     return rows
 
 
 def render(rows: list[dict]) -> str:
     frame = pd.DataFrame(rows)
-    lines = [f"{'seed':>4}  {'condition':<11} {'graph':<40} {'ROC-AUC':>8} {'d':>8} {'cmAP':>8} {'d':>8} "
-             f"{'max |dp|':>9}"]
+    lines = [f"{'seed':>4}  {'condition':<11} {'recipe':<28} {'calibrated on':<18} {'ROC-AUC':>8} {'d':>8} "
+             f"{'cmAP':>8} {'d':>8} {'max |dp|':>9}"]
     for row in frame.itertuples():
-        lines.append(f"{row.seed:>4}  {row.condition:<11} {row.graph:<40} {row.roc_auc_macro:8.4f} "
-                     f"{row.d_roc_auc_macro:+8.4f} {row.cmap_padded:8.4f} {row.d_cmap_padded:+8.4f} "
-                     f"{row.max_prob_change:9.4f}")
-    int8 = frame[frame["graph"] != "fp32"]
+        lines.append(f"{row.seed:>4}  {row.condition:<11} {row.recipe:<28} {row.calibration:<18} "
+                     f"{row.roc_auc_macro:8.4f} {row.d_roc_auc_macro:+8.4f} {row.cmap_padded:8.4f} "
+                     f"{row.d_cmap_padded:+8.4f} {row.max_prob_change:9.4f}")
     lines.append("")
-    for graph, group in int8.groupby("graph"):
-        worst = {key: float(group[f"d_{key}"].abs().max()) for key, _ in METRICS}
-        mean = {key: float(group[f"d_{key}"].mean()) for key, _ in METRICS}
-        verdict = "within" if max(worst.values()) < BOUND else "OUTSIDE"
-        lines.append(
-            f"{graph}: mean d ROC-AUC {mean['roc_auc_macro']:+.4f}, cmAP {mean['cmap_padded']:+.4f}; "
-            f"largest |d| ROC-AUC {worst['roc_auc_macro']:.4f}, cmAP {worst['cmap_padded']:.4f}: "
-            f"{verdict} the {BOUND} bound"
-        )
+    lines.append("int8 - fp32 over seeds, conditions and calibrations: mean +- sd (largest |d|)")
+    int8 = frame[frame["recipe"] != "fp32"]
+    for recipe, group in int8.groupby("recipe", sort=False):
+        parts = []
+        for key, label in METRICS:
+            d = group[f"d_{key}"]
+            parts.append(f"{label} {d.mean():+.4f} +- {d.std(ddof=1) if len(d) > 1 else 0.0:.4f} "
+                         f"({d.abs().max():.4f})")
+        worst = max(float(group[f"d_{key}"].abs().max()) for key, _ in METRICS)
+        verdict = "within" if worst < BOUND else "OUTSIDE"
+        dp = f"|dp| mean {group['mean_prob_change'].mean():.4f} max {group['max_prob_change'].max():.3f}"
+        lines.append(f"{recipe:<28} {'; '.join(parts)}; {dp}: "
+                     f"{verdict} the {BOUND} bound")
     return "\n".join(lines)
+
+
+def speed(args: argparse.Namespace, recipes: list[Recipe]) -> None:
+    """CPU ms per window of the CNN graph of each recipe and of fp32, one thread, batch 4, rounds
+    interleaved (the order rotates each round); the ratio int8/fp32 is taken within each round."""
+    from infer_throughput import ensure_model, ensure_soundscapes
+
+    from dawnchorus.inference.engines import OnnxRunner
+    from dawnchorus.inference.quantise import log_mel_windows
+
+    folder = args.work_dir / "speed"
+    inputs = ensure_soundscapes(folder / "soundscapes", 0.05, 1)
+    model_path = ensure_model(folder / f"{args.speed_backbone}.pt", inputs, args.speed_backbone)
+    model = load_model(model_path)
+    audio = model.config.audio
+    windows = calibration_windows(inputs, audio.sample_rate, audio.clip_s)
+    graphs = {"fp32": cached_onnx_path(model_path, model, include_frontend=False)}
+    for recipe in recipes:
+        graph = folder / f"{args.speed_backbone}-{recipe.name}-v{recipe.version}.onnx"
+        if not graph.is_file() or graph.stat().st_mtime < model_path.stat().st_mtime:
+            quantise_model(model, graph, windows, recipe=recipe)
+        graphs[recipe.name] = graph
+    runners = {name: OnnxRunner(graph, threads=1) for name, graph in graphs.items()}
+    batches = [s for s in np.split(log_mel_windows(model, windows[:16]), 4)]
+    for runner in runners.values():  # warm up
+        runner(batches[0])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for round_ in range(args.rounds):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            started = time.thread_time()
+            for batch in batches:
+                runners[name](batch)
+            times[name].append((time.thread_time() - started) * 1000 / 16)
+    print(f"\n{args.speed_backbone} CNN, CPU ms per window (one thread, batch 4, median of {args.rounds} "
+          f"interleaved rounds; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())})")
+    fp32 = np.array(times["fp32"])
+    for name in names:
+        ratios = np.array(times[name]) / fp32
+        print(f"{name:<28} {np.median(times[name]):7.2f} ms   int8/fp32 {np.median(ratios):.3f} "
+              f"(rounds {ratios.min():.3f}-{ratios.max():.3f})")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    names = list(RECIPES) if names == ["all"] else names
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipes {unknown} (known: {', '.join(RECIPES)})")
+    recipes = [RECIPES[name] for name in names]
+    if args.speed:
+        speed(args, recipes)
+        return 0
     preset = QUICK if args.quick else FULL
     if args.quick and args.work_dir == Path("/tmp/dawnchorus-quantise"):
         args.work_dir = Path("/tmp/dawnchorus-quantise-quick")
@@ -166,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in range(args.seeds or preset["seeds"]):
         print(f"seed {seed}", flush=True)
-        rows.extend(run_seed(seed, preset, args, test_bank))
+        rows.extend(run_seed(seed, preset, args, test_bank, recipes))
     print()
     print(f"{args.backbone}, {args.epochs or preset['epochs']} epochs; {preset['soundscapes']} soundscapes "
           f"x 60 s per seed (backgrounds: {', '.join(TEST_BANK)}); threshold 0.5; "

@@ -22,11 +22,21 @@ from dawnchorus.config import PredictSettings, build_config
 from dawnchorus.errors import ExportError
 from dawnchorus.evaluate.metrics import evaluate
 from dawnchorus.inference.engines import batch_function_for, describe_engine, onnx_batch_function
-from dawnchorus.inference.export import CALIBRATION_KEY, SHA256_KEY, file_sha256, read_onnx_metadata
+from dawnchorus.inference.export import (
+    CALIBRATION_KEY,
+    QUANTISATION_KEY,
+    SHA256_KEY,
+    file_sha256,
+    read_onnx_metadata,
+)
 from dawnchorus.inference.quantise import (
+    DEFAULT_RECIPE,
+    RECIPES,
     cached_int8_path,
     calibration_windows,
+    fp32_nodes,
     int8_path_beside,
+    made_by,
     quantise_model,
     windows_sha256,
 )
@@ -118,6 +128,69 @@ def test_a_retrained_model_file_never_runs_an_old_int8_graph(
     assert read_onnx_metadata(rebuilt)[SHA256_KEY] == file_sha256(model_path)
 
 
+def test_an_int8_graph_of_an_older_recipe_is_remade_not_reused(
+    model_path: Path, recordings: list[Path]
+) -> None:
+    """A graph cached by an earlier version (recipe all-minmax v1, which recorded no recipe) is
+    never run by a version that quantises otherwise: without recordings the error says so and how
+    to remake it; with them it is recalibrated by the current recipe."""
+    onnx = pytest.importorskip("onnx")
+    model = load_model(model_path, build_network=False)
+    windows = calibration_windows(recordings, SR, 5.0)
+    graph = quantise_model(model, int8_path_beside(model_path), windows, file_sha256(model_path),
+                           recipe=RECIPES["all-minmax"])
+    proto = onnx.load(str(graph))  # as the first version wrote it: no recipe in the metadata
+    for entry in proto.metadata_props:
+        if entry.key == QUANTISATION_KEY:
+            entry.value = '{"format": "qdq-u8s8-per-channel", "windows": 12, "onnxruntime": "1.22.0"}'
+    onnx.save(proto, str(graph))
+    assert made_by(read_onnx_metadata(graph)) == ("all-minmax", 1) != (
+        DEFAULT_RECIPE.name, DEFAULT_RECIPE.version
+    )
+    stale = r"out of date \(.*made by recipe all-minmax v1.*--int8 --calibration"
+    with pytest.raises(ExportError, match=stale):
+        cached_int8_path(model_path)
+    remade = cached_int8_path(model_path, model, recordings)
+    assert remade == graph
+    assert made_by(read_onnx_metadata(remade)) == (DEFAULT_RECIPE.name, DEFAULT_RECIPE.version)
+    assert cached_int8_path(model_path) == remade
+
+
+def test_int8_probabilities_are_not_capped_at_the_calibration_windows_highest(
+    model_path: Path, recordings: list[Path]
+) -> None:
+    """The classifier and the output stay in float: a window scoring higher than every calibration
+    window gets its own probability (the first recipe rounded the output to 256 steps between the
+    calibration windows' lowest and highest probabilities: anything above came out at that cap)."""
+    model = load_model(model_path, build_network=False)
+    windows = calibration_windows(recordings, SR, 5.0)
+    fp32 = batch_function_for(model, "onnx")
+    cap = float(fp32(windows).max())
+    noise = np.random.default_rng(0).normal(0.0, 0.5, (1, 5 * SR)).astype(np.float32)
+    assert float(fp32(noise).max()) > cap + 0.1  # a window beyond the calibrated range
+    int8 = batch_function_for(model, "onnx-int8", calibration=recordings)
+    assert float(int8(noise).max()) > cap + 0.05
+    assert float(int8(windows).max()) == pytest.approx(cap, abs=0.05)
+
+
+def test_the_head_of_the_cnn_graph_is_what_the_default_recipe_keeps_in_float(model_path: Path) -> None:
+    """fp32_nodes finds the global pooling, classifier and output sigmoid by the graph's structure
+    (no convolution after them), the stem by its input; unknown parts are one clear error."""
+    onnx = pytest.importorskip("onnx")
+    from dawnchorus.inference.export import cached_onnx_path
+
+    graph = onnx.load(str(cached_onnx_path(model_path, include_frontend=False)))
+    head = fp32_nodes(graph, ["head"])
+    kinds = {node.name: node.op_type for node in graph.graph.node}
+    assert "Gemm" in {kinds[name] for name in head} and "Conv" not in {kinds[name] for name in head}
+    assert kinds[head[-1]] == "Sigmoid"  # the probabilities
+    stem = fp32_nodes(graph, ["stem"])
+    assert len(stem) == 1 and kinds[stem[0]] == "Conv"
+    assert DEFAULT_RECIPE.keep_fp32 == ("head",)
+    with pytest.raises(ExportError, match="unknown graph parts"):
+        fp32_nodes(graph, ["tail"])
+
+
 def test_engine_runs_the_int8_graph_with_the_log_mel_in_torch(
     model_path: Path, recordings: list[Path]
 ) -> None:
@@ -126,6 +199,7 @@ def test_engine_runs_the_int8_graph_with_the_log_mel_in_torch(
     described = describe_engine(int8)
     assert described["engine"] == "onnx-int8" and described["frontend"] == "torch"
     assert described["quantisation"]["format"] == "qdq-u8s8-per-channel"
+    assert described["quantisation"]["recipe"] == DEFAULT_RECIPE.name
     assert described["quantisation"]["windows"] == 12 and described["lanes"] == 2
     fp32 = batch_function_for(model, "onnx")
     audio = synthetic_audio(20.0, seed=5).reshape(4, -1)

@@ -26,8 +26,9 @@ import json
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,6 +61,44 @@ CALIBRATION_WINDOWS = 64
 CALIBRATION_BATCH = 4
 # What the metadata says the graph is (see the module docstring for the measurements).
 QUANTISATION = "qdq-u8s8-per-channel"
+# Parts of the graph a recipe can keep in fp32 (see :func:`fp32_nodes`).
+PARTS = ("head", "stem", "squeeze-excite", "activations")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a CNN graph is quantised: the calibration method (``minmax``, ``percentile`` at
+    ``percentile``, ``entropy``), the parts of the graph kept in fp32 (:data:`PARTS`), and
+    onnxruntime ``extra_options``. Its ``name`` and ``version`` go into the graph's metadata: a
+    cached graph made by another recipe is not reused (:func:`int8_graph_is_current`)."""
+
+    name: str
+    version: int
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    keep_fp32: tuple[str, ...] = ()
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+
+# Recipes measured by bench/quantise.py (bench/README.md has the table); DEFAULT_RECIPE is the one
+# predict and export use. Version 1 quantised every node, the probabilities included.
+RECIPES = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("all-minmax", 1),
+        Recipe("head-fp32", 2, keep_fp32=("head",)),
+        Recipe("head-fp32-percentile", 2, calibration="percentile", keep_fp32=("head",)),
+        Recipe("head-fp32-percentile-99.99", 2, calibration="percentile", percentile=99.99,
+               keep_fp32=("head",)),
+        Recipe("head-fp32-entropy", 2, calibration="entropy", keep_fp32=("head",)),
+        Recipe("head-stem-fp32", 2, keep_fp32=("head", "stem")),
+        Recipe("head-se-fp32", 2, keep_fp32=("head", "squeeze-excite")),
+        Recipe("head-act-fp32", 2, keep_fp32=("head", "activations")),
+        Recipe("head-fp32-moving-average", 2, keep_fp32=("head",),
+               extra_options={"CalibMovingAverage": True}),
+    )
+}
+DEFAULT_RECIPE = RECIPES["head-fp32"]
 
 
 def int8_path_beside(model_path: str | Path) -> Path:
@@ -110,10 +149,14 @@ def windows_sha256(windows: np.ndarray) -> str:
 
 
 def quantise_model(
-    model: LoadedModel, out: str | Path, windows: np.ndarray, model_sha256: str | None = None
+    model: LoadedModel,
+    out: str | Path,
+    windows: np.ndarray,
+    model_sha256: str | None = None,
+    recipe: Recipe = DEFAULT_RECIPE,
 ) -> Path:
-    """Write the int8 graph of ``model``'s CNN, calibrated on audio ``windows`` ``(N, samples)``,
-    to ``out`` (atomically); returns ``out``.
+    """Write the int8 graph of ``model``'s CNN, calibrated on audio ``windows`` ``(N, samples)``
+    by ``recipe``, to ``out`` (atomically); returns ``out``.
 
     The fp32 CNN graph is the cached export of ``model.path`` (exported now if needed) or, for a
     model without a file, a temporary export. Its input is ``spectrogram`` like the fp32 CNN graph's;
@@ -121,7 +164,13 @@ def quantise_model(
     """
     require("onnx")
     ort = require("onnxruntime")
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if model.backbone is not None:
@@ -132,7 +181,7 @@ def quantise_model(
     windows = np.asarray(windows, dtype=np.float32)
     if windows.ndim != 2 or len(windows) == 0:
         raise ExportError(f"calibration needs audio windows shaped (N, samples), got {list(windows.shape)}")
-    spectrograms = _spectrograms(model, windows)
+    spectrograms = log_mel_windows(model, windows)
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -157,7 +206,8 @@ def quantise_model(
         metadata = read_onnx_metadata(fp32)
         metadata[CALIBRATION_KEY] = windows_sha256(windows)
         metadata[QUANTISATION_KEY] = json.dumps(
-            {"format": QUANTISATION, "windows": len(windows), "onnxruntime": ort.__version__}
+            {"format": QUANTISATION, "recipe": recipe.name, "recipe_version": recipe.version,
+             "windows": len(windows), "onnxruntime": ort.__version__}
         )
         if model_sha256 is not None:
             metadata[SHA256_KEY] = model_sha256
@@ -167,6 +217,14 @@ def quantise_model(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 quant_pre_process(str(fp32), str(prepared))
+                method = {
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[recipe.calibration]
+                options = dict(recipe.extra_options)
+                if recipe.calibration == "percentile":
+                    options["CalibPercentile"] = recipe.percentile
                 quantize_static(
                     str(prepared),
                     str(quantised),
@@ -175,6 +233,9 @@ def quantise_model(
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
+                    nodes_to_exclude=fp32_nodes(require("onnx").load(str(prepared)), recipe.keep_fp32),
+                    calibrate_method=method,
+                    extra_options=options,
                 )
         except DawnchorusError:
             raise
@@ -184,8 +245,55 @@ def quantise_model(
     return out
 
 
+def fp32_nodes(graph: Any, parts: Sequence[str]) -> list[str]:
+    """Names of the nodes of the ONNX model ``graph`` (a ``ModelProto``) in the ``parts``
+    (:data:`PARTS`) that a recipe keeps in fp32:
+
+    - ``head``: the global pooling and everything after it (no convolution downstream): the
+      classifier and the output probabilities, which uint8 would round to steps of 1/255;
+    - ``stem``: the first convolution (on the log-mel input);
+    - ``squeeze-excite``: timm's squeeze-excitation branches (nodes named ``.../se/...``);
+    - ``activations``: every Sigmoid and the Mul that makes SiLU of it.
+    """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ExportError(f"unknown graph parts {unknown} (known: {', '.join(PARTS)})")
+    nodes = list(graph.graph.node)
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(index)
+    # whether a convolution is downstream of each node (nodes are in topological order)
+    conv_below = [False] * len(nodes)
+    for index in reversed(range(len(nodes))):
+        below = [c for name in nodes[index].output for c in consumers.get(name, [])]
+        conv_below[index] = any(nodes[c].op_type == "Conv" or conv_below[c] for c in below)
+    keep: set[int] = set()
+    if "head" in parts:
+        pools = {"ReduceMean", "ReduceMax", "GlobalAveragePool", "GlobalMaxPool", "Flatten"}
+        frontier = [i for i, node in enumerate(nodes) if node.op_type in pools and not conv_below[i]]
+        while frontier:
+            index = frontier.pop()
+            if index not in keep:
+                keep.add(index)
+                frontier.extend(c for name in nodes[index].output for c in consumers.get(name, []))
+    if "stem" in parts:
+        inputs = {value.name for value in graph.graph.input}
+        keep.update(i for i, node in enumerate(nodes) if node.op_type == "Conv" and node.input[0] in inputs)
+    if "squeeze-excite" in parts:
+        keep.update(i for i, node in enumerate(nodes) if "/se/" in node.name)
+    if "activations" in parts:
+        sigmoids = {name for node in nodes if node.op_type == "Sigmoid" for name in node.output}
+        keep.update(
+            i for i, node in enumerate(nodes)
+            if node.op_type == "Sigmoid" or (node.op_type == "Mul" and sigmoids & set(node.input))
+        )
+    return [nodes[i].name for i in sorted(keep)]
+
+
 def int8_graph_is_current(path: Path, model_path: Path) -> bool:
-    """Whether ``path`` is an int8 graph of the model file ``model_path`` as it is now."""
+    """Whether ``path`` is an int8 graph of the model file ``model_path`` as it is now, made by
+    :data:`DEFAULT_RECIPE` (a graph of an older recipe is remade, never silently reused)."""
     if not path.is_file() or path.stat().st_mtime < model_path.stat().st_mtime:
         return False
     try:
@@ -196,7 +304,18 @@ def int8_graph_is_current(path: Path, model_path: Path) -> bool:
         metadata.get(SHA256_KEY) == file_sha256(model_path)
         and metadata.get(FRONTEND_KEY) == "0"
         and CALIBRATION_KEY in metadata
+        and made_by(metadata) == (DEFAULT_RECIPE.name, DEFAULT_RECIPE.version)
     )
+
+
+def made_by(metadata: dict[str, str]) -> tuple[str, int] | None:
+    """The recipe (name, version) an int8 graph's metadata names; graphs of the first recipe (no
+    recipe recorded) read as ``("all-minmax", 1)``, anything unreadable as ``None``."""
+    try:
+        quantisation = json.loads(metadata[QUANTISATION_KEY])
+        return str(quantisation.get("recipe", "all-minmax")), int(quantisation.get("recipe_version", 1))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def cached_int8_path(
@@ -220,6 +339,18 @@ def cached_int8_path(
         if int8_graph_is_current(candidate, model_path):
             return candidate
     if not calibration:
+        older = [
+            f"{candidate} was made by recipe {recipe[0]} v{recipe[1]}"
+            for candidate in (beside, fallback)
+            if candidate.is_file() and (recipe := _recipe_of(candidate)) is not None
+            and recipe != (DEFAULT_RECIPE.name, DEFAULT_RECIPE.version)
+        ]
+        if older:
+            raise ExportError(
+                f"{model_path}: its int8 graph is out of date ({older[0]}; this version quantises by "
+                f"{DEFAULT_RECIPE.name} v{DEFAULT_RECIPE.version}); remake it with 'dawnchorus export "
+                f"{model_path} --int8 --calibration AUDIO', or give predict the recordings to calibrate on"
+            )
         raise ExportError(
             f"{model_path}: no int8 graph calibrated for this model file yet; make one with "
             f"'dawnchorus export {model_path} --int8 --calibration AUDIO' (a few recordings like those "
@@ -243,7 +374,15 @@ def prepare_int8(models: Sequence[LoadedModel], calibration: Sequence[str | Path
             cached_int8_path(model.path, model, calibration)
 
 
-def _spectrograms(model: LoadedModel, windows: np.ndarray) -> np.ndarray:
+def _recipe_of(path: Path) -> tuple[str, int] | None:
+    try:
+        return made_by(read_onnx_metadata(path))
+    except ExportError:
+        return None
+
+
+def log_mel_windows(model: LoadedModel, windows: np.ndarray) -> np.ndarray:
+    """The CNN input of audio ``windows`` ``(N, samples)``: the model's torch log-mel, float32."""
     frontend = model.frontend.cpu().eval()
     with torch.inference_mode():
         parts = [
