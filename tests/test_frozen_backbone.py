@@ -80,7 +80,7 @@ def registered(backbone_weights: Path) -> None:
             embedding_size=24,
             licence="test",
             extra="test",
-            factory=lambda **options: SpectrumBackbone(weights=backbone_weights, **options),
+            factory=lambda weights=None, **options: SpectrumBackbone(weights or backbone_weights, **options),
         ),
         replace=True,
     )

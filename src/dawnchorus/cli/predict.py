@@ -6,6 +6,7 @@ handler in :mod:`dawnchorus.cli.app`.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -96,20 +97,34 @@ def predict(
             "'dawnchorus calibrate' stored in the model."
         ),
     ] = False,
-    weights: Annotated[
+    ensemble_weights: Annotated[
         str | None,
         typer.Option(
-            "--weights",
             "--ensemble-weights",
             help="With several models: one weight per model, e.g. 0.6,0.4 (default: equal).",
+        ),
+    ] = None,
+    weights: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--weights",
+            help="A model on a frozen backbone: the backbone's weights file (birdnet .tflite, perch-v2 "
+            ".onnx), checked against the SHA-256 its model file records; repeatable (an ensemble's "
+            "members each take the file that fits). Default: the file it was trained with if still "
+            "there, else the backbone's own. A list of numbers (0.6,0.4) weighs an ensemble as "
+            "--ensemble-weights does.",
         ),
     ] = None,
 ) -> None:
     """Predict species per window in long recordings; resumable, bad files reported and skipped.
 
     Several leading model files (ending .pt) make an ensemble: their probabilities are averaged per
-    window (weights: --weights), and its detection thresholds are the members' per-class ones,
-    averaged alike.
+    window (weights: --ensemble-weights), and its detection thresholds are the members' per-class
+    ones, averaged alike.
+
+    A model trained on a frozen backbone (train --backbone birdnet / perch-v2) holds the backbone's
+    name and SHA-256, not its weights: give the weights file with --weights FILE when it is not where
+    it was at training (or for perch-v2 set DAWNCHORUS_PERCH_V2_ONNX).
 
     Exit status: 0 every recording predicted, 1 some could not be (listed and in errors.csv), 2 bad
     input or usage (nothing predicted).
@@ -138,6 +153,15 @@ def predict(
         check_member_file(member)
     # The timm network is built only if the engine runs it (not the ONNX engine on a cached graph).
     loaded = [load_model_or_fail(member, build_network=False) for member in members]
+    backbone_files, numbers = _split_weights(weights or [])
+    if numbers is not None:  # --weights 0.6,0.4: ensemble weights, as before --ensemble-weights
+        if ensemble_weights is not None:
+            fail("ensemble weights given twice (--weights and --ensemble-weights)")
+        ensemble_weights = numbers
+    if backbone_files:
+        from dawnchorus.inference.frozen import use_backbone_weights
+
+        use_backbone_weights(loaded, backbone_files)  # each file's SHA-256 checked against the models
     # The --config file gives the settings; options typed on the command line override it.
     options = {
         "hop_s": ("hop", hop),
@@ -152,12 +176,12 @@ def predict(
         "overlap_average": ("overlap_average", overlap_average),
         "max_scaling": ("max_scaling", max_scaling),
         "calibrated": ("calibrated", calibrated),
-        "ensemble_weights": ("weights", weights),
+        "ensemble_weights": ("ensemble_weights", ensemble_weights),
     }
     overrides = {
         field: value
         for field, (name, value) in options.items()
-        if config_path is None or _typed(ctx, name)
+        if config_path is None or _typed(ctx, name) or (field == "ensemble_weights" and numbers is not None)
     }
     settings = load_predict_settings(config_path, overrides)
     model = predictor_of(loaded, settings.ensemble_weights)  # checks an ensemble's labels and windows
@@ -179,6 +203,11 @@ def predict(
             )
         except ExportError as exc:  # an engine that cannot be used here is a usage error: exit 2
             fail(str(exc))
+    elif any(member.backbone is not None for member in loaded):
+        from dawnchorus.inference.frozen import model_backbone
+
+        for member in (m for m in loaded if m.backbone is not None):
+            model_backbone(member, threads=1)  # its weights found and checked before any output
     total = len(expand_inputs(inputs))
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -208,7 +237,8 @@ def predict(
             from dawnchorus.inference.distributed import run_distributed_prediction
 
             summary = run_distributed_prediction(
-                members, inputs, out, settings, cluster=cluster, progress=report
+                members, inputs, out, settings, cluster=cluster, progress=report,
+                backbone_weights=backbone_files,
             )
     print_failures(summary.failed)
     print_summary(
@@ -280,6 +310,22 @@ def _export_int8(model: LoadedModel, model_path: Path, out: Path | None, calibra
     audio = model.config.audio
     windows = calibration_windows(calibration, audio.sample_rate, audio.clip_s)
     return quantise_model(model, out or int8_path_beside(model_path), windows)
+
+
+def _split_weights(values: list[str]) -> tuple[list[Path], str | None]:
+    """``--weights`` values as (backbone weights files, ensemble weights): a value that is no file
+    and reads as a list of numbers (``0.6,0.4``) is the ensemble's weights (its meaning before
+    backbone files), anything else a file."""
+    files: list[Path] = []
+    numbers: list[str] = []
+    for value in values:
+        if not Path(value).is_file() and re.fullmatch(r"[\d\s.,eE+-]*\d[\d\s.,eE+-]*", value):
+            numbers.append(value)
+        else:
+            files.append(Path(value))
+    if len(numbers) > 1:
+        fail(f"--weights: one list of ensemble weights, got {len(numbers)} ({'; '.join(numbers)})")
+    return files, numbers[0] if numbers else None
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:

@@ -36,8 +36,8 @@ LOGITS_OUTPUT = "label"
 TARGET_PEAK = 0.25  # perch-hoplite's TaxonomyModel target_peak
 WHERE_TO_GET = (
     "get perch_v2.onnx (Perch 2.0 converted to ONNX: Hugging Face repository justinchuby/Perch-onnx, the "
-    "file perch-hoplite loads) and pass weights=PATH (dawnchorus embed perch-v2 --weights PATH) or set "
-    f"{WEIGHTS_ENV}=PATH"
+    "file perch-hoplite loads) and pass it with --weights PATH (train, predict, embed; weights=PATH in "
+    f"Python) or set {WEIGHTS_ENV}=PATH"
 )
 
 

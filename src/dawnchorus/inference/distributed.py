@@ -273,6 +273,7 @@ class TaskOptions:
     # An ensemble: every member's (path, stamp), model_path being the first; weights normalised.
     ensemble: tuple[tuple[str, tuple[int, int]], ...] = ()
     ensemble_weights: tuple[float, ...] = ()
+    backbone_weights: tuple[str, ...] = ()  # predict --weights: files for frozen backbones (absolute)
 
 
 @dataclass
@@ -329,7 +330,7 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel | Ensemble, BatchFun
     """This process's copy of the model (or ensemble: every member) and its batch function, loaded on
     first use only."""
     key = (options.model_path, options.model_stamp, options.device, options.ensemble,
-           options.ensemble_weights)
+           options.ensemble_weights, options.backbone_weights)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             import torch
@@ -345,13 +346,22 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel | Ensemble, BatchFun
             device = worker_device(options.device)
             if options.ensemble:
                 model = load_ensemble([path for path, _ in options.ensemble], options.ensemble_weights)
+                _use_backbone_weights(model.members, options.backbone_weights)
                 run = combine([worker_batch_function(m, options, device) for m in model.members], model)
             else:
                 model = load_model(options.model_path, build_network=False)
+                _use_backbone_weights([model], options.backbone_weights)
                 run = worker_batch_function(model, options, device)
             _MODEL_CACHE[key] = (model, run)
             _MODEL_LOADS[options.model_path] += 1
         return _MODEL_CACHE[key]
+
+
+def _use_backbone_weights(members: Sequence[LoadedModel], files: Sequence[str]) -> None:
+    if files:  # frozen backbones only: nothing is imported for a timm model
+        from dawnchorus.inference.frozen import use_backbone_weights
+
+        use_backbone_weights(members, files)
 
 
 def worker_batch_function(model: LoadedModel, options: TaskOptions, device: str | None) -> BatchFunction:
@@ -458,6 +468,7 @@ def run_distributed_prediction(
     cluster: str = "local",
     progress: ProgressCallback | None = None,
     retries: int = 1,
+    backbone_weights: Sequence[str | Path] = (),
 ) -> DistributedSummary:
     """Predict every recording on a dask cluster; write the files
     :func:`~dawnchorus.inference.run.run_prediction` writes with the same ``settings``.
@@ -473,6 +484,8 @@ def run_distributed_prediction(
     is exported here once, beside the model file, before any task starts. Several model files in
     ``model_path`` run as an :class:`~dawnchorus.inference.ensemble.Ensemble` (weights:
     ``settings.ensemble_weights``): each worker loads every member once and averages them per window.
+    ``backbone_weights``: weights files of frozen backbones (see
+    :func:`~dawnchorus.inference.frozen.use_backbone_weights`), checked here and used by every worker.
     """
     from dawnchorus.models.modelfile import load_model
 
@@ -481,6 +494,8 @@ def run_distributed_prediction(
     for path in paths:
         check_member_file(path)
     members = [load_model(path, build_network=False) for path in paths]  # built by prepare_engine
+    backbone_files = tuple(str(Path(path).resolve()) for path in backbone_weights)
+    _use_backbone_weights(members, backbone_files)
     model = predictor_of(members, settings.ensemble_weights)
     model_path = paths[0]
     audio = model.config.audio
@@ -526,6 +541,7 @@ def run_distributed_prediction(
                 ensemble=tuple((str(p.resolve()), model_stamp(p)) for p in paths)
                 if isinstance(model, Ensemble) else (),
                 ensemble_weights=model.weights if isinstance(model, Ensemble) else (),
+                backbone_weights=backbone_files,
             )
             final, tasks = _submit(client, plans, options, retries)
             finished = _collect(final, progress, len(unreadable), len(folder.todo))
@@ -572,6 +588,9 @@ def prepare_engine(engine: str, device: str | None, model_path: Path, model: Loa
     from dawnchorus.inference.export import ExportError, cached_onnx_path
 
     if model.backbone is not None:  # a head on a frozen backbone: each worker runs backbone + head
+        from dawnchorus.inference.frozen import model_backbone
+
+        model_backbone(model, threads=1)  # its weights found and checked once, before any task
         return
     if engine == "onnx-int8":  # the int8 graph must exist (predict calibrates it on its inputs)
         from dawnchorus.inference.quantise import cached_int8_path

