@@ -255,3 +255,22 @@ def test_cluster_workers_run_the_weights_file_given_to_predict(
     refused = predict(model, inputs, tmp_path / "refused", "--cluster", "local:1")
     assert refused.exit_code == 2  # no weights anywhere: refused in the client, before any worker starts
     assert "justinchuby/Perch-onnx" in one_line(refused.output)
+
+
+def test_train_perch_without_weights_is_one_line_saying_where_to_get_them(
+    perch_run: dict[str, Path], tmp_path: Path, no_perch_env: None
+) -> None:
+    result = runner.invoke(app, ["train", str(perch_run["data"]), "--out", str(tmp_path / "run"),
+                                 "--backbone", "perch-v2"])
+    assert result.exit_code == 2
+    line = one_line(result.output)
+    assert "perch-v2 needs its weights file" in line and "justinchuby/Perch-onnx" in line
+    assert "--weights PATH" in line and "DAWNCHORUS_PERCH_V2_ONNX" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_names_the_birdnet_licence() -> None:
+    result = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "CC BY-NC-SA 4.0" in text and "--backbone" in text and "perch-v2" in text
