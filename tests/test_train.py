@@ -4,6 +4,7 @@ soundscape validation, and bad configurations rejected before any training start
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -571,23 +572,98 @@ def test_training_offline_with_default_pretrained_weights_is_a_model_error(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_the_train_command_prints_no_library_chatter(dataset: Path, tmp_path: Path) -> None:
-    """Lightning's device banners, tips and dependency deprecations stay out of the user's terminal."""
-    config = write_yaml(
-        tmp_path / "quick.yaml",
-        "model: {backbone: test_efficientnet, pretrained: false}\n"
-        "train: {epochs: 1, batch_size: 8, num_workers: 0}\naudio: {clip_s: 2.0}\n",
-    )
-    command = ["train", str(dataset), "--out", str(tmp_path / "run"), "--config", str(config)]
-    completed = subprocess.run(
-        [sys.executable, "-m", "dawnchorus", *command],
+# What Lightning, torch and their dependencies print that is not for our users: device banners, tips,
+# notices, and the "path.py:LINE: message" form every Python warning is printed in.
+CHATTER = ("GPU available", "TPU available", "Tip:", "Loading `train_dataloader`", "LeafSpec",
+           "`Trainer.fit` stopped", "does not have many workers", "Total length of `DataLoader`",
+           "is not empty", "Warning")
+WARNING_LINE = re.compile(r"^\S+\.py:\d+: ", re.MULTILINE)
+# Run in a subprocess as if on a 16-core machine: Lightning's tip to raise num_workers shows only
+# where it suggests more than one worker (never on a 2-core CI machine).
+MANY_CORES = (
+    "import lightning.fabric.utilities.data as data; data._num_cpus_available = lambda: 16\n"
+    "from dawnchorus.cli.app import main; main()"
+)
+
+
+def run_command(*args: str | Path) -> subprocess.CompletedProcess:
+    """``dawnchorus ARGS`` in a fresh process, offline, as on a many-core machine; output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", MANY_CORES, *map(str, args)],
         capture_output=True,
         text=True,
         env=os.environ | {"HF_HUB_OFFLINE": "1"},
     )
+
+
+def assert_no_chatter(output: str) -> None:
+    for chatter in CHATTER:
+        assert chatter not in output, chatter
+    assert not WARNING_LINE.search(output), WARNING_LINE.search(output).group(0)
+
+
+QUICK_YAML = (
+    "model: {backbone: test_efficientnet, pretrained: false}\n"
+    "train: {epochs: 1, batch_size: 8, num_workers: 0%s}\naudio: {clip_s: 2.0}\n"
+)
+
+
+def test_the_train_command_prints_no_library_chatter(dataset: Path, tmp_path: Path) -> None:
+    """Lightning's device banners, tips and dependency deprecations stay out of the user's terminal,
+    on a fresh run, a resume, and a fresh run in a used run folder."""
+    config = write_yaml(tmp_path / "quick.yaml", QUICK_YAML % "")
+    more = write_yaml(tmp_path / "more.yaml", QUICK_YAML % ", epochs: 2")
+    run = tmp_path / "run"
+    for extra in ([], ["--resume", "--config", more], []):
+        completed = run_command("train", dataset, "--out", run, "--config", config, *extra)
+        output = completed.stdout + completed.stderr
+        assert completed.returncode == 0, output
+        assert "model written" in output
+        assert_no_chatter(output)
+
+
+@pytest.fixture(scope="module")
+def single_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 species with one clip each (none can be held out for validation) and a labelled soundscape."""
+    root = tmp_path_factory.mktemp("single_clips") / "data"
+    make_dataset(root, species=3, soundscapes=1, seed=0, clips_per_species=(1, 1), soundscape_s=20.0,
+                 workers=1)
+    return root
+
+
+def test_a_set_with_no_validation_clip_trains_on_soundscapes_quietly(
+    single_clips: Path, tmp_path: Path
+) -> None:
+    """One clip per class: validation runs on the soundscapes alone (was Lightning's "Total length of
+    `DataLoader` across ranks is zero" and a traceback at the end of the first epoch)."""
+    config = write_yaml(tmp_path / "quick.yaml", QUICK_YAML % ", monitor: val_soundscape/roc_auc")
+    completed = run_command("train", single_clips, "--out", tmp_path / "run", "--config", config)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
-    assert "model written" in output
-    for chatter in ("GPU available", "TPU available", "Tip:", "Loading `train_dataloader`", "LeafSpec",
-                    "`Trainer.fit` stopped"):
-        assert chatter not in output, chatter
+    assert "model written" in output and "best val_soundscape/roc_auc" in output
+    assert_no_chatter(output)
+    log = read_log(tmp_path / "run")
+    assert "val_soundscape/roc_auc" in log and "val/roc_auc" not in log
+
+
+def test_no_validation_clip_and_a_clip_metric_to_monitor_is_one_line(
+    single_clips: Path, tmp_path: Path
+) -> None:
+    config = write_yaml(tmp_path / "quick.yaml", QUICK_YAML % "")
+    result = runner.invoke(app, ["train", str(single_clips), "--out", str(tmp_path / "run"), "--config",
+                                 str(config)])
+    assert result.exit_code == 1
+    message = result.output.strip()
+    assert "train.monitor: 'val/roc_auc': no clip is held out for validation" in message
+    assert "choose one of train/loss_epoch, val_soundscape/roc_auc" in message and "\n" not in message
+
+
+def test_a_set_with_nothing_to_validate_on_trains_on_the_training_loss(
+    single_clips: Path, tmp_path: Path
+) -> None:
+    """A folder per class with one clip each and no soundscapes: no validation loop at all; the
+    thresholds stay at 0.5."""
+    config = fast_config({"train.monitor": "train/loss_epoch", "train.monitor_mode": "min", **SHORT_CLIPS})
+    result = train(single_clips / "train_audio", tmp_path / "run", config, progress_bar=False)
+    assert result.best_score is not None and result.thresholds == {"global": 0.5, "per_class": None}
+    assert load_model(result.model_path).metadata["val_clips"] == 0

@@ -130,12 +130,23 @@ class BirdDataModule(L.LightningDataModule):
         return _loader(self.train_items, self.config, train=True, sampler=sampler, world_size=world_size)
 
     def val_dataloader(self) -> list[DataLoader]:
-        """Validation clips, then labelled soundscape windows when the set has them (built once)."""
+        """Validation clips, then labelled soundscape windows, each when the set has some (built once);
+        their metric prefixes are :attr:`validation_prefixes`. An empty list: nothing to validate on."""
         if self._val_loaders is None:
-            self._val_loaders = [_loader(self.val_set, self.config, train=False)]
-            if self.soundscapes is not None:
-                self._val_loaders.append(_loader(self.soundscapes, self.config, train=False))
+            sets = {"val": self.val_set, "val_soundscape": self.soundscapes}
+            self._val_loaders = [_loader(sets[prefix], self.config, train=False)
+                                 for prefix in self.validation_prefixes]
         return self._val_loaders
+
+    @property
+    def validation_prefixes(self) -> tuple[str, ...]:
+        """The metric prefix of each validation loader, in order (after :meth:`setup`): ``val`` when a
+        clip is held out (none is when every class has a single clip: it stays in training), then
+        ``val_soundscape`` when the set has labelled soundscapes. An empty loader is never handed to
+        Lightning (it warned "Total length of `DataLoader` across ranks is zero")."""
+        held_out = self.val_set is not None and len(self.val_set) > 0
+        windows = self.soundscapes is not None and len(self.soundscapes) > 0
+        return ("val",) * held_out + ("val_soundscape",) * windows
 
 
 def build_datasets(

@@ -54,6 +54,9 @@ class BirdModule(L.LightningModule):
         if config.train.channels_last:
             self.network.classifier.to(memory_format=torch.channels_last)
         self.batch_augment = BatchAugment(config.augment)
+        # The metric prefix of each validation loader (BirdDataModule.validation_prefixes): held-out
+        # clips log val/..., labelled soundscape windows val_soundscape/...; a set may lack either.
+        self.validation_prefixes: tuple[str, ...] = ("val", "val_soundscape")
         self._outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -88,7 +91,7 @@ class BirdModule(L.LightningModule):
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         logits = self(batch["audio"])
-        if dataloader_idx == 0:
+        if self.validation_prefixes[dataloader_idx] == "val":
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["target"])
             self.log("val/loss", loss, batch_size=len(logits), add_dataloader_idx=False, sync_dist=True)
         probs = torch.sigmoid(logits.float())
@@ -109,7 +112,7 @@ class BirdModule(L.LightningModule):
                 )
             y_true = (targets.cpu().numpy() >= 0.5).astype(int)
             y_score = probs.cpu().numpy()
-            prefix = "val" if dataloader_idx == 0 else "val_soundscape"
+            prefix = self.validation_prefixes[dataloader_idx]
             self.log(f"{prefix}/roc_auc", _safe(macro_roc_auc, y_true, y_score), prog_bar=True)
             self.log(f"{prefix}/cmap", _safe(padded_cmap, y_true, y_score))
             self.log(f"{prefix}/items", float(len(y_true)))

@@ -12,7 +12,8 @@ from typing import Any
 
 from dawnchorus.errors import TrainingError
 
-CLIP_METRICS = ("val/roc_auc", "val/cmap", "val/loss", "train/loss_epoch")
+TRAINING_METRICS = ("train/loss_epoch",)
+CLIP_METRICS = ("val/roc_auc", "val/cmap", "val/loss", *TRAINING_METRICS)
 SOUNDSCAPE_METRICS = ("val_soundscape/roc_auc", "val_soundscape/cmap")
 
 
@@ -30,15 +31,20 @@ class TrainResult:
     dropped_problems: list[str]
 
 
-def check_monitor(monitor: str, has_soundscapes: bool) -> None:
+def check_monitor(monitor: str, has_soundscapes: bool, has_validation_clips: bool = True) -> None:
     """Refuse, before training, a ``train.monitor`` the run will never log (a typo would otherwise
-    silently disable best-checkpoint selection, or stop early stopping after the first epoch)."""
-    available = CLIP_METRICS + (SOUNDSCAPE_METRICS if has_soundscapes else ())
+    silently disable best-checkpoint selection, or stop early stopping after the first epoch).
+
+    ``has_validation_clips`` False: no clip is held out for validation (every class has a single
+    clip, which stays in training), so the clip metrics are never logged either."""
+    clip_metrics = CLIP_METRICS if has_validation_clips else TRAINING_METRICS
+    available = clip_metrics + (SOUNDSCAPE_METRICS if has_soundscapes else ())
     if monitor in available:
         return
-    reason = (
-        "the training set has no labelled soundscapes (test_soundscapes/ and test_labels.csv)"
-        if monitor in SOUNDSCAPE_METRICS
-        else "no such metric"
-    )
+    if monitor in SOUNDSCAPE_METRICS:
+        reason = "the training set has no labelled soundscapes (test_soundscapes/ and test_labels.csv)"
+    elif monitor in CLIP_METRICS:
+        reason = "no clip is held out for validation (a class's only clip stays in training)"
+    else:
+        reason = "no such metric"
     raise TrainingError(f"train.monitor: {monitor!r}: {reason}; choose one of {', '.join(available)}")

@@ -95,7 +95,12 @@ def train(
     if rank_zero_only.rank == 0:  # under DDP every process runs this function
         config.to_yaml(run_dir / "config.yaml")
     data_module.setup("fit")
-    check_monitor(config.train.monitor, has_soundscapes=data_module.soundscapes is not None)
+    module.validation_prefixes = data_module.validation_prefixes
+    check_monitor(
+        config.train.monitor,
+        has_soundscapes="val_soundscape" in module.validation_prefixes,
+        has_validation_clips="val" in module.validation_prefixes,
+    )
 
     checkpoints, latest = run_checkpoints(run_dir / "checkpoints", config)
     throughput = ThroughputMonitor()
@@ -104,7 +109,10 @@ def train(
     several = setup.strategy != "auto" or setup.num_nodes > 1 or str(setup.devices) not in ("auto", "1")
     quiet = warnings.catch_warnings if several else quiet_lightning
     with quiet():
-        trainer = _trainer(config, run_dir, [checkpoints, latest, throughput], progress_bar)
+        trainer = _trainer(
+            config, run_dir, [checkpoints, latest, throughput], progress_bar,
+            validate=bool(module.validation_prefixes),
+        )
     earlier_metrics = (
         set_aside_metrics(run_dir / "logs", resume_step) if resume and trainer.is_global_zero else None
     )
@@ -124,7 +132,7 @@ def train(
     if trainer.is_global_zero:
         best_path = checkpoints.best_model_path or str(last)
         module.load_state_dict(read_checkpoint(Path(best_path))["state_dict"])
-        thresholds = _tune_on_validation(module, data_module.val_dataloader()[-1])
+        thresholds = _tune_on_validation(module, data_module.val_dataloader())
         save_model_file(
             model_path,
             module.network,
@@ -184,7 +192,12 @@ def run_checkpoints(folder: Path, config: Config) -> tuple[ModelCheckpoint, Mode
 # advertising tips, "Loading `train_dataloader` ...", "`Trainer.fit` stopped", and its dependencies'
 # deprecation chatter. Its warnings about the run itself (WARNING and above) still show.
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_utilities")
-LIBRARY_CHATTER = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
+LIBRARY_CHATTER = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # Lightning's tip to raise a loader's num_workers (where the cores allow more than one): the
+    # setting is train.num_workers, by default the usable cores up to 8 (training/datamodule.py).
+    r".*does not have many workers which may be a bottleneck.*",
+)
 # Lightning's notices that a run folder holds files: a resume keeps the earlier metric rows
 # (set_aside_metrics), a fresh run replaces its checkpoints and logs (run_checkpoints), as model.pt.
 RUN_FOLDER_NOTICES = ("Experiment logs directory .* is not empty", "Checkpoint directory .* is not empty")
@@ -284,9 +297,12 @@ def predict_loader(network: nn.Module, loader: DataLoader) -> tuple[np.ndarray, 
     return np.concatenate(probs), np.concatenate(targets)
 
 
-def _trainer(config: Config, run_dir: Path, callbacks: list[Callback], progress_bar: bool) -> L.Trainer:
+def _trainer(
+    config: Config, run_dir: Path, callbacks: list[Callback], progress_bar: bool, validate: bool = True
+) -> L.Trainer:
     """The Lightning trainer of a run: ``callbacks`` plus learning-rate logging, early stopping when
-    ``train.patience`` is set, and the progress bar; CSV and TensorBoard logs in ``run_dir``."""
+    ``train.patience`` is set, and the progress bar; CSV and TensorBoard logs in ``run_dir``;
+    ``validate`` False: no validation loop (the set has nothing to validate on)."""
     settings = config.train
     callbacks = [*callbacks, LearningRateMonitor(logging_interval="epoch")]
     if settings.patience:
@@ -314,6 +330,7 @@ def _trainer(config: Config, run_dir: Path, callbacks: list[Callback], progress_
         ],
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
+        limit_val_batches=None if validate else 0,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         deterministic=False,
@@ -326,9 +343,12 @@ def _precision(setting: str) -> str:
     return "16-mixed" if torch.cuda.is_available() else "32-true"
 
 
-def _tune_on_validation(module: BirdModule, loader: DataLoader) -> dict[str, Any]:
-    """Global and per-class thresholds maximising F1 on validation (soundscapes when there are some)."""
+def _tune_on_validation(module: BirdModule, loaders: list[DataLoader]) -> dict[str, Any]:
+    """Global and per-class thresholds maximising F1 on validation (soundscapes when there are some);
+    0.5 for every class without validation data."""
+    if not loaders:
+        return {"global": 0.5, "per_class": None}
     network = module.network.cpu()
-    probs, targets = predict_loader(network, loader)
+    probs, targets = predict_loader(network, loaders[-1])
     global_threshold, per_class = tune_thresholds((targets >= 0.5).astype(int), probs)
     return {"global": float(global_threshold), "per_class": [float(t) for t in per_class]}
