@@ -37,6 +37,13 @@ def print_failures(failed: Iterable[tuple[str, str]]) -> None:
         err_console.print(f"[red]failed:[/] {escape(f'{file}: {reason}')}", highlight=False, soft_wrap=True)
 
 
+def print_skipped(skipped: Iterable[tuple[str, str]]) -> None:
+    """One unwrapped ``skipped: FILE: REASON`` line on stderr per input a run left out and went on."""
+    for file, reason in skipped:
+        line = escape(f"{file}: {reason}")
+        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+
+
 def print_summary(line: str, outputs: Mapping[str, Path]) -> None:
     """A run's ``done:`` line (rich markup allowed) and where each output went, unwrapped."""
     console.print(f"[green]done:[/] {line}", highlight=False, soft_wrap=True)

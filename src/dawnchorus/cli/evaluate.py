@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dawnchorus.cli.console import console, fail, load_model_or_fail
+from dawnchorus.cli.console import console, fail, load_model_or_fail, print_skipped
 
 
 def evaluate(
@@ -66,9 +66,12 @@ def tune_thresholds_command(
         result = tune_model_thresholds(model, labelled, labels_file, min_support=min_support)
     except FileNotFoundError as exc:  # no labelled set, label CSV or recordings: a usage error
         fail(str(exc))
+    print_skipped(result["skipped"])
     written = model.save(out or model_path)
+    skipped = f"; {len(result['skipped'])} unreadable soundscape(s) skipped" if result["skipped"] else ""
     console.print(
         f"[green]thresholds stored in[/] {written}: global {result['global']:.2f}; "
         f"{result['n_own']} of {len(model.labels)} classes have their own; "
         f"macro F1 {result['f1_before']:.3f} -> {result['f1_after']:.3f} on {result['n_windows']} windows"
+        f"{skipped}"
     )

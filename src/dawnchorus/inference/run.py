@@ -184,12 +184,14 @@ def predict_frame(
     *,
     batch_function: BatchFunction | None = None,
     raise_errors: bool = True,
+    on_error: Callable[[Path, str], None] | None = None,
 ) -> pd.DataFrame:
     """Python API: per-window probabilities indexed by (file, start_s, end_s); nothing is written.
 
     ``settings`` (default :class:`PredictSettings`) give the hop, batch size, engine and device; a
     recording that cannot be read (or a broken link, an unreadable folder among the inputs) raises
-    :class:`AudioError` (``raise_errors``) or is left out. Each recording's table is finished by
+    :class:`AudioError` (``raise_errors``) or is left out, ``on_error(path, reason)`` called for
+    each one left out. Each recording's table is finished by
     ``settings.overlap_average``, ``settings.smoothing`` and ``settings.max_scaling`` as in
     :func:`run_prediction`; ``model`` may be an :class:`~dawnchorus.inference.ensemble.Ensemble`.
     """
@@ -202,6 +204,8 @@ def predict_frame(
     found = find_recordings(paths)
     if found.unreadable and raise_errors:
         raise AudioError(*found.unreadable[0])
+    for path, reason in found.unreadable if on_error is not None else ():
+        on_error(Path(path), reason)
     recordings = found.recordings
     batch_size = resolve_batch_size(settings.batch_size, settings.device)
     frames = []
@@ -221,6 +225,8 @@ def predict_frame(
             if result.error is not None:
                 if raise_errors:
                     raise AudioError(result.path, result.error)
+                if on_error is not None:
+                    on_error(Path(result.path), result.error)
                 continue
             frames.append(
                 finish_table(
@@ -537,19 +543,34 @@ def tune_model_thresholds(
 ) -> dict[str, Any]:
     """Predict a labelled set, choose global and per-class F1-maximising thresholds, set them on ``model``.
 
-    The caller saves the model (``model.save()``). Returns the thresholds and macro F1 before/after.
-    ``settings`` default to :data:`TUNING_SETTINGS`.
+    The caller saves the model (``model.save()``). Returns the thresholds and macro F1 before/after,
+    and ``skipped``: ``(file, reason)`` of each recording that could not be read, left out of the
+    tuning with its labelled windows (all of them unreadable: a :class:`PredictionError` naming the
+    count and the first file). ``settings`` default to :data:`TUNING_SETTINGS`.
     """
     from dawnchorus.evaluate.metrics import (
         align_predictions,
         birdclef2022_score,
     )
     from dawnchorus.evaluate.thresholds import tune_thresholds
-    from dawnchorus.io.annotations import read_birdclef_labels
+    from dawnchorus.io.annotations import match_recordings, read_birdclef_labels
 
     recordings, label_path = labelled_soundscapes(folder, labels_file)
-    table = predict_frame(model, recordings, settings or TUNING_SETTINGS, raise_errors=False).reset_index()
-    aligned, truth = align_predictions(table, read_birdclef_labels(label_path))
+    skipped: list[tuple[str, str]] = []
+    table = predict_frame(
+        model, recordings, settings or TUNING_SETTINGS, raise_errors=False,
+        on_error=lambda path, reason: skipped.append((str(path), reason)),
+    ).reset_index()
+    if table.empty and skipped:
+        file, reason = skipped[0]
+        raise PredictionError(
+            f"{folder}: none of the {len(recordings)} soundscape(s) could be read, nothing to tune on "
+            f"(first: {file}: {reason})"
+        )
+    truth = read_birdclef_labels(label_path)
+    audio_ids = truth.index.get_level_values("audio_id")
+    unread = set(match_recordings([file for file, _ in skipped], audio_ids).values())
+    aligned, truth = align_predictions(table, truth[~audio_ids.isin(unread)])
     y_score = aligned[model.labels].to_numpy(dtype=np.float64)
     y_true = np.column_stack(
         [
@@ -570,4 +591,5 @@ def tune_model_thresholds(
         "f1_before": float(before),
         "f1_after": float(after),
         "labels_file": str(label_path),
+        "skipped": skipped,
     }
