@@ -285,3 +285,40 @@ def test_fused_frontend_gives_the_unfused_gradients():
     audio.grad = None
     unfused_log_mel(LogMel(), audio).square().mean().backward()
     torch.testing.assert_close(fused, audio.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax"),
+    [
+        (32000, 2048, 512, 128, 50.0, 14000.0),  # the default frontend
+        (32000, 1024, 320, 64, 0.0, 16000.0),
+        (22050, 512, 256, 40, 300.0, 8000.0),
+        (48000, 4096, 1024, 250, 20.0, 24000.0),  # a last band of 2 filters
+        (32000, 2048, 512, 128, 999.9, 1000.5),  # empty filters: bands over no bin
+    ],
+)
+def test_banded_mel_projection_equals_the_dense_filterbank(
+    sample_rate, n_fft, hop_length, n_mels, fmin, fmax
+):
+    """On CPU the mel projection multiplies each band of 8 filters over the bins it covers only (~8x
+    fewer multiply-adds): the mel power must be the dense product's to float32 rounding, every band
+    (empty filters included: zero power) in its place."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frontend = LogMel(sample_rate, n_fft, hop_length, n_mels, fmin, fmax)
+    seconds = np.arange(2 * sample_rate) / sample_rate
+    sweep = 0.5 * np.sin(2 * np.pi * (100 * seconds + 0.25 * sample_rate / 2 * seconds**2 / 2))
+    noise = np.random.default_rng(0).standard_normal(len(seconds))
+    audio = torch.from_numpy(np.stack([sweep, 0.1 * noise]).astype(np.float32))
+    with torch.inference_mode():
+        banded = frontend._mel_power(audio.clone())
+        spectrum = torch.stft(
+            audio, n_fft=n_fft, hop_length=hop_length, window=frontend.window, center=True,
+            pad_mode="reflect", return_complex=True,
+        )
+        dense = torch.matmul(frontend.mel_fb, spectrum.real.square() + spectrum.imag.square())
+    assert banded.shape == dense.shape
+    assert torch.equal(banded == 0, dense == 0)  # empty filters stay exactly zero
+    relative = (banded - dense).abs() / dense.abs().clamp(min=1e-30)
+    assert float(relative.max()) < 1e-5
+

@@ -15,9 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from dawnchorus.config import AudioSettings, FrontendSettings
-
-AMIN = 1e-10  # power floor before log10, as librosa.power_to_db(amin=1e-10)
-NORM_EPS = 1e-6  # keeps per-sample normalisation finite for constant (e.g. silent) inputs
+from dawnchorus.models.logmel_numpy import (  # noqa: F401 - AMIN, NORM_EPS, the filterbank: public here too
+    AMIN,
+    NORM_EPS,
+    band_block,
+    check_parameters,
+    mel_bands,
+    slaney_mel_filterbank,
+)
 
 Normalize = Literal["per_sample", "none"]
 
@@ -47,7 +52,7 @@ class LogMel(nn.Module):
         normalize: Normalize = "per_sample",
     ) -> None:
         super().__init__()
-        _check_parameters(sample_rate, n_fft, hop_length, n_mels, fmin, fmax, top_db, normalize)
+        check_parameters(sample_rate, n_fft, hop_length, n_mels, fmin, fmax, top_db, normalize)
         self.sample_rate = sample_rate
         self.n_fft = n_fft
         self.hop_length = hop_length
@@ -65,6 +70,13 @@ class LogMel(nn.Module):
         self.mel_bins = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, filterbank.shape[1])
         first, last = self.mel_bins
         self.register_buffer("mel_fb_used", self.mel_fb[:, first:last].T.contiguous(), persistent=False)
+        # The banded projection (CPU): groups of neighbouring filters over the bins they cover, each
+        # group's filters transposed with every row twice (they multiply interleaved re², im²).
+        # Bands of all-zero filters span no bin (first_bin = stop_bin = 0): their product is 0.
+        self.mel_bands = mel_bands(filterbank)
+        for index, band in enumerate(self.mel_bands):
+            block = torch.from_numpy(band_block(filterbank, band))
+            self.register_buffer(f"mel_block_{index}", block, persistent=False)
 
     @classmethod
     def from_settings(cls, audio: AudioSettings, frontend: FrontendSettings) -> LogMel:
@@ -117,15 +129,21 @@ class LogMel(nn.Module):
 
     def _mel_power(self, audio: Tensor) -> Tensor:
         """Mel-band power ``(B, n_mels, frames)``: the power spectrum of the bins the filterbank uses,
-        projected by one matrix product.
+        projected onto the filters.
 
         torch's STFT lays its output out frame by frame, ``(B, frames, bins)`` in memory: the real and
         imaginary parts of the used bins are squared where they lie (no copy when no gradient is
-        needed), summed into one ``(B, frames, bins)`` tensor and multiplied by the transposed
-        filterbank, a plain matrix product over contiguous rows. Measured with one thread, batch 4:
-        power and mel projection 1.0-1.1 ms per window instead of 1.9 (``real.square() +
-        imag.square()``, then the full filterbank), the same values to float32 rounding (~4e-7
-        relative). The ONNX export keeps the stacked real/imaginary STFT (ONNX has no complex type).
+        needed). On CPU the projection is banded (:func:`~dawnchorus.models.logmel_numpy.mel_bands`):
+        each group of 8 neighbouring filters multiplies only the bins it covers, taking the
+        interleaved squares ``(B, frames, 2 * bins)`` directly (its filter rows doubled), so re² + im²
+        is never summed in a pass of its own: ~8x fewer multiply-adds than the dense product
+        (14.9k instead of 114k per frame at 32 kHz, 128 mels). Measured with one thread, batch 4, on a
+        busy machine: the whole frontend 5.4 instead of 5.9 CPU ms per window, equal to float32
+        rounding (5e-7 in normalised units; tests/test_features.py). Before that, summing the power
+        and multiplying by the transposed filterbank had saved 0.8-0.9 ms against ``real.square() +
+        imag.square()`` and the full filterbank. Elsewhere (a GPU) one dense product over the power is
+        kept: one kernel. The ONNX export keeps the stacked real/imaginary STFT (ONNX has no complex
+        type). Both products are differentiable.
         """
         if torch.onnx.is_in_onnx_export():
             return torch.matmul(self.mel_fb, self._power_spectrogram_for_onnx(audio))
@@ -141,8 +159,18 @@ class LogMel(nn.Module):
         )
         parts = torch.view_as_real(spectrum.transpose(1, 2)[:, :, first:last])  # (B, frames, bins, 2)
         squares = parts.square() if parts.requires_grad else parts.square_()
-        power = squares[..., 0] + squares[..., 1]
-        return torch.matmul(power, self.mel_fb_used).transpose(1, 2).contiguous()
+        if audio.device.type != "cpu" or not self.mel_bands:
+            power = squares[..., 0] + squares[..., 1]
+            return torch.matmul(power, self.mel_fb_used).transpose(1, 2).contiguous()
+        interleaved = squares.flatten(-2)  # (B, frames, 2 * bins): a view, re² and im² side by side
+        pieces = [
+            torch.matmul(
+                interleaved[..., 2 * max(band.first_bin - first, 0) : 2 * max(band.stop_bin - first, 0)],
+                getattr(self, f"mel_block_{index}"),
+            )
+            for index, band in enumerate(self.mel_bands)
+        ]
+        return torch.cat(pieces, dim=-1).transpose(1, 2).contiguous()
 
     def _power_spectrogram_for_onnx(self, audio: Tensor) -> Tensor:
         """The same STFT with real/imaginary parts stacked: ONNX has no complex tensors."""
@@ -178,77 +206,3 @@ def _normalize_per_sample(spec: Tensor) -> Tensor:
     mean = spec.mean(dim=(-2, -1), keepdim=True)
     std = spec.std(dim=(-2, -1), keepdim=True, unbiased=False)
     return (spec - mean) / (std + NORM_EPS)
-
-
-def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """``librosa.filters.mel(htk=False, norm="slaney")`` (float32 ``(n_mels, 1 + n_fft // 2)``), bit
-    for bit: the same float64 steps in numpy. ``librosa.filters`` imports scipy.signal and numba
-    (~0.5 s), which prediction would otherwise load for this one matrix."""
-    fft_frequencies = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
-    mel_f = _slaney_mel_to_hz(np.linspace(_slaney_hz_to_mel(fmin), _slaney_hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = np.subtract.outer(mel_f, fft_frequencies)
-    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
-    for i in range(n_mels):
-        lower = -ramps[i] / fdiff[i]
-        upper = ramps[i + 2] / fdiff[i + 1]
-        weights[i] = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
-    if not np.all((mel_f[:-2] == 0) | (weights.max(axis=1) > 0)):
-        warnings.warn(
-            "Empty filters detected in mel frequency basis. Some channels will produce empty responses. "
-            "Try increasing your sampling rate (and fmax) or reducing n_mels.",
-            stacklevel=3,
-        )
-    return weights
-
-
-# Slaney's mel scale as librosa computes it: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
-_MEL_HZ_PER_MEL = 200.0 / 3
-_MEL_LOG_HZ = 1000.0
-_MEL_LOG_STEP = np.log(6.4) / 27.0
-
-
-def _slaney_hz_to_mel(frequency: float) -> float:
-    if frequency >= _MEL_LOG_HZ:
-        return _MEL_LOG_HZ / _MEL_HZ_PER_MEL + np.log(frequency / _MEL_LOG_HZ) / _MEL_LOG_STEP
-    return frequency / _MEL_HZ_PER_MEL
-
-
-def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
-    log_start = _MEL_LOG_HZ / _MEL_HZ_PER_MEL
-    frequencies = _MEL_HZ_PER_MEL * mels
-    log_part = mels >= log_start
-    frequencies[log_part] = _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels[log_part] - log_start))
-    return frequencies
-
-
-def _check_parameters(
-    sample_rate: int,
-    n_fft: int,
-    hop_length: int,
-    n_mels: int,
-    fmin: float,
-    fmax: float,
-    top_db: float | None,
-    normalize: str,
-) -> None:
-    for name, value in (
-        ("sample_rate", sample_rate),
-        ("n_fft", n_fft),
-        ("hop_length", hop_length),
-        ("n_mels", n_mels),
-    ):
-        if value <= 0:
-            raise ValueError(f"LogMel {name} must be positive, got {value}")
-    if not 0 <= fmin < fmax:
-        raise ValueError(f"LogMel needs 0 <= fmin < fmax, got fmin={fmin}, fmax={fmax}")
-    if fmax > sample_rate / 2:
-        raise ValueError(
-            f"LogMel fmax ({fmax}) exceeds the Nyquist frequency ({sample_rate / 2}) of "
-            f"sample_rate {sample_rate}"
-        )
-    if top_db is not None and top_db <= 0:
-        raise ValueError(f"LogMel top_db must be positive or None, got {top_db}")
-    if normalize not in ("per_sample", "none"):
-        raise ValueError(f"LogMel normalize must be 'per_sample' or 'none', got {normalize!r}")
