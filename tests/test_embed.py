@@ -332,13 +332,47 @@ def test_perch_without_weights_says_where_to_get_them(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("DAWNCHORUS_PERCH_V2_ONNX", raising=False)
-    with pytest.raises(ModelError, match="perch-v2 needs its weights file: get perch_v2.onnx"):
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
+    with pytest.raises(ModelError, match="perch-v2 needs its weights file.*reached.*get perch_v2.onnx"):
         create_embedding_model("perch-v2")
     result = runner.invoke(app, ["embed", "perch-v2", "x.wav", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "justinchuby/Perch-onnx" in result.output and "--weights" in result.output
     with pytest.raises(ModelError, match="missing.onnx: Perch 2.0 ONNX file not found"):
         create_embedding_model("perch-v2", weights=tmp_path / "missing.onnx")
+
+
+def test_perch_weights_from_the_hub_cache_and_downloaded_on_first_use_when_online(
+    perch_onnx: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("DAWNCHORUS_PERCH_V2_ONNX", raising=False)
+    path = perch_onnx[0]
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **_: str(path))
+    assert create_embedding_model("perch-v2", threads=1).weights_path == path  # cached: no network
+
+    def download(repo: str, name: str, **_: object) -> str:
+        asked.append((repo, name))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("dawnchorus.embed.perch._reachable", lambda url: True)
+    assert create_embedding_model("perch-v2", threads=1).weights_path == path
+    assert asked == [("justinchuby/Perch-onnx", "perch_v2.onnx")]
+    monkeypatch.setattr("dawnchorus.embed.perch._reachable", lambda url: False)  # no network: not tried
+    with pytest.raises(ModelError, match="cannot be reached") as caught:
+        create_embedding_model("perch-v2", threads=1)
+    assert len(asked) == 1 and "\n" not in str(caught.value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1: never downloads
+    monkeypatch.setattr("dawnchorus.embed.perch._reachable", lambda url: True)
+    with pytest.raises(ModelError, match="justinchuby/Perch-onnx"):
+        create_embedding_model("perch-v2", threads=1)
+    assert len(asked) == 1
 
 
 # --- the embedding run and `dawnchorus embed` -------------------------------------------------------------

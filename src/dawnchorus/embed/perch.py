@@ -1,7 +1,9 @@
 """``perch-v2``: Google Perch 2.0 (32 kHz, 5-s windows, 1536-d embeddings) from a local ONNX file.
 
-Nothing is downloaded: the user gives the file (``weights=PATH``, ``dawnchorus embed perch-v2
---weights PATH``, or ``$DAWNCHORUS_PERCH_V2_ONNX``). Google publishes Perch 2.0 as a TensorFlow
+The file: ``weights=PATH`` (``--weights PATH`` of train, predict and embed), else
+``$DAWNCHORUS_PERCH_V2_ONNX``, else ``perch_v2.onnx`` from the Hugging Face hub
+(:func:`hub_weights`: downloaded into the hub's cache on first use when online, that copy afterwards;
+offline and not cached, one line says where to get it). Google publishes Perch 2.0 as a TensorFlow
 SavedModel (Kaggle: ``google/bird-vocalization-classifier``, variation ``perch_v2``); the ONNX file
 perch-hoplite itself loads (``PerchV2OnnxModel``) is the community conversion ``perch_v2.onnx`` in the
 Hugging Face repository ``justinchuby/Perch-onnx``. Run by onnxruntime (the ``onnx`` extra).
@@ -19,7 +21,9 @@ line, an optional first header line); without one the model gives embeddings onl
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,8 @@ INPUT_NAME = "inputs"
 EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "label"
 TARGET_PEAK = 0.25  # perch-hoplite's TaxonomyModel target_peak
+HUB_REPO = "justinchuby/Perch-onnx"  # the file perch-hoplite's PerchV2OnnxModel loads
+HUB_FILE = "perch_v2.onnx"
 WHERE_TO_GET = (
     "get perch_v2.onnx (Perch 2.0 converted to ONNX: Hugging Face repository justinchuby/Perch-onnx, the "
     "file perch-hoplite loads) and pass it with --weights PATH (train, predict, embed; weights=PATH in "
@@ -44,8 +50,8 @@ WHERE_TO_GET = (
 class PerchV2(EmbeddingModel):
     """Perch 2.0 from an ONNX file, through onnxruntime (CPU).
 
-    ``weights``: the ``.onnx`` file (default ``$DAWNCHORUS_PERCH_V2_ONNX``); ``threads``: onnxruntime
-    intra-op threads (default: the usable cores).
+    ``weights``: the ``.onnx`` file (default ``$DAWNCHORUS_PERCH_V2_ONNX``, else the hub's copy:
+    :func:`hub_weights`); ``threads``: onnxruntime intra-op threads (default: the usable cores).
     """
 
     name = "perch-v2"
@@ -56,9 +62,12 @@ class PerchV2(EmbeddingModel):
     licence = PERCH_LICENCE
 
     def __init__(self, weights: str | Path | None = None, threads: int | None = None) -> None:
-        weights = weights if weights is not None else os.environ.get(WEIGHTS_ENV) or None
+        weights = weights if weights is not None else os.environ.get(WEIGHTS_ENV) or hub_weights()
         if weights is None:
-            raise ModelError(f"perch-v2 needs its weights file: {WHERE_TO_GET}")
+            raise ModelError(
+                f"perch-v2 needs its weights file, and the Hugging Face hub has none cached and cannot be "
+                f"reached (offline?): {WHERE_TO_GET}"
+            )
         self.weights_path = Path(weights)
         if not self.weights_path.is_file():
             raise ModelError(f"{self.weights_path}: Perch 2.0 ONNX file not found; {WHERE_TO_GET}")
@@ -109,6 +118,40 @@ class PerchV2(EmbeddingModel):
         if len(results) == 1:
             return EmbeddingOutput(embeddings, None)
         return EmbeddingOutput(embeddings, np.asarray(results[1], dtype=np.float32).reshape(len(batch), -1))
+
+
+def hub_weights() -> Path | None:
+    """``perch_v2.onnx`` of the Hugging Face repository ``justinchuby/Perch-onnx``: the copy in the
+    hub's cache, downloaded there first when online (``huggingface_hub``, which timm installs;
+    ``HF_HUB_OFFLINE=1`` never downloads). None when it cannot be had: offline and not cached, the hub
+    unreachable, or ``huggingface_hub`` missing. The hub is tried only after a connection to it opens
+    within a few seconds (measured here without a network: the hub client's own retries took 25 s
+    and printed six warnings before giving up)."""
+    try:
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    except ImportError:
+        return None
+    cached = try_to_load_from_cache(HUB_REPO, HUB_FILE)
+    if isinstance(cached, str):
+        return Path(cached)
+    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+        return None
+    try:
+        return Path(hf_hub_download(HUB_REPO, HUB_FILE))
+    except Exception:  # refused, moved, interrupted: the caller says where to get the file instead
+        return None
+
+
+def _reachable(url: str, timeout_s: float = 3.0) -> bool:
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # through a proxy: let the hub client try
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def peak_normalise(batch: np.ndarray, target_peak: float = TARGET_PEAK) -> np.ndarray:
