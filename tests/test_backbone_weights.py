@@ -344,3 +344,20 @@ def test_embed_with_a_missing_or_unusable_weights_file_is_one_line(
     assert line.startswith(f"error: {weights}: ")
     problem = "BirdNET model file not found" if content is None else "not a usable BirdNET model"
     assert problem in line
+
+
+def test_pseudo_label_with_a_teacher_whose_backbone_file_moved(
+    perch_run: dict[str, Path], tmp_path: Path, no_perch_env: None
+) -> None:
+    teacher = tmp_path / "teacher.pt"
+    loaded = load_model(perch_run["model"])
+    loaded.metadata["backbone_weights_path"] = str(tmp_path / "gone.onnx")
+    loaded.save(teacher)
+    moved = shutil.copy(perch_run["weights"], tmp_path / "moved.onnx")
+    inputs = perch_run["data"] / "low"
+    refused = runner.invoke(app, ["pseudo-label", str(teacher), str(inputs), "--out", str(tmp_path / "none")])
+    assert refused.exit_code == 2 and "justinchuby/Perch-onnx" in one_line(refused.output)
+    result = runner.invoke(app, ["pseudo-label", str(teacher), str(inputs), "--out", str(tmp_path / "pl"),
+                                 "--weights", str(moved)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pl" / "pseudo_labels.parquet").is_file()

@@ -108,6 +108,7 @@ def predict(
         list[str] | None,
         typer.Option(
             "--weights",
+            metavar="FILE",
             help="A model on a frozen backbone: the backbone's weights file (birdnet .tflite, perch-v2 "
             ".onnx), checked against the SHA-256 its model file records; repeatable (an ensemble's "
             "members each take the file that fits). Default: the file it was trained with if still "

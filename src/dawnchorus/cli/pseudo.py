@@ -38,6 +38,13 @@ def pseudo_label(
     ] = None,
     engine: Annotated[str, typer.Option(help="auto, torch or onnx (as for predict).")] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best available).")] = None,
+    weights: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="FILE",
+            help="A teacher on a frozen backbone: the backbone's weights file (as for predict --weights).",
+        ),
+    ] = None,
 ) -> None:
     """Soft labels of a teacher model for every window of unlabelled recordings; resumable.
 
@@ -52,6 +59,10 @@ def pseudo_label(
 
     require_inputs(inputs)
     teacher = load_model_or_fail(model_path, build_network=False)
+    if weights:
+        from dawnchorus.inference.frozen import use_backbone_weights
+
+        use_backbone_weights([teacher], weights)  # the file's SHA-256 checked against the teacher's record
     overrides = {
         "selftrain.pseudo.keep": keep,
         "selftrain.pseudo.floor": floor,
