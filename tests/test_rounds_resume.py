@@ -77,7 +77,7 @@ def test_a_killed_round_resumes_keeping_the_teacher_and_the_finished_rounds(
     assert rerun.returncode == 0, rerun.stderr + rerun.stdout
     output = " ".join(rerun.stdout.split())
     assert "round 0: finished earlier, kept" in output and "round 1: finished earlier, kept" in output
-    assert f"pseudo-labels of {done_before} recording(s) kept from the interrupted run" in output
+    assert f"pseudo-labels of {done_before} recording(s) kept from an earlier run" in output
     assert {index: digest(run / f"round{index}" / "model.pt") for index in (0, 1)} == finished
     rows = pd.read_csv(run / "rounds.csv")
     assert rows["round"].tolist() == [0, 1, 2]

@@ -141,7 +141,6 @@ def self_train(
         config = config.model_copy(deep=True)
         config.train.cache_dir = run_dir / "cache"
     student_config = _student_config(config)
-    data_labels = load_training_set(data, on_problem="drop").labels
     scorer = _Scorer(data)
 
     rows = state.finished(say)[: settings.rounds + 1]
@@ -176,11 +175,11 @@ def self_train(
             for path, reason in run.failed:
                 say(f"skipped {path}: {reason}")
             if run.skipped:
-                say(f"round {index}: pseudo-labels of {run.skipped} recording(s) kept from the interrupted "
-                    f"run, {run.predicted} labelled now")
+                say(f"round {index}: pseudo-labels of {run.skipped} recording(s) kept from an earlier run, "
+                    f"{run.predicted} labelled now")
             labels = run.labels
         windows = _window_items(labels, data, student_config)
-        init, why_not = _warm_start(teacher_path, student_config, data_labels)
+        init, why_not = _warm_start(teacher_path, student_config, data)
         if why_not is not None:
             say(f"round {index}: the student starts from the backbone's pretrained weights ({why_not})")
         last = _train_round(
@@ -331,7 +330,7 @@ def _train_round(
                  **options)
 
 
-def _warm_start(teacher_path: Path, config: Config, labels: list[str]) -> tuple[Path | None, str | None]:
+def _warm_start(teacher_path: Path, config: Config, data: str | Path) -> tuple[Path | None, str | None]:
     """The model file a student starts from: its teacher with ``selftrain.student_init: teacher`` when
     both are the same network on the same labels, audio and frontend; else None (the backbone's
     pretrained weights) with the reason when a teacher start was asked for."""
@@ -345,7 +344,7 @@ def _warm_start(teacher_path: Path, config: Config, labels: list[str]) -> tuple[
         theirs.backbone, theirs.head, theirs.pooling, theirs.in_chans
     ):
         return None, f"its teacher is another network ({theirs.backbone}, {theirs.head} head)"
-    if teacher.labels != list(labels):
+    if teacher.labels != load_training_set(data, on_problem="drop").labels:
         return None, "its teacher has other labels than the training set"
     if teacher.config.audio != config.audio or teacher.config.frontend != config.frontend:
         return None, "its teacher has other audio or spectrogram settings"
