@@ -332,6 +332,62 @@ def test_a_run_json_path_never_reaches_another_file(results: Path, site: Path, t
     assert reply.status_code == 404 and "not found on disk" in reply.json()["error"]
 
 
+def name_in_tables(results: Path, old: str, new: str) -> None:
+    """The run's table names recording ``old`` as ``new`` (as a folder from elsewhere may)."""
+    table = pd.read_parquet(results / "predictions.parquet")
+    table["file"] = table["file"].replace(old, new)
+    table.to_parquet(results / "predictions.parquet")
+    (results / "predictions.csv").unlink()
+
+
+@pytest.mark.parametrize("target", ["absolute path elsewhere", "../ out of the site", "link out of the site",
+                                    "system file"])
+def test_without_run_json_a_tables_name_never_reaches_a_file_outside_the_recordings(
+    results: Path, site: Path, tmp_path: Path, target: str
+) -> None:
+    """The fallback from the tables' ``file`` column gets run.json's checks: only audio files under the
+    working folder, the results folder's parent or an --audio folder, links followed."""
+    private = tmp_path / "private" / "a.wav"  # a recording of the user's that is not of this run
+    write_audio(private, synthetic_audio(12.0, seed=40), 32000)
+    (results / RUN_INFO_FILE).unlink()
+    if target == "link out of the site":
+        (site / "rec" / "linked.wav").symlink_to(private)
+    impostor = {
+        "absolute path elsewhere": str(private),
+        "../ out of the site": os.path.relpath(private, site),
+        "link out of the site": "rec/linked.wav",
+        "system file": "/etc/passwd",
+    }[target]
+    name_in_tables(results, "rec/a.wav", impostor)
+    try:
+        with working_folder(site):  # where predict ran: rec/b.wav is found as the table names it
+            run = open_run(results)
+    finally:
+        (site / "rec" / "linked.wav").unlink(missing_ok=True)
+    by_name = {name: run.recordings[rid] for rid, name in run.files.items()}
+    assert by_name[impostor] is None
+    assert by_name["rec/b.wav"] == (site / "rec" / "b.wav").resolve()
+    client = TestClient(create_app(run, VerdictStore(results / REVIEWS_FILE)))
+    items = client.get("/api/items", params={"file": impostor, "limit": 1}).json()["items"]
+    for media in ("audio", "spectrogram"):
+        reply = client.get(items[0][media])
+        assert reply.status_code == 404 and "not found on disk" in reply.json()["error"]
+
+
+def test_an_audio_folder_s_file_of_another_size_than_run_json_records_is_not_the_recording(
+    results: Path, site: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    given = tmp_path / "given"
+    write_audio(given / "a.wav", synthetic_audio(3.0, seed=99), 32000)  # same name, another recording
+    shutil.copy(site / "rec" / "b.wav", given / "b.wav")  # the run's b.wav, moved here
+    edit_run_json(results, lambda d: [r.update(path="/moved/away/" + Path(r["path"]).name)
+                                      for r in d["recordings"]])
+    run = open_run(results, audio_dirs=[given])
+    by_name = {name: run.recordings[rid] for rid, name in run.files.items()}
+    assert by_name["rec/a.wav"] is None
+    assert by_name["rec/b.wav"] == (given / "b.wav").resolve()
+
+
 # ---- calibrate takes the run's model from it --------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ absolute path run.json gives it (when the file there has the recorded size and t
 as named from the working folder, from the results folder's parent and under the folders given
 (``--audio``). Thresholds: ``--threshold``, else the model file's (``--model``, read by the command
 line), else those run.json says the run applied, else 0.5. A run.json is data from wherever the
-folder came from: its paths only ever locate the recordings of the run's tables. Recordings are named by a
+folder came from: its paths only ever locate the recordings of the run's tables; so are the tables'
+names, found only as audio files under the working folder, the results folder's parent or a folder
+given (and of run.json's recorded size where it lists them). Recordings are named by a
 :func:`recording_id` derived from the ``file`` column; media are served by that id only, so no request
 names a path. An item is one label on one window, ``"<recording id>:<start ms>:<label>"``.
 
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from dawnchorus.errors import InputError
+from dawnchorus.io.audio import AUDIO_EXTENSIONS
 from dawnchorus.io.outputs import label_columns, read_probabilities
 from dawnchorus.io.runinfo import RunInfo, read_run_info
 from dawnchorus.io.verdicts import QUEUES, SCORE_BIN_EDGES
@@ -336,16 +339,42 @@ def _find_recording(
     """Where recording ``name`` (as the tables give it) is on disk: where run.json (``info``) recorded
     it (see :meth:`RunInfo.recording_path`), then the name itself (absolute, or relative to the
     working folder or to the results folder's parent), then under each of ``audio_dirs``; None when
-    none exists."""
+    none exists.
+
+    The tables are data from wherever the folder came from, as run.json is: a name found this way is
+    used only when it is an audio file's name and the file, links followed, lies under the working
+    folder, the results folder's parent or one of ``audio_dirs`` (never an absolute path elsewhere,
+    a ``../`` or a link leading out), and, where run.json lists the recording, has the size predict
+    recorded."""
     found = info.recording_path(name) if info is not None else None
     if found is not None:
         return found
     given = Path(name)
+    if given.suffix.lower() not in AUDIO_EXTENSIONS:
+        return None
+    recorded = info.recordings.get(name) if info is not None else None
+    roots = [Path.cwd(), results_dir.parent, *audio_dirs]
     candidates = [given] if given.is_absolute() else [Path.cwd() / given, results_dir.parent / given]
     for folder in audio_dirs:
         candidates += [folder / given] if not given.is_absolute() else []
         candidates.append(folder / given.name)
     for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.R_OK):
-            return candidate.resolve()
+        usable = _usable_recording(candidate, roots, None if recorded is None else recorded.size)
+        if usable is not None:
+            return usable
     return None
+
+
+def _usable_recording(candidate: Path, roots: list[Path], size: int | None) -> Path | None:
+    """``candidate`` resolved, when it is a readable regular file under one of ``roots`` (links
+    followed) of ``size`` bytes (any size when None); else None."""
+    try:
+        path = candidate.resolve(strict=True)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            return None
+        if size is not None and path.stat().st_size != size:
+            return None
+        inside = any(path.is_relative_to(root.resolve()) for root in roots)
+    except (OSError, RuntimeError):  # missing, a name too long, a folder without permission, a link loop
+        return None
+    return path if inside else None
