@@ -207,6 +207,13 @@ def test_empty_raven_table_has_a_header_only(tmp_path: Path) -> None:
     assert list(back.columns) == list(outputs.RAVEN_COLUMNS) and len(back) == 0
 
 
+def test_raven_seconds_and_fields_keep_a_tab_separated_row_whole() -> None:
+    assert [outputs.seconds_text(v) for v in (5, 2.25, 1 / 3, 36005.125, 0.0)] == [
+        "5.0", "2.25", "0.333333", "36005.125", "0.0"]
+    assert outputs.clean_field("Great\ttit\r\nsong") == "Great tit song"
+    assert outputs.clean_field(3.5) == "3.5"
+
+
 def test_raven_writer_refuses_several_files_and_bad_bands(tmp_path: Path) -> None:
     table = _table(files=("a.wav", "b.wav"), windows=1)
     found = outputs.detections(table, LABELS, 0.0)

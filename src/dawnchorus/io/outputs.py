@@ -275,8 +275,9 @@ def _validate_detections(dets: pd.DataFrame, what: str, one_file: bool = True) -
     return dets.sort_values(["start_s", "label"], kind="stable").reset_index(drop=True)
 
 
-def _seconds_text(value: float) -> str:
-    """Seconds to 6 decimals without trailing zeros, keeping one (``5.0``, ``2.25``)."""
+def seconds_text(value: float) -> str:
+    """Seconds as the Raven tables write them (predict's and review's exports): 6 decimals without
+    trailing zeros, keeping one (``5.0``, ``2.25``, ``0.333333``)."""
     text = f"{float(value):.6f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
 
@@ -306,28 +307,29 @@ def write_raven_table(
     lines = ["\t".join(RAVEN_COLUMNS)]
     for number, row in enumerate(dets.itertuples(index=False), start=1):
         label = str(row.label)
-        begin = _seconds_text(row.start_s)
+        begin = seconds_text(row.start_s)
         fields = (
             str(number),
             RAVEN_VIEW,
             "1",
             begin,
-            _seconds_text(row.end_s),
-            _seconds_text(low_freq),
-            _seconds_text(high_freq),
-            _clean_field(names.get(label, label)),
-            _clean_field(label),
+            seconds_text(row.end_s),
+            seconds_text(low_freq),
+            seconds_text(high_freq),
+            clean_field(names.get(label, label)),
+            clean_field(label),
             f"{float(row.confidence):.4f}",
-            _clean_field(str(getattr(row, "file", ""))),
+            clean_field(str(getattr(row, "file", ""))),
             begin,
         )
         lines.append("\t".join(fields))
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _clean_field(text: str) -> str:
-    """Tabs and line breaks would break a tab-separated row; replace them with spaces."""
-    return " ".join(text.replace("\t", " ").splitlines())
+def clean_field(text: object) -> str:
+    """``text`` as one field of a tab-separated row (Raven, Audacity): tabs and line breaks, which
+    would break the row, become spaces."""
+    return " ".join(str(text).replace("\t", " ").splitlines())
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,7 +346,7 @@ def write_audacity_labels(dets: pd.DataFrame, path: str | Path) -> Path:
     dets = _validate_detections(dets, str(path))
     lines = [
         f"{float(row.start_s):.6f}\t{float(row.end_s):.6f}\t"
-        f"{_clean_field(str(row.label))};{float(row.confidence):.4f}"
+        f"{clean_field(str(row.label))};{float(row.confidence):.4f}"
         for row in dets.itertuples(index=False)
     ]
     return atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dawnchorus.errors import InputError
 from dawnchorus.io.files import atomic_write, atomic_write_text
-from dawnchorus.io.outputs import RAVEN_COLUMNS, RAVEN_VIEW
+from dawnchorus.io.outputs import RAVEN_COLUMNS, RAVEN_VIEW, clean_field, seconds_text
 from dawnchorus.review.items import Run
 
 EXPORT_FORMATS = ("raven", "csv")
@@ -62,25 +62,15 @@ def raven_text(run: Run, selections: pd.DataFrame) -> str:
             str(number),
             RAVEN_VIEW,
             "1",
-            _seconds(shift + row.start_s),
-            _seconds(shift + row.end_s),
+            seconds_text(shift + row.start_s),
+            seconds_text(shift + row.end_s),
             "0.0",
-            _seconds(HIGH_FREQ_HZ),
-            _clean(row.label),
-            _clean(row.label),
+            seconds_text(HIGH_FREQ_HZ),
+            clean_field(row.label),
+            clean_field(row.label),
             f"{float(row.score):.4f}",
-            _clean(row.file),
-            _seconds(row.start_s),
+            clean_field(row.file),
+            seconds_text(row.start_s),
         )
         lines.append("\t".join(fields))
     return "\n".join(lines) + "\n"
-
-
-def _seconds(value: float) -> str:
-    text = f"{float(value):.6f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
-
-
-def _clean(text: object) -> str:
-    """Tabs and line breaks would break a tab-separated row."""
-    return " ".join(str(text).replace("\t", " ").splitlines())
