@@ -361,3 +361,14 @@ def test_pseudo_label_with_a_teacher_whose_backbone_file_moved(
                                  "--weights", str(moved)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "pl" / "pseudo_labels.parquet").is_file()
+
+
+def test_train_birdnet_without_its_extra_is_one_line_naming_the_install_command(
+    perch_run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    result = runner.invoke(app, ["train", str(perch_run["data"]), "--out", str(tmp_path / "run"),
+                                 "--backbone", "birdnet"])
+    assert result.exit_code == 2
+    assert 'needs ai-edge-litert: pip install "dawnchorus[birdnet]"' in one_line(result.output)
