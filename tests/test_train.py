@@ -604,13 +604,13 @@ def assert_no_chatter(output: str) -> None:
 
 QUICK_YAML = (
     "model: {backbone: test_efficientnet, pretrained: false}\n"
-    "train: {epochs: 1, batch_size: 8, num_workers: 0%s}\naudio: {clip_s: 2.0}\n"
+    "train: {epochs: 1, batch_size: 8, num_workers: 0, min_steps_per_epoch: 0%s}\naudio: {clip_s: 2.0}\n"
 )
 
 
 def test_the_train_command_prints_no_library_chatter(dataset: Path, tmp_path: Path) -> None:
     """Lightning's device banners, tips and dependency deprecations stay out of the user's terminal,
-    on a fresh run, a resume, and a fresh run in a used run folder."""
+    on a fresh run, a resume, a fresh run in a used run folder, and predict with the model."""
     config = write_yaml(tmp_path / "quick.yaml", QUICK_YAML % "")
     more = write_yaml(tmp_path / "more.yaml", QUICK_YAML % ", epochs: 2")
     run = tmp_path / "run"
@@ -620,6 +620,10 @@ def test_the_train_command_prints_no_library_chatter(dataset: Path, tmp_path: Pa
         assert completed.returncode == 0, output
         assert "model written" in output
         assert_no_chatter(output)
+    soundscapes = dataset / "test_soundscapes"
+    predicted = run_command("predict", run / "model.pt", soundscapes, "--out", tmp_path / "p")
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    assert_no_chatter(predicted.stdout + predicted.stderr)
 
 
 @pytest.fixture(scope="module")
