@@ -354,7 +354,7 @@ def test_batch_function_for_each_engine(small_model: LoadedModel, recordings: li
     assert describe_engine(onnx_run) == {
         "engine": "onnx",
         "graph": str(small_model.path.with_suffix(".cnn.onnx")),
-        "frontend": "torch",
+        "frontend": "numpy",
         "providers": ["CPUExecutionProvider"],
         "lanes": 2,
         "threads_per_lane": 1,

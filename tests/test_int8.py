@@ -197,7 +197,7 @@ def test_engine_runs_the_int8_graph_with_the_log_mel_in_torch(
     model = load_model(model_path, build_network=False)
     int8 = batch_function_for(model, "onnx-int8", calibration=recordings, lanes=2)
     described = describe_engine(int8)
-    assert described["engine"] == "onnx-int8" and described["frontend"] == "torch"
+    assert described["engine"] == "onnx-int8" and described["frontend"] == "numpy"
     assert described["quantisation"]["format"] == "qdq-u8s8-per-channel"
     assert described["quantisation"]["recipe"] == DEFAULT_RECIPE.name
     assert described["quantisation"]["windows"] == 12 and described["lanes"] == 2
@@ -247,7 +247,7 @@ def test_cli_export_int8_then_predict_explains_and_uses_it(model_path: Path, rec
               "--format", "csv"],
     )
     assert result.exit_code == 0, result.output
-    line = "engine: onnx-int8 (model.cnn.int8.onnx, calibrated on 4 windows, log-mel in torch)"
+    line = "engine: onnx-int8 (model.cnn.int8.onnx, calibrated on 4 windows, log-mel in numpy)"
     assert line in " ".join(result.output.split())  # rich wraps at the terminal width
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == 8 and table[["aaa", "bbb", "ccc"]].to_numpy().max() <= 1

@@ -2,9 +2,10 @@
 when it runs (issue 16).
 
 ``predict`` with the ONNX engine on a graph cached beside the model file runs the log-mel frontend
-(torch) and the graph: it must not import timm, torchvision, Lightning, matplotlib, scikit-learn,
-dask or the pretrained-backbone zoo, which took seconds to import on a 2-core machine. Each check
-runs in a fresh interpreter (a subprocess), since this test process has imported everything.
+(numpy) and the graph, the model restored from the record the graph keeps: it must not import torch,
+timm, torchvision, Lightning, matplotlib, scikit-learn, dask or the pretrained-backbone zoo, which
+took seconds to import on a 2-core machine. Each check runs in a fresh interpreter (a subprocess),
+since this test process has imported everything.
 """
 
 from __future__ import annotations
@@ -26,10 +27,20 @@ from typer.testing import CliRunner
 
 from dawnchorus.cli.app import app
 from dawnchorus.errors import ModelFileError
-from dawnchorus.inference.export import cached_onnx_path, export_onnx, file_sha256, onnx_path_beside
+from dawnchorus.inference.engines import OnnxRunner, batch_function_for, load_for_prediction
+from dawnchorus.inference.export import (
+    RECORD_KEY,
+    cached_onnx_path,
+    cached_record,
+    export_onnx,
+    file_sha256,
+    onnx_path_beside,
+    read_onnx_metadata,
+)
+from dawnchorus.io.audio import load as load_audio
 from dawnchorus.io.audio import write_audio
-from dawnchorus.models.modelfile import load_model
-from tests.conftest import MODEL_LABELS, REPO, synthetic_audio
+from dawnchorus.models.modelfile import load_model, read_record
+from tests.conftest import MODEL_LABELS, REPO, synthetic_audio, write_model_file
 
 HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx/onnxruntime (the onnx extra) are not installed")
@@ -45,12 +56,15 @@ NOT_RUN_BY_ONNX_PREDICT = (
     "dask",
     "distributed",
     "onnx",  # onnxruntime runs the graph; the onnx package is only needed to export one
-    "scipy",  # librosa.filters imported scipy.signal and numba for the mel filterbank
+    "scipy.signal",  # librosa.filters imported scipy.signal and numba for the mel filterbank
     "numba",
+    "librosa",
     "dawnchorus.embed",
     "dawnchorus.inference.frozen",
     "dawnchorus.models.classifier",
 )
+# Also not run by the ONNX engines on CPU with a graph that keeps its model file's record.
+NOT_RUN_WITH_A_RECORD = ("torch", "dawnchorus.models.features", "dawnchorus.models.embedding_classifier")
 PARITY = 1e-4  # onnxruntime against eager torch, as tests/test_export.py
 
 
@@ -136,8 +150,8 @@ def test_onnx_predict_on_a_cached_graph_imports_nothing_it_does_not_run(
         tmp_path,
     )
     assert (out / "predictions.csv").is_file()
-    assert "onnxruntime" in modules and "torch" in modules  # the graph, and the log-mel frontend
-    assert loaded(modules, NOT_RUN_BY_ONNX_PREDICT) == []
+    assert "onnxruntime" in modules and "dawnchorus.models.logmel_numpy" in modules
+    assert loaded(modules, (*NOT_RUN_BY_ONNX_PREDICT, *NOT_RUN_WITH_A_RECORD)) == []
 
 
 @needs_onnx
@@ -179,7 +193,7 @@ def test_dask_worker_on_a_cached_graph_imports_nothing_it_does_not_run(
         tmp_path,
     )
     not_run = tuple(name for name in NOT_RUN_BY_ONNX_PREDICT if name not in ("dask", "distributed"))
-    assert loaded(modules, not_run) == []
+    assert loaded(modules, (*not_run, *NOT_RUN_WITH_A_RECORD)) == []
 
 
 # --- same outputs ----------------------------------------------------------------------------------------
@@ -272,3 +286,135 @@ def test_graph_cached_for_the_very_file_runs_when_timm_lacks_its_backbone(
         assert result.exit_code == 2, result.output
         assert "the model's backbone 'birdnet_v9_from_2031' is not in the installed timm" in result.output
         assert "Traceback" not in result.output and not out.exists()
+
+
+# --- the model file's record in its cached graph (no torch on the ONNX engines) ---------------------------
+
+
+def onnx_predict_modules(model: Path, recordings: Path, out: Path, *extra: str) -> set[str]:
+    """The modules of a fresh ``dawnchorus predict MODEL RECORDINGS --engine onnx`` (exit 0)."""
+    arguments = ["predict", str(model), str(recordings), "--out", str(out), "--format", "csv", *extra]
+    return modules_after(
+        f"""
+        from dawnchorus.cli.app import app
+        try:
+            app({arguments!r})
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        """,
+        model.parent,
+    )
+
+
+def set_record(graph: Path, value: str | None) -> None:
+    """Replace the record a cached graph keeps (None: none; its other metadata, and so its SHA-256,
+    kept)."""
+    import onnx
+
+    proto = onnx.load(str(graph))
+    kept = [(e.key, e.value) for e in proto.metadata_props if e.key != RECORD_KEY]
+    del proto.metadata_props[:]
+    for key, text in [*kept, *([] if value is None else [(RECORD_KEY, value)])]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, text
+    onnx.save(proto, str(graph))
+
+
+@needs_onnx
+def test_graph_keeps_the_model_files_record_and_predict_restores_the_model_from_it(
+    cached_model: Path,
+) -> None:
+    record = json.loads(read_onnx_metadata(cached_model.with_suffix(".cnn.onnx"))[RECORD_KEY])
+    assert record == read_record(cached_model) and "state_dict" not in record
+    restored = load_for_prediction(cached_model)
+    eager = load_model(cached_model)
+    assert (restored.labels, restored.config, restored.thresholds, restored.metadata) == (
+        eager.labels, eager.config, eager.thresholds, eager.metadata
+    )
+    assert not restored.network_is_built and restored.stored_state is None  # weights not read
+    audio = torch.from_numpy(synthetic_audio(5.0, seed=3)[None])
+    with torch.inference_mode():  # the torch engine still works: weights read from the file on first use
+        torch.testing.assert_close(restored.network(audio), eager.network(audio), rtol=0, atol=0)
+
+
+@needs_onnx
+def test_torch_free_predict_equals_the_torch_frontend_on_the_same_graph(
+    cached_model: Path, real_data: Path
+) -> None:
+    """What the ONNX engine gave before (torch's log-mel into the graph) and gives now (numpy's): the
+    same probabilities within 1e-5, on real recordings."""
+    model = load_for_prediction(cached_model)
+    run = batch_function_for(model, "onnx", threads=1)
+    windows = np.stack(
+        [
+            np.pad(clip, (0, max(0, 160000 - len(clip))))[:160000]
+            for clip in (
+                load_audio(next((real_data / "focal").rglob("*.flac")), 32000),
+                load_audio(sorted((real_data / "background").rglob("*.ogg"))[1], 32000),
+            )
+        ]
+    ).astype(np.float32)
+    runner = OnnxRunner(cached_model.with_suffix(".cnn.onnx"), threads=1)
+    with torch.inference_mode():
+        frontend = load_model(cached_model, build_network=False).frontend
+        before = runner(frontend(torch.from_numpy(windows)).numpy())
+    np.testing.assert_allclose(run(windows), before, atol=1e-5, rtol=0)
+
+
+@needs_onnx
+def test_a_miss_exports_as_before_and_the_next_run_imports_no_torch(
+    model_file: Path, recordings: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model" / "model.pt"
+    model.parent.mkdir()
+    shutil.copy2(model_file, model)
+    first = onnx_predict_modules(model, recordings, tmp_path / "first", "--engine", "onnx")
+    assert "torch" in first  # no graph yet: the model file read, the network built and exported
+    second = onnx_predict_modules(model, recordings, tmp_path / "second", "--engine", "auto")
+    assert loaded(second, NOT_RUN_WITH_A_RECORD) == []
+    first_table, second_table = (pd.read_csv(tmp_path / r / "predictions.csv") for r in ("first", "second"))
+    pd.testing.assert_frame_equal(first_table, second_table)
+
+
+@needs_onnx
+def test_a_graph_cached_before_records_gets_its_record_once(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    graph = cached_model.with_suffix(".cnn.onnx")
+    set_record(graph, None)  # as a graph exported by an earlier version: no record
+    assert cached_record(cached_model) is None
+    first = onnx_predict_modules(cached_model, recordings, tmp_path / "first", "--engine", "onnx")
+    assert "torch" in first  # today's path: the model file read
+    assert json.loads(read_onnx_metadata(graph)[RECORD_KEY]) == read_record(cached_model)
+    assert loaded(onnx_predict_modules(cached_model, recordings, tmp_path / "second", "--engine", "onnx"),
+                  NOT_RUN_WITH_A_RECORD) == []
+
+
+@needs_onnx
+@pytest.mark.parametrize(
+    "record", ["{not json", json.dumps({"format": "dawnchorus-model", "labels": "aaa"}), json.dumps([1, 2])]
+)
+def test_a_damaged_record_is_ignored_and_the_model_file_read(
+    cached_model: Path, recordings: Path, tmp_path: Path, record: str
+) -> None:
+    reference = run_cli("predict", cached_model, recordings, "--out", tmp_path / "ref", "--format", "csv")
+    set_record(cached_model.with_suffix(".cnn.onnx"), record)
+    restored = load_for_prediction(cached_model)
+    assert restored.labels == list(MODEL_LABELS) and restored.stored_state is not None  # read from the file
+    output = run_cli("predict", cached_model, recordings, "--out", tmp_path / "out", "--format", "csv")
+    assert "engine: onnx (model.cnn.onnx, log-mel in numpy)" in output and "engine: onnx" in reference
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "ref" / "predictions.csv"), pd.read_csv(tmp_path / "out" / "predictions.csv")
+    )
+
+
+@needs_onnx
+def test_the_record_of_another_model_file_is_never_used(cached_model: Path, tmp_path: Path) -> None:
+    """A graph is current only for the SHA-256 it names: a model file retrained in place (other
+    labels) is read from itself, its graph exported afresh."""
+    graph = cached_model.with_suffix(".cnn.onnx")
+    write_model_file(cached_model, labels=("xxx", "yyy"), seed=4)
+    assert cached_record(cached_model) is None
+    assert load_for_prediction(cached_model).labels == ["xxx", "yyy"]
+    assert cached_onnx_path(cached_model, include_frontend=False) == graph
+    assert json.loads(read_onnx_metadata(graph)[RECORD_KEY])["labels"] == ["xxx", "yyy"]

@@ -133,6 +133,7 @@ def predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dawnchorus.config import load_predict_settings
+    from dawnchorus.inference.engines import load_for_prediction
     from dawnchorus.inference.ensemble import (
         check_member_file,
         describe_predictor,
@@ -152,8 +153,12 @@ def predict(
     require_inputs(inputs)
     for member in members:
         check_member_file(member)
-    # The timm network is built only if the engine runs it (not the ONNX engine on a cached graph).
-    loaded = [load_model_or_fail(member, build_network=False) for member in members]
+    # The timm network is built only if the engine runs it (not the ONNX engine on a cached graph,
+    # whose record gives the model without torch: load_for_prediction).
+    try:
+        loaded = [load_for_prediction(member) for member in members]
+    except FileNotFoundError as exc:  # load_model raises the builtin for a missing file
+        fail(str(exc))
     backbone_files, numbers = _split_weights(weights or [])
     if numbers is not None:  # --weights 0.6,0.4: ensemble weights, as before --ensemble-weights
         if ensemble_weights is not None:
@@ -336,7 +341,7 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _engine_line(described: dict) -> str:
-    """'engine: onnx (model.cnn.onnx, log-mel in torch), 2 lanes x 1 thread' for the user; for an
+    """'engine: onnx (model.cnn.onnx, log-mel in numpy), 2 lanes x 1 thread' for the user; for an
     ensemble, 'engine: ensemble of 2 (weights 0.5, 0.5): ...' and each member's line."""
     if described["engine"] == "ensemble":
         weights = ", ".join(f"{w:.3g}" for w in described["weights"])
@@ -347,7 +352,8 @@ def _engine_line(described: dict) -> str:
         what = f"onnx ({Path(described['graph']).name}, log-mel in {described['frontend']})"
     elif described["engine"] == "onnx-int8":
         calibrated = f"calibrated on {described['quantisation'].get('windows', '?')} windows"
-        what = f"onnx-int8 ({Path(described['graph']).name}, {calibrated}, log-mel in torch)"
+        graph = Path(described["graph"]).name
+        what = f"onnx-int8 ({graph}, {calibrated}, log-mel in {described['frontend']})"
     else:
         what = f"torch ({described['backbone']} + head)" if "backbone" in described else "torch"
     threads = described["threads_per_lane"]

@@ -48,12 +48,15 @@ from dawnchorus.errors import ClusterError, PredictionError
 from dawnchorus.inference.engines import (
     BatchFunction,
     batch_function_for,
+    cuda_device_count,
+    load_for_prediction,
     onnx_available,
     resolve_batch_size,
     resolve_engine,
+    set_threads,
     torch_batch_function,
 )
-from dawnchorus.inference.ensemble import Ensemble, check_member_file, combine, load_ensemble, predictor_of
+from dawnchorus.inference.ensemble import Ensemble, check_member_file, combine, ensemble_of, predictor_of
 from dawnchorus.inference.pipeline import RecordingResult, iter_predictions, reuse_large_allocations
 from dawnchorus.inference.run import PredictionSummary, RunFolder, saved_windows_path, write_recording
 from dawnchorus.inference.smoothing import check_recipe, finish_table
@@ -106,11 +109,10 @@ def _local_cluster(workers: int | None) -> tuple[Any, int | None]:
     One torch thread per task, parallel over tasks, measured here: a worker running one task with 2
     torch threads predicted at 23x real time, the same worker with 1 thread at 55-60x (2 busy cores).
     """
-    import torch
     from distributed import LocalCluster
 
     cores = usable_cores()
-    gpus = torch.cuda.device_count()
+    gpus = cuda_device_count()
     count = workers or (gpus if gpus else cores)
     cluster = LocalCluster(
         n_workers=count,
@@ -309,9 +311,7 @@ def worker_device(requested: str | None, gpus: int | None = None, worker: str | 
     if requested is not None:
         return requested
     if gpus is None:
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = cuda_device_count()  # 0 without importing torch where no GPU device node exists
     if not gpus:
         return None
     if worker is None:
@@ -333,23 +333,22 @@ def worker_model(options: TaskOptions) -> tuple[LoadedModel | Ensemble, BatchFun
            options.ensemble_weights, options.backbone_weights)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
-            import torch
-
-            from dawnchorus.models.modelfile import load_model
-
             if options.torch_threads:
-                torch.set_num_threads(options.torch_threads)
+                set_threads(options.torch_threads)
             reuse_large_allocations()
             _MODEL_CACHE.clear()  # a new model file replaces the old one
             # The timm network is built only by the torch engine: an ONNX worker runs the graph the
-            # client exported (checked against the model file's SHA-256) and never imports timm.
+            # client exported (checked against the model file's SHA-256) and never imports timm, nor
+            # torch when the graph keeps the model file's record (load_for_prediction).
             device = worker_device(options.device)
             if options.ensemble:
-                model = load_ensemble([path for path, _ in options.ensemble], options.ensemble_weights)
+                model = ensemble_of(
+                    [load_for_prediction(path) for path, _ in options.ensemble], options.ensemble_weights
+                )
                 _use_backbone_weights(model.members, options.backbone_weights)
                 run = combine([worker_batch_function(m, options, device) for m in model.members], model)
             else:
-                model = load_model(options.model_path, build_network=False)
+                model = load_for_prediction(options.model_path)
                 _use_backbone_weights([model], options.backbone_weights)
                 run = worker_batch_function(model, options, device)
             _MODEL_CACHE[key] = (model, run)
@@ -369,6 +368,10 @@ def worker_batch_function(model: LoadedModel, options: TaskOptions, device: str 
     device is known (``auto``: torch on a GPU worker, onnx on a CPU one)."""
     engine = resolve_engine(options.engine, device)
     if engine == "torch":
+        import torch
+
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
         return torch_batch_function(model, device, batch_size=options.batch_size)
     # One lane: the worker's threads already share the cores with the other workers. onnx-int8 runs
     # the int8 graph the client calibrated (prepare_engine).

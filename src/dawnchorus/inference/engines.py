@@ -12,12 +12,20 @@ is used. A model on a frozen pretrained backbone (``train --backbone birdnet``) 
 whatever is asked: its backbone in the backbone's own runtime and its head in torch
 (:mod:`dawnchorus.inference.frozen`, imported only for such a model). The ONNX engine builds the
 timm network only when the graph must be exported: with a graph cached for the model file it runs
-the log-mel frontend (torch) and the graph, and timm is never imported. ``onnx-int8`` is the same
-engine over the CNN's int8 graph (:mod:`dawnchorus.inference.quantise`), chosen only when asked for.
+the log-mel frontend and the graph, and timm is never imported. ``onnx-int8`` is the same engine
+over the CNN's int8 graph (:mod:`dawnchorus.inference.quantise`), chosen only when asked for.
+
+Without torch: on CPU both ONNX engines compute the log-mel in numpy
+(:class:`~dawnchorus.models.logmel_numpy.NumpyLogMel`: the training frontend's values to float32
+rounding, and not slower per window than torch's), and :func:`load_for_prediction` restores a model
+file from the record its cached graph keeps, so ``predict --engine onnx`` on a cached graph (and a
+Dask worker running it) never imports torch (``import torch`` was ~1.1 s of a ~2.3 s start-up).
+torch is imported where it runs: the torch engine, CUDA, exporting a graph, a frozen backbone's head.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import sys
@@ -29,10 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from dawnchorus.config import ENGINES
-from dawnchorus.errors import ExportError, PredictionError
+from dawnchorus.errors import ExportError, ModelFileError, PredictionError
 from dawnchorus.inference.export import (
     CALIBRATION_KEY,
     FRONTEND_KEY,
@@ -40,12 +47,15 @@ from dawnchorus.inference.export import (
     OUTPUT,
     QUANTISATION_KEY,
     cached_onnx_path,
+    cached_record,
     export_onnx,
     require,
 )
 from dawnchorus.io.files import usable_cores
 
 if TYPE_CHECKING:
+    import torch
+
     from dawnchorus.models.modelfile import LoadedModel
 
 BatchFunction = Callable[[np.ndarray], np.ndarray]
@@ -103,10 +113,45 @@ def resolve_batch_size(batch_size: int | str, device: str | None = None, *, cuda
 
 
 def wants_gpu(device: str | None, *, cuda: bool | None = None) -> bool:
-    """Whether ``device`` is a GPU; None stands for a GPU when ``cuda`` (default: torch sees one)."""
+    """Whether ``device`` is a GPU; None stands for a GPU when ``cuda`` (default: torch sees one,
+    see :func:`cuda_device_count`)."""
     if device is not None:
         return device.startswith("cuda")
-    return torch.cuda.is_available() if cuda is None else cuda
+    return cuda_device_count() > 0 if cuda is None else cuda
+
+
+# Device nodes a GPU torch can use shows on Linux: NVIDIA's, ROCm's (torch.cuda on AMD), WSL's.
+_GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_device_count() -> int:
+    """How many GPUs torch sees here. On Linux with no GPU device node (``/dev/nvidia*``,
+    ``/dev/kfd``, ``/dev/dxg``) that is 0 without importing torch (~1.1 s); elsewhere torch counts."""
+    if "torch" not in sys.modules and sys.platform.startswith("linux"):
+        if not any(glob.glob(pattern) for pattern in _GPU_DEVICE_NODES):
+            return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def load_for_prediction(path: str | Path) -> LoadedModel:
+    """A model file loaded for ``predict``: restored from the record its current cached graph keeps
+    (:func:`~dawnchorus.inference.export.cached_record`: same SHA-256, see
+    :func:`~dawnchorus.models.modelfile.model_from_record`) without reading the torch archive, else
+    :func:`~dawnchorus.models.modelfile.load_model` ``(path, build_network=False)`` as before (no
+    graph, one of another file, an older graph without a record, a record that is not one). Either
+    way the network is built (and torch imported) only when an engine runs it, the weights then read
+    from the file."""
+    from dawnchorus.models.modelfile import load_model, model_from_record
+
+    record = cached_record(path)
+    if record is not None:
+        try:
+            return model_from_record(path, record)
+        except ModelFileError:
+            pass  # the file itself says what is wrong, or loads
+    return load_model(path, build_network=False)
 
 
 # --- the batch-function contract and the torch engine --------------------------------------------
@@ -152,6 +197,8 @@ def torch_batch_function(
     autocast (the STFT stays float32). A model on a frozen backbone gets its
     :func:`~dawnchorus.inference.frozen.frozen_batch_function`.
     """
+    import torch
+
     if model.backbone is not None:
         from dawnchorus.inference.frozen import frozen_batch_function
 
@@ -175,6 +222,8 @@ def torch_batch_function(
 
 
 def _cuda_batch_function(network: torch.nn.Module, device: torch.device, batch_size: int) -> BatchFunction:
+    import torch
+
     staging: dict[int, torch.Tensor] = {}
 
     @torch.inference_mode()
@@ -196,12 +245,54 @@ def _cuda_batch_function(network: torch.nn.Module, device: torch.device, batch_s
 
 @contextmanager
 def torch_threads_kept() -> Iterator[None]:
-    """Restore torch's intra-op thread count on exit (engines set one thread per lane)."""
-    threads = torch.get_num_threads()
+    """Restore torch's intra-op thread count and numpy's BLAS threads on exit (engines set one
+    thread per lane: :func:`set_threads`). torch is not imported for this: when it was first imported
+    inside, its count is set back to the one it started with."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    blas = _blas_limit()
+    kept = blas.info() if blas is not None else None
     try:
         yield
     finally:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(threads or _TORCH_THREADS.get("default") or torch.get_num_threads())
+        if blas is not None and kept:
+            for library in kept:
+                blas.select(filepath=library["filepath"]).limit(limits=library["num_threads"])
+
+
+# torch's thread count before set_threads first changed it (torch imported after a block began).
+_TORCH_THREADS: dict[str, int] = {}
+
+
+def set_threads(threads: int) -> None:
+    """One lane's threads: torch's intra-op count (when torch is imported, or when it is, later:
+    the torch engine sets it again) and numpy's BLAS (the numpy log-mel's products; OpenBLAS
+    spins its own threads otherwise: 5.3 CPU-s for 0.3 s of work measured with two)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        _TORCH_THREADS.setdefault("default", torch.get_num_threads())
         torch.set_num_threads(threads)
+    blas = _blas_limit()
+    if blas is not None:
+        blas.limit(limits=threads, user_api="blas")
+
+
+def _blas_limit() -> Any:
+    """threadpoolctl's controller of numpy's BLAS, or None without threadpoolctl (scikit-learn's
+    dependency, so normally here)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    if "controller" not in _BLAS:
+        _BLAS["controller"] = ThreadpoolController()
+    return _BLAS["controller"]
+
+
+_BLAS: dict[str, Any] = {}
 
 
 # --- the onnxruntime engine ----------------------------------------------------------------------
@@ -274,14 +365,14 @@ class OnnxRunner:
         return self.session.run([OUTPUT], {self.input_name: inputs})[0]
 
 
-def _torch_frontend(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
-    frontend = model.frontend.cpu().eval()  # without building the network
+def numpy_frontend(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's log-mel frontend in numpy (no torch; the training frontend's values to float32
+    rounding): the ``prepare`` stage of both ONNX engines on CPU."""
+    from dawnchorus.models.logmel_numpy import NumpyLogMel
 
-    @torch.inference_mode()
-    def spectrogram(audio: np.ndarray) -> np.ndarray:
-        return frontend(torch.from_numpy(audio)).numpy()
-
-    return spectrogram
+    if model.backbone is not None:
+        raise ExportError(f"{model.path or 'model'}: a head on a frozen backbone has no log-mel frontend")
+    return NumpyLogMel.from_settings(model.config.audio, model.config.frontend)
 
 
 def _check_labels(model: LoadedModel, runner: OnnxRunner) -> None:
@@ -319,7 +410,7 @@ def onnx_batch_function(
                 f"pass include_frontend={runner.includes_frontend}"
             )
     _check_labels(model, runner)
-    prepare = None if include_frontend else _torch_frontend(model)
+    prepare = None if include_frontend else numpy_frontend(model)
     return StagedBatchFunction(prepare=prepare, classify=runner, lanes=lanes)
 
 
@@ -342,7 +433,7 @@ def int8_batch_function(
     threads: int | None = None,
     lanes: int = 1,
 ) -> BatchFunction:
-    """Audio batch ``(B, T)`` -> probabilities ``(B, C)``: log-mel in torch, the CNN's int8 graph in
+    """Audio batch ``(B, T)`` -> probabilities ``(B, C)``: log-mel in numpy, the CNN's int8 graph in
     onnxruntime on CPU (:class:`StagedBatchFunction` with ``lanes`` lanes of ``threads`` threads).
 
     The graph is the one cached beside ``model.path`` or, when there is none yet, calibrated on the
@@ -367,7 +458,7 @@ def int8_batch_function(
         with tempfile.TemporaryDirectory(prefix="dawnchorus-int8-") as folder:
             runner = OnnxRunner(quantise_model(model, Path(folder) / "model.cnn.int8.onnx", windows), threads)
     _check_labels(model, runner)
-    return StagedBatchFunction(prepare=_torch_frontend(model), classify=runner, lanes=lanes)
+    return StagedBatchFunction(prepare=numpy_frontend(model), classify=runner, lanes=lanes)
 
 
 def _onnx_providers(device: str | None) -> list[Provider]:
@@ -395,14 +486,15 @@ def batch_function_for(
     (default: one per thread) that each classify a batch with ``threads // lanes`` intra-op threads:
     independent single-threaded batches use the cores better than one batch spread over them. On
     CUDA there is one lane, and ``batch_size`` sizes the pinned transfer buffer. The ONNX engine uses
-    the graph cached beside the model file (exported on first use); by default the log-mel stays
-    in torch (onnxruntime's STFT is slower), ``include_frontend=True`` runs it in the graph too.
+    the graph cached beside the model file (exported on first use); by default the log-mel runs in
+    numpy (:func:`numpy_frontend`; onnxruntime's STFT is slower), ``include_frontend=True`` runs it
+    in the graph too.
     The graph comes from ``model.path`` as saved: weights changed in memory and not saved are not
     in it (a model without a file is exported afresh). A model on a frozen backbone runs its
     backbone (``threads`` threads) and torch head whatever ``engine`` says: there is no ONNX graph of
     a backbone that is not in the model file. ``onnx-int8`` (CPU only) runs the int8 graph cached
     beside the model file, or calibrates one first on the recordings ``calibration`` (see
-    :func:`dawnchorus.inference.quantise.cached_int8_path`); the log-mel stays in torch.
+    :func:`dawnchorus.inference.quantise.cached_int8_path`); the log-mel runs in numpy.
     """
     engine = resolve_engine(engine, device)
     if batch_size < 1:
@@ -414,19 +506,22 @@ def batch_function_for(
     if engine == "onnx-int8" and device is not None and on_gpu:
         raise ExportError("the onnx-int8 engine runs on CPU only; use --device cpu or another engine")
     on_gpu = on_gpu and engine != "onnx-int8"
-    if on_gpu and not torch.cuda.is_available():
+    if on_gpu and not cuda_device_count():
         raise ExportError(f"device {device!r} requested, but torch sees no CUDA device; use --device cpu")
     if device is not None and not on_gpu and device != "cpu":
         raise ExportError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     threads = threads or usable_cores()
     lanes = 1 if on_gpu else min(lanes or threads, threads)
     per_lane = max(1, threads // lanes)
-    torch.set_num_threads(per_lane)
+    set_threads(per_lane)
     if model.backbone is not None:
         from dawnchorus.inference.frozen import frozen_batch_function
 
         return frozen_batch_function(model, device if on_gpu else "cpu", threads=threads)
     if engine == "torch":
+        import torch
+
+        torch.set_num_threads(per_lane)
         return torch_batch_function(model, device, batch_size=batch_size, lanes=lanes)
     if engine == "onnx-int8":
         return int8_batch_function(model, calibration, threads=per_lane, lanes=lanes)
@@ -451,7 +546,7 @@ def describe_engine(batch_function: BatchFunction) -> dict[str, Any]:
         return {
             "engine": "onnx" if target.quantisation is None else "onnx-int8",
             "graph": str(target.path),
-            "frontend": "onnx" if target.includes_frontend else "torch",
+            "frontend": "onnx" if target.includes_frontend else "numpy",
             "providers": target.session.get_providers(),
             "lanes": lanes,
             "threads_per_lane": target.threads,
@@ -459,4 +554,6 @@ def describe_engine(batch_function: BatchFunction) -> dict[str, Any]:
                 "quantisation": target.quantisation, "calibration_sha256": target.calibration_sha256,
             }),
         }
+    import torch
+
     return {"engine": "torch", "lanes": lanes, "threads_per_lane": torch.get_num_threads()}

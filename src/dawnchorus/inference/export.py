@@ -10,6 +10,10 @@ onnxruntime engine) and choosing an engine belong to :mod:`dawnchorus.inference.
 ``onnx`` and ``onnxruntime`` are the optional extra ``dawnchorus[onnx]``; they are imported only
 when an ONNX function is used, and ``onnx`` only to export: checking a cached graph reads its
 metadata without it and needs no network, so a current graph runs without timm being imported.
+torch is imported only to export. A graph exported from a model file keeps the file's record (its
+labels, settings, thresholds, calibration: :func:`dawnchorus.models.modelfile.read_record`, plain
+JSON data, never code) beside its SHA-256, so :func:`cached_record` gives ``predict`` the model
+without reading the torch archive (see :func:`dawnchorus.inference.engines.load_for_prediction`).
 """
 
 from __future__ import annotations
@@ -22,16 +26,15 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, BinaryIO
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dawnchorus.errors import DawnchorusError, ExportError
 from dawnchorus.io.files import atomic_write
 from dawnchorus.version import __version__
 
 if TYPE_CHECKING:
+    import torch
+
     from dawnchorus.models.modelfile import LoadedModel
 
 DEFAULT_OPSET = 17
@@ -42,6 +45,8 @@ FRONTEND_KEY = "dawnchorus.include_frontend"
 LABELS_KEY = "dawnchorus.labels"
 VERSION_KEY = "dawnchorus.version"
 INPUT_KEY = "dawnchorus.input_shape"
+# The model file's record (JSON): written when the graph is exported from the file's own bytes.
+RECORD_KEY = "dawnchorus.model_record"
 # Written by dawnchorus.inference.quantise on int8 graphs only.
 CALIBRATION_KEY = "dawnchorus.calibration_sha256"
 QUANTISATION_KEY = "dawnchorus.quantisation"
@@ -70,18 +75,22 @@ def require(module: str) -> ModuleType:
 # --- export ----------------------------------------------------------------------------------------
 
 
-class _ProbabilityGraph(nn.Module):
+def _probability_graph(model: LoadedModel, include_frontend: bool) -> torch.nn.Module:
     """What is exported: (audio or spectrogram) -> sigmoid probabilities."""
+    import torch
 
-    def __init__(self, model: LoadedModel, include_frontend: bool) -> None:
-        super().__init__()
-        self.network = model.network
-        self.include_frontend = include_frontend
+    class ProbabilityGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = model.network
+            self.include_frontend = include_frontend
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.include_frontend:
-            inputs = self.network.frontend(inputs)
-        return torch.sigmoid(self.network.classifier(inputs).float())
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            if self.include_frontend:
+                inputs = self.network.frontend(inputs)
+            return torch.sigmoid(self.network.classifier(inputs).float())
+
+    return ProbabilityGraph()
 
 
 # sha256 of the files hashed in this process, by (path, inode, size, mtime_ns): a model file is
@@ -104,6 +113,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _example_input(model: LoadedModel, include_frontend: bool) -> torch.Tensor:
+    import torch
+
     samples = model.config.audio.clip_samples
     generator = torch.Generator().manual_seed(0)
     audio = 0.1 * torch.randn(2, samples, generator=generator)
@@ -125,8 +136,9 @@ def export_onnx(
     With ``include_frontend`` the input is ``audio`` ``(batch, clip_samples)``; without it the input
     is ``spectrogram`` ``(batch, 1, n_mels, frames)`` and the caller computes the log-mel in torch.
     The batch axis is dynamic. ``model_sha256`` (default: the hash of ``model.path`` when set) is
-    stored in the metadata so a cache can tell which model file the graph came from. The file is
-    written atomically. A model on a frozen backbone (``train --backbone birdnet``) is refused: its
+    stored in the metadata so a cache can tell which model file the graph came from; when it is the
+    hash of ``model.path`` as it is now, the file's record (:data:`RECORD_KEY`) is stored too. The
+    file is written atomically. A model on a frozen backbone (``train --backbone birdnet``) is refused: its
     backbone is not in the model file, so there is no graph to write.
     """
     if model.backbone is not None:
@@ -134,12 +146,16 @@ def export_onnx(
             f"{model.path or 'model'}: a head on the frozen {model.backbone.get('name')} backbone cannot "
             "be exported to ONNX (the backbone is not in the model file); predict runs it as it is"
         )
+    import torch
+
     onnx = require("onnx")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if model_sha256 is None and model.path is not None and Path(model.path).is_file():
+    has_file = model.path is not None and Path(model.path).is_file()
+    if model_sha256 is None and has_file:
         model_sha256 = file_sha256(model.path)
-    graph = _ProbabilityGraph(model, include_frontend).cpu().eval()
+    record = _record_of(model.path) if has_file and model_sha256 == file_sha256(model.path) else None
+    graph = _probability_graph(model, include_frontend).cpu().eval()
     example = _example_input(model, include_frontend)
     input_name = AUDIO_INPUT if include_frontend else SPECTROGRAM_INPUT
 
@@ -167,6 +183,8 @@ def export_onnx(
             VERSION_KEY: __version__,
             INPUT_KEY: json.dumps(["batch", *example.shape[1:]]),
         }
+        if record is not None:
+            metadata[RECORD_KEY] = record
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -179,6 +197,16 @@ def export_onnx(
             raise
         raise ExportError(f"{out}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
     return out
+
+
+def _record_of(model_path: str | Path) -> str | None:
+    """The model file's record as JSON, or None when it has none (a frozen backbone's head)."""
+    from dawnchorus.models.modelfile import read_record
+
+    try:
+        return json.dumps(read_record(model_path), sort_keys=True)
+    except (DawnchorusError, TypeError, ValueError):
+        return None
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -296,6 +324,35 @@ def _cache_is_current(onnx_path: Path, model_path: Path, sha256: str, include_fr
     )
 
 
+def cached_record(model_path: str | Path) -> dict[str, Any] | None:
+    """The record (:data:`RECORD_KEY`) a current cached graph of ``model_path`` keeps (the CNN graph
+    ``MODEL.cnn.onnx`` first, then ``MODEL.onnx``; beside the file or in :func:`user_cache_dir`), or
+    None: no current graph (another SHA-256, older than the file), or one exported without a record
+    or with one that is not JSON. The record is plain data (what it holds is checked by
+    :func:`dawnchorus.models.modelfile.model_from_record`)."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        return None
+    sha256 = file_sha256(model_path)
+    for include_frontend in (False, True):
+        for candidate in _cache_candidates(model_path, sha256, include_frontend):
+            if not _cache_is_current(candidate, model_path, sha256, include_frontend):
+                continue
+            try:
+                record = json.loads(read_onnx_metadata(candidate).get(RECORD_KEY) or "null")
+            except (ExportError, ValueError):
+                continue
+            if isinstance(record, dict):
+                return record
+    return None
+
+
+def _cache_candidates(model_path: Path, sha256: str, include_frontend: bool) -> tuple[Path, Path]:
+    """Where a graph of the model file may be cached: beside it, then in the user cache."""
+    fallback = user_cache_dir() / f"{sha256[:32]}{'' if include_frontend else '.cnn'}.onnx"
+    return onnx_path_beside(model_path, include_frontend), fallback
+
+
 def cached_onnx_path(
     model_path: str | Path,
     model: LoadedModel | None = None,
@@ -316,10 +373,10 @@ def cached_onnx_path(
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model file not found")
     sha256 = file_sha256(model_path)
-    beside = onnx_path_beside(model_path, include_frontend)
-    fallback = user_cache_dir() / f"{sha256[:32]}{'' if include_frontend else '.cnn'}.onnx"
+    beside, fallback = _cache_candidates(model_path, sha256, include_frontend)
     for candidate in (beside, fallback):
         if _cache_is_current(candidate, model_path, sha256, include_frontend):
+            _add_record(candidate, model_path)
             return candidate
     if model is None:
         from dawnchorus.models.modelfile import load_model
@@ -332,6 +389,24 @@ def cached_onnx_path(
             if not isinstance(exc.__cause__, OSError):
                 raise
     return export_onnx(model, fallback, include_frontend, opset, model_sha256=sha256)
+
+
+def _add_record(graph: Path, model_path: Path) -> None:
+    """Give a current graph exported before graphs kept records (:data:`RECORD_KEY`) the model
+    file's record, once, so later runs start without torch; left as it is when that fails."""
+    try:
+        if RECORD_KEY in read_onnx_metadata(graph) or not folder_is_writable(graph.parent):
+            return
+        record = _record_of(model_path)
+        if record is None:
+            return
+        onnx = require("onnx")
+        proto = onnx.load(str(graph))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = RECORD_KEY, record
+        atomic_write(graph, lambda temporary: onnx.save(proto, str(temporary)))
+    except (DawnchorusError, OSError, ValueError):
+        return
 
 
 def folder_is_writable(folder: Path) -> bool:

@@ -14,7 +14,10 @@ This module owns only the file format; the network it holds is built by
 not import Lightning, and imports timm only when a timm network is built: ``load_model(path,
 build_network=False)`` reads the file's settings and weights and leaves the network to its first
 use, so ``predict`` with the ONNX engine and a cached graph (and every dask worker running it) starts
-without timm and torchvision.
+without timm and torchvision. torch itself is imported only to read or write the file (a torch
+archive) and to build a network: :func:`read_record` gives a file's entries without its weights as
+plain data (stored with an exported graph), and :func:`model_from_record` restores a
+:class:`LoadedModel` from them without torch, reading the weights from the file on first use.
 """
 
 from __future__ import annotations
@@ -27,18 +30,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import ValidationError
 
 from dawnchorus.config import DEFER_BACKBONE_CHECK, Config
 from dawnchorus.errors import ModelError, ModelFileError
 from dawnchorus.io.files import atomic_write
-from dawnchorus.models.embedding_classifier import EmbeddingClassifier
-from dawnchorus.models.features import LogMel
 from dawnchorus.version import __version__
 
-if TYPE_CHECKING:  # the timm network: imported where it is built
+if TYPE_CHECKING:  # torch and the networks: imported where they are used
+    import torch
+
     from dawnchorus.models.classifier import SpectrogramClassifier
+    from dawnchorus.models.embedding_classifier import EmbeddingClassifier
+    from dawnchorus.models.features import LogMel
 
 MODEL_FORMAT = "dawnchorus-model"
 MODEL_FORMAT_VERSION = 1
@@ -65,7 +69,8 @@ class LoadedModel:
     A model loaded with ``load_model(path, build_network=False)`` holds its stored weights
     (``stored_state``) and builds its timm network on the first use of :attr:`network` (which then
     raises what loading would have: a backbone the installed timm lacks, weights that do not fit);
-    :attr:`frontend` gives the log-mel frontend without building it.
+    :attr:`frontend` gives the log-mel frontend without building it. One restored by
+    :func:`model_from_record` holds neither and reads the weights from :attr:`path` then.
     """
 
     built_network: SpectrogramClassifier | EmbeddingClassifier | None
@@ -85,6 +90,8 @@ class LoadedModel:
     def network(self) -> SpectrogramClassifier | EmbeddingClassifier:
         """The network, in eval mode on :attr:`device`; built from the stored weights on first use."""
         if self.built_network is None:
+            if self.stored_state is None and self.path is not None and Path(self.path).is_file():
+                self.stored_state = _read_payload(Path(self.path))["state_dict"]  # model_from_record
             if self.stored_state is None:
                 raise ModelError(f"{self.path or 'model'}: neither a network nor stored weights to build one")
             self.built_network = _spectrogram_classifier(
@@ -110,6 +117,8 @@ class LoadedModel:
         if self.built_network is not None:
             return self.built_network.frontend
         if self._frontend is None:
+            from dawnchorus.models.features import LogMel
+
             self._frontend = LogMel.from_settings(self.config.audio, self.config.frontend).eval()
         return self._frontend
 
@@ -168,6 +177,8 @@ def save_model_file(
     (``BackboneInfo.as_dict()``: str, int and float values only); stored as plain data.
     ``calibration``: see :func:`calibration_entry` (checked before anything is written).
     """
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     thresholds = thresholds or {"global": 0.5, "per_class": None}
@@ -220,7 +231,40 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
+    return _model_from_payload(path, _read_payload(path), device, build_network)
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """A model file's entries except its weights, as plain data (JSON-serialisable: str, int, float,
+    lists, dicts, None): what :func:`model_from_record` restores a model from. Read as
+    :func:`load_model` reads (weights-only; a damaged file is a :class:`ModelFileError`). A model on
+    a frozen backbone has no record (its backbone's weights are found when it is built)."""
+    path = Path(path)
     payload = _read_payload(path)
+    if payload.get("backbone") is not None:
+        raise ModelFileError(f"{path}: a head on a frozen backbone has no record without its weights")
+    record = {key: value for key, value in payload.items() if key != "state_dict"}
+    return json.loads(json.dumps(record))  # plain data, or a TypeError naming what is not
+
+
+def model_from_record(path: str | Path, record: Any) -> LoadedModel:
+    """The :class:`LoadedModel` of the model file ``path`` from its :func:`read_record` (kept with a
+    graph exported from these very bytes), without torch: checked as :func:`load_model` checks the
+    file (a record that is not one is a :class:`ModelFileError`); the weights are read from ``path``
+    on the first use of :attr:`LoadedModel.network`. The caller vouches that ``record`` is this
+    file's (a graph keeps the file's SHA-256 beside it)."""
+    path = Path(path)
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: the stored record of this model file is not one")
+    if record.get("backbone") is not None:
+        raise ModelFileError(f"{path}: a head on a frozen backbone is not restored from a record")
+    _check_entries(path, record, {k: v for k, v in REQUIRED_ENTRIES.items() if k != "state_dict"})
+    return _model_from_payload(path, record, "cpu", build_network=False)
+
+
+def _model_from_payload(
+    path: Path, payload: dict[str, Any], device: str | torch.device, build_network: bool
+) -> LoadedModel:
     if payload["format_version"] > MODEL_FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format {payload['format_version']} is newer than this dawnchorus "
@@ -249,7 +293,7 @@ def load_model(
         metadata=metadata,
         path=path,
         backbone=backbone,
-        stored_state=payload["state_dict"] if network is None else None,
+        stored_state=payload.get("state_dict") if network is None else None,
         device=device,
         calibration=calibration_entry(payload.get("calibration"), labels, path),
     )
@@ -326,6 +370,8 @@ def _read_payload(path: Path) -> dict[str, Any]:
     built, so nothing in it runs. PyTorch's own message then advises retrying without that
     restriction, which for a crafted file is the exploit: only its diagnosis is kept.
     """
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
@@ -334,7 +380,12 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: {_unpickling_problem(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path}: not a dawnchorus model file (no '{MODEL_FORMAT}' format mark)")
-    for key, kinds in REQUIRED_ENTRIES.items():
+    _check_entries(path, payload, REQUIRED_ENTRIES)
+    return payload
+
+
+def _check_entries(path: Path, payload: dict[str, Any], required: dict[str, tuple[type, ...]]) -> None:
+    for key, kinds in required.items():
         if key not in payload:
             raise ModelFileError(f"{path}: damaged model file: it has no {key!r} entry")
         if not isinstance(payload[key], kinds) or isinstance(payload[key], bool):
@@ -345,7 +396,6 @@ def _read_payload(path: Path) -> dict[str, Any]:
     labels = payload["labels"]
     if not labels or not all(isinstance(label, str) and label for label in labels):
         raise ModelFileError(f"{path}: damaged model file: its 'labels' entry is not a list of label names")
-    return payload
 
 
 def _unpickling_problem(exc: Exception) -> str:
@@ -407,6 +457,8 @@ def _plain_record(record: Any, path: Path) -> dict[str, Any]:
 def _embedding_classifier(
     backbone: dict[str, Any], config: Config, num_classes: int, path: Path
 ) -> EmbeddingClassifier:
+    from dawnchorus.models.embedding_classifier import EmbeddingClassifier
+
     try:
         return EmbeddingClassifier(
             int(backbone["embedding_size"]), num_classes, config.embedding.head, config.model.drop_rate
@@ -438,6 +490,7 @@ def _spectrogram_classifier(
     ``frontend``: one already built from the same settings (reused, so a frontend handed out before
     the network was built stays the network's)."""
     from dawnchorus.models.classifier import SpectrogramClassifier, build_model
+    from dawnchorus.models.features import LogMel
 
     _check_timm_backbone(config.model.backbone, path)
     classifier = build_model(config.model, len(labels))
