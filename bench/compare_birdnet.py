@@ -464,22 +464,28 @@ def print_whole_process(
     )
 
 
+# Rounds of the two log-mel frontends in the stage table (interleaved; the median is printed).
+LOG_MEL_ROUNDS = 5
+
+
 def print_stages(model_path: Path, inputs: list[Path], engines: list[str], windows: int = 96) -> None:
     """CPU ms per 5-s window of each stage of ``predict`` on one thread: decoding (Vorbis + windowing),
-    log-mel (torch), CNN (per engine, batches of 4) and writing (parts and CSV: a run whose network
+    log-mel (numpy: what the ONNX engines run; and torch: the training frontend, which the torch
+    engine runs), CNN (per engine, batches of 4) and writing (parts and CSV: a run whose network
     costs nothing, less its decoding)."""
     import numpy as np
     import torch
 
     from dawnchorus.config import PredictSettings
     from dawnchorus.inference.engines import DEFAULT_BATCH_SIZE as BATCH
-    from dawnchorus.inference.engines import OnnxRunner
+    from dawnchorus.inference.engines import OnnxRunner, numpy_frontend, set_threads
     from dawnchorus.inference.export import cached_onnx_path
     from dawnchorus.inference.quantise import cached_int8_path
     from dawnchorus.inference.run import run_prediction
     from dawnchorus.io.audio import iter_windows
     from dawnchorus.models.modelfile import load_model
 
+    set_threads(1)  # torch's threads and numpy's BLAS (the numpy log-mel's products), as one lane
     torch.set_num_threads(1)
     model = load_model(model_path, build_network=False)
     audio = model.config.audio
@@ -496,12 +502,25 @@ def print_stages(model_path: Path, inputs: list[Path], engines: list[str], windo
     costs["decode (Vorbis, resampling, windows)"] = (time.thread_time() - started) / len(samples) * 1000
     batches = [np.stack(samples[i : i + BATCH]) for i in range(0, len(samples) - BATCH + 1, BATCH)]
     frontend = model.frontend.eval()
-    with torch.inference_mode():
-        frontend(torch.from_numpy(batches[0]))  # warm-up: torch's first call allocates and dispatches
-    started = time.thread_time()
-    with torch.inference_mode():
-        spectrograms = [frontend(torch.from_numpy(batch)).numpy() for batch in batches]
-    costs["log-mel (torch)"] = (time.thread_time() - started) / (len(batches) * BATCH) * 1000
+    prepare = numpy_frontend(model)
+
+    @torch.inference_mode()
+    def torch_log_mel(batch: np.ndarray) -> np.ndarray:
+        return frontend(torch.from_numpy(batch)).numpy()
+
+    log_mels = {
+        "log-mel (numpy: the onnx engines')": prepare,
+        "log-mel (torch: the torch engine's)": torch_log_mel,
+    }
+    rounds: dict[str, list[float]] = {stage: [] for stage in log_mels}
+    for function in log_mels.values():
+        function(batches[0])  # warm-up: first calls allocate, dispatch and plan the FFT
+    for _ in range(LOG_MEL_ROUNDS):  # interleaved: both see the same load
+        for stage, function in log_mels.items():
+            started = time.thread_time()
+            spectrograms = [function(batch) for batch in batches]
+            rounds[stage].append((time.thread_time() - started) / (len(batches) * BATCH) * 1000)
+    costs.update({stage: statistics.median(values) for stage, values in rounds.items()})
     graphs = {"onnx": lambda: cached_onnx_path(model_path, model, include_frontend=False),
               "onnx-int8": lambda: cached_int8_path(model_path, model)}
     for engine in engines:

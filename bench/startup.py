@@ -4,7 +4,7 @@ trees side by side (e.g. a worktree of an older commit and this checkout).
 Each round runs, for each tree in turn (interleaved, so both see the same machine load):
 
 - ``python -X importtime -m dawnchorus predict MODEL REC --engine onnx``: the sum of the top-level
-  import times (every module the run imports, once);
+  import times (every module the run imports, once), and whether torch was among them;
 - the same command timed as a whole process: wall seconds, seconds until its first output line
   (``engine: ...``), CPU seconds and peak RSS (``wait4``);
 - ``python -m dawnchorus --help``: wall seconds.
@@ -12,6 +12,11 @@ Each round runs, for each tree in turn (interleaved, so both see the same machin
 The model is an ``efficientnet_b0`` (the default backbone, calibrated batch norm) with its ONNX graph
 already cached beside it; the input is one 10-s recording, so start-up dominates. Prints medians of
 ``--rounds`` rounds and the load average before and after.
+
+Peak RSS: Linux keeps a process's high-water mark across ``exec``, so a child of a large process
+reports at least its parent's RSS (a bare ``python -c pass`` started by a process holding torch
+reported 507 MB). The model and graph are therefore made in a child process of their own, and this
+one stays small (numpy and the standard library).
 
     .venv/bin/python bench/startup.py --tree before=/tmp/old/src --tree after=src --rounds 5
 """
@@ -76,20 +81,23 @@ def timed(command: list[str], environment: dict[str, str]) -> dict[str, float]:
     }
 
 
-def import_seconds(command: list[str], environment: dict[str, str]) -> float:
-    """Sum of the top-level cumulative times ``-X importtime`` reports (each module counted once)."""
+def import_seconds(command: list[str], environment: dict[str, str]) -> tuple[float, bool]:
+    """Sum of the top-level cumulative times ``-X importtime`` reports (each module counted once),
+    and whether torch was imported."""
     done = subprocess.run(
         [sys.executable, "-X", "importtime", *command[1:]], env=environment, capture_output=True, text=True,
         check=True,
     )
     total = 0
+    torch_imported = False
     for line in done.stderr.splitlines():
         parts = line.split("|")
         if not line.startswith("import time:") or len(parts) != 3 or not parts[1].strip().isdigit():
             continue
+        torch_imported = torch_imported or parts[2].strip() == "torch"
         if not parts[2].startswith("  "):  # top level: not imported by another module's import
             total += int(parts[1])
-    return total / 1e6
+    return total / 1e6, torch_imported
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="a source tree to put on PYTHONPATH (repeat; first is the baseline)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/dawnchorus-bench/startup"))
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # the child that makes them
     args = parser.parse_args(argv)
+    if args.prepare:
+        ensure_inputs(args.data_dir)
+        return 0
     trees = dict(item.split("=", 1) for item in args.tree)
-    model, recordings = ensure_inputs(args.data_dir)
+    subprocess.run([sys.executable, __file__, "--prepare", "--tree", "x=x", "--data-dir", str(args.data_dir)],
+                   check=True)
+    model, recordings = args.data_dir / "model.pt", args.data_dir / "recordings"
     results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     loads = [" ".join(f"{value:.2f}" for value in os.getloadavg())]
     with tempfile.TemporaryDirectory(prefix="dawnchorus-startup-") as scratch:
@@ -111,21 +125,20 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(scratch) / f"{name}-{round_}"
                 predict = [sys.executable, "-m", "dawnchorus", "predict", str(model), str(recordings),
                            "--engine", "onnx", "--format", "csv"]
-                record: dict[str, Any] = {
-                    "imports_s": import_seconds([*predict, "--out", f"{out}-i"], environment)
-                }
+                imports, torch_imported = import_seconds([*predict, "--out", f"{out}-i"], environment)
+                record: dict[str, Any] = {"imports_s": imports, "torch": float(torch_imported)}
                 record.update(timed([*predict, "--out", str(out)], environment))
                 help_run = timed([sys.executable, "-m", "dawnchorus", "--help"], environment)
                 record["help_s"] = help_run["wall_s"]
                 for key, value in record.items():
                     results[name].setdefault(key, []).append(value)
     loads.append(" ".join(f"{value:.2f}" for value in os.getloadavg()))
-    columns = ("imports_s", "first_line_s", "wall_s", "cpu_s", "rss_mb", "help_s")
+    columns = ("imports_s", "first_line_s", "wall_s", "cpu_s", "rss_mb", "help_s", "torch")
     print(f"load average before: {loads[0]}; after: {loads[1]}; medians of {args.rounds} interleaved rounds")
     print("| tree | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for name, values in results.items():
-        cells = [f"{statistics.median(values[c]):.{0 if c == 'rss_mb' else 2}f}" for c in columns]
+        cells = [f"{statistics.median(values[c]):.{0 if c in ('rss_mb', 'torch') else 2}f}" for c in columns]
         print(f"| {name} | " + " | ".join(cells) + " |")
     for name, values in results.items():
         print(name, {c: [round(v, 2) for v in values[c]] for c in columns})
