@@ -20,10 +20,10 @@ training's. Each model predicts the test soundscapes; a global threshold is tune
 macro ROC-AUC / padded cmAP / macro F1 are computed on the other half (as in ``domain_shift.py``).
 Mean ± sd over ``--seeds`` seeds.
 
-Prediction recipe, on the round-3 students: temporal smoothing (kernel 0.1 0.2 0.4 0.2 0.1, BirdCLEF
-2025 1st), overlapping windows (hop 2.5 s averaged back onto the 5-s grid), both, and a 2-model
-ensemble (``dawnchorus.predict([m1, m2])``, equal weights: seed s's round-3 student with seed s+1's,
-mod seeds), each against the plain prediction of the same models.
+Prediction recipe, on the teachers and on the last round's students: temporal smoothing (kernel
+0.1 0.2 0.4 0.2 0.1, BirdCLEF 2025 1st), overlapping windows (hop 2.5 s averaged back onto the 5-s
+grid), both, and a 2-model ensemble (``dawnchorus.predict([m1, m2])``, equal weights: seed s's
+last-round student with seed s+1's, mod seeds), each against the plain prediction of the same models.
 
 Distillation (every seed; ``--distil-seeds`` fewer): a head on the frozen BirdNET 2.4 backbone
 (``train --backbone birdnet``, its defaults, the training bank) is the teacher; one round with
@@ -38,7 +38,15 @@ download), as ``domain_shift.py`` chose it for 2 cores.
 
 Any setting of the students' config can be changed with ``--set KEY=VALUE`` (dotted
 :class:`~dawnchorus.config.Config` keys, YAML values, repeatable; the teacher keeps the bench's
-settings), e.g. ``--set selftrain.pseudo.keep=0.5 --set selftrain.pseudo.floor=0.1``.
+settings), e.g. ``--set selftrain.pseudo.keep=0.5 --set selftrain.pseudo.floor=0.1``. ``--arm NAME
+KEY=VALUE ...`` (repeatable) compares student settings on the same teachers: each arm runs its own
+rounds from each seed's teacher, with the ``--set`` settings and its own on top; the recipe and the
+ensemble use the first arm's students. ``--bouts`` draws the test and pool soundscapes as song bouts
+(``make_dataset(bouts=True)``: a bird sings over 10-60 s, across many windows); ``--rounds 0`` trains
+and scores the teachers only (the recipe on them). ``--test``, ``--pool``, ``--epochs`` and
+``--student-epochs`` size a run; ``--no-recipe`` skips the recipe and the ensemble. With ``--work-dir``, a
+later run reuses the teachers, controls and rounds of the same settings (folders named by a hash of
+their config; training is deterministic for the seed), so arms can be split over several runs.
 
     python bench/self_training.py --quick    # 1 seed, 1 round, few soundscapes
     python bench/self_training.py            # the quoted table
@@ -47,6 +55,8 @@ settings), e.g. ``--set selftrain.pseudo.keep=0.5 --set selftrain.pseudo.floor=0
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import statistics
 import time
@@ -69,7 +79,7 @@ from dawnchorus.config import Config, PredictSettings, build_config
 from dawnchorus.errors import ConfigError
 from dawnchorus.models.modelfile import load_model
 from dawnchorus.synth.soundscapes import make_dataset
-from dawnchorus.training.rounds import self_train
+from dawnchorus.training.rounds import STATE_NAME, self_train
 from dawnchorus.training.run import train
 
 TRAIN_BANK = ("redeclipse_rain", "redeclipse_wind", "redeclipse_creek", "redeclipse_nightcrickets")
@@ -81,7 +91,7 @@ FULL = {"species": 5, "clips": (8, 16), "test": 8, "pool": 12, "epochs": 20, "st
         "rounds": 3, "seeds": 3}
 QUICK = {"species": 4, "clips": (3, 6), "test": 4, "pool": 4, "epochs": 4, "student_epochs": 2,
          "rounds": 1, "seeds": 1}
-LABEL_WIDTH = 40
+LABEL_WIDTH = 50
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,11 +111,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a dotted setting of the students' config (YAML value; repeatable), e.g. "
         "selftrain.pseudo.keep=0.5",
     )
+    parser.add_argument(
+        "--arm", dest="arms", action="append", nargs="+", default=[], metavar="NAME [KEY=VALUE ...]",
+        help="a named arm of student settings (on top of --set; repeatable); rows 'NAME: round r'",
+    )
+    parser.add_argument("--bouts", action="store_true", help="test and pool soundscapes of song bouts")
+    parser.add_argument("--test", type=int, default=None, help="test soundscapes (default 8)")
+    parser.add_argument("--pool", type=int, default=None, help="unlabelled pool soundscapes (default 12)")
+    parser.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 20)")
+    parser.add_argument("--student-epochs", type=int, default=None, help="student epochs (default 12)")
+    parser.add_argument("--no-recipe", action="store_true", help="skip smoothing / overlap / ensemble")
     args = parser.parse_args(argv)
     try:
         args.overrides = parse_overrides(args.overrides)
+        args.arms = [(arm[0], {**args.overrides, **parse_overrides(arm[1:])}) for arm in args.arms]
     except ConfigError as exc:
         parser.error(str(exc))
+    if len({name for name, _ in args.arms}) < len(args.arms):
+        parser.error("--arm: every arm needs its own name")
+    if args.rounds is not None and args.rounds < 0:
+        parser.error("--rounds must be >= 0")
     return args
 
 
@@ -135,25 +160,29 @@ def with_overrides(config: Config, overrides: dict[str, object]) -> Config:
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def make_sets(work: Path, preset: dict, data_seed: int) -> tuple[Path, Path, Path]:
+def make_sets(work: Path, preset: dict, data_seed: int, bouts: bool = False) -> tuple[Path, Path, Path]:
     """The data set (clips + ``preset['test']`` test soundscapes over the test bank), and the unlabelled
     pool: soundscapes ``test .. test + pool - 1`` of a second set of the same seed over the pool bank
     (the generator draws soundscape i from its own seed stream i, so the pool shares no call sequence
-    with the test soundscapes). Returns (data, pool folder, test labels CSV)."""
+    with the test soundscapes); both of song bouts with ``bouts``. Returns (data, pool folder, test labels
+    CSV)."""
     backgrounds = bird_free_backgrounds(real_data_dir(None))
     test_bank = link_bank(backgrounds, TEST_BANK, work / "noise_test")
     pool_bank = link_bank(backgrounds, POOL_BANK, work / "noise_pool")
-    data, pool = work / "data", work / "pool"
+    kind = "_bouts" if bouts else ""  # one work folder can hold both kinds (the clips are the same)
+    data = work / f"data_test{preset['test']}{kind}"
+    pool = work / f"pool_{preset['test']}+{preset['pool']}{kind}"
     if not (data / "train_metadata.csv").is_file():
         summary = make_dataset(data, species=preset["species"], soundscapes=preset["test"], seed=data_seed,
-                               noise_dir=test_bank, clips_per_species=preset["clips"])
+                               noise_dir=test_bank, clips_per_species=preset["clips"], bouts=bouts)
         print(f"data: {summary.n_clips} clips of {len(summary.species)} species, "
-              f"{len(summary.soundscape_ids)} test soundscapes x 60 s ({summary.elapsed_s:.0f} s)",
-              flush=True)
+              f"{len(summary.soundscape_ids)} test soundscapes x 60 s{' of song bouts' if bouts else ''} "
+              f"({summary.elapsed_s:.0f} s)", flush=True)
     if not pool.is_dir():
         scratch = work / "pool_set"
         make_dataset(scratch, species=preset["species"], soundscapes=preset["test"] + preset["pool"],
-                     seed=data_seed, noise_dir=pool_bank, clips_per_species=preset["clips"], overwrite=True)
+                     seed=data_seed, noise_dir=pool_bank, clips_per_species=preset["clips"], overwrite=True,
+                     bouts=bouts)
         ids = list(dict.fromkeys(pd.read_csv(scratch / "test_labels.csv")["audio_id"]))
         pool.mkdir()
         for audio_id in ids[preset["test"]:]:
@@ -170,8 +199,9 @@ def bench_config(args: argparse.Namespace, preset: dict, train_bank: Path, seed:
     return build_config({
         "model": {"backbone": args.backbone, "pretrained": False},
         "augment": {"noise_dir": str(train_bank)},
+        # One pass of the items per epoch (train.min_steps_per_epoch 0), as the quoted tables were measured.
         "train": {"epochs": preset["epochs"], "batch_size": 8, "lr": 5e-3, "seed": seed,
-                  "num_workers": args.workers, "warmup_epochs": 1.0},
+                  "num_workers": args.workers, "warmup_epochs": 1.0, "min_steps_per_epoch": 0},
         "selftrain": {"rounds": rounds},
     })
 
@@ -214,65 +244,113 @@ class Scorer:
 Rows = dict[str, list[dict[str, float]]]
 
 
-def run(args: argparse.Namespace, work: Path) -> None:
+def sized(args: argparse.Namespace) -> dict:
+    """The preset (``--quick`` or the full one) with the sizing options applied."""
     preset = dict(QUICK if args.quick else FULL)
-    seeds = args.seeds or preset["seeds"]
-    rounds = args.rounds or preset["rounds"]
+    for key in ("test", "pool", "epochs", "student_epochs", "seeds", "rounds"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    return preset
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    preset = sized(args)
+    seeds, rounds = preset["seeds"], preset["rounds"]
+    arms = args.arms or [("", args.overrides)]
     started = time.perf_counter()
     backgrounds = bird_free_backgrounds(real_data_dir(args.real_data))
     train_bank = link_bank(backgrounds, TRAIN_BANK, work / "noise_train")
-    data, pool, labels_csv = make_sets(work, preset, args.data_seed)
+    data, pool, labels_csv = make_sets(work, preset, args.data_seed, args.bouts)
     view = training_view(data, work / "train_only")
     scorer = Scorer(data, labels_csv)
     print(f"banks: training {', '.join(TRAIN_BANK)}; pool {', '.join(POOL_BANK)}; "
           f"test {', '.join(TEST_BANK)}")
-    print(f"{args.backbone}: teacher {preset['epochs']} epochs, students {preset['student_epochs']}; "
+    print(f"{args.backbone}: teacher {preset['epochs']} epochs, students {preset['student_epochs']} "
+          f"(one pass of the items per epoch); "
           f"{rounds} round(s), {seeds} seed(s); thresholds tuned on {len(scorer.split.tune)} test "
           f"soundscapes, scores on the other {len(scorer.split.test)}", flush=True)
-    if args.overrides:
-        print("students: " + ", ".join(f"{key}={value}" for key, value in args.overrides.items()))
+    for name, overrides in arms:
+        if overrides:
+            print(f"students{' ' + name if name else ''}: "
+                  + ", ".join(f"{key}={value}" for key, value in overrides.items()))
 
     rows: Rows = {}
     final: dict[int, tuple[Path, list[str]]] = {}
-    windows: list[int] = []
+    windows: dict[str, list[int]] = {}
+    last = "teacher" if rounds == 0 else f"{arms[0][0] + ': ' if arms[0][0] else ''}round {rounds}"
     for seed in range(seeds):
-        config = bench_config(args, preset, train_bank, seed, rounds)
+        config = bench_config(args, preset, train_bank, seed, max(rounds, 1))
         run_dir = work / f"run_seed{seed}"
-        teacher = train(view, run_dir / "round0", config, progress_bar=False)
-        students = with_overrides(student_epochs(config, preset["student_epochs"]), args.overrides)
-        result = self_train(view, run_dir, students, unlabelled=[pool], teacher=teacher.model_path)
+        teacher = trained(view, run_dir, "teacher", config)
+        labels = load_model(teacher).labels
+        note(rows, "teacher", scorer.score(scorer.predict(teacher)[0], labels), seed, started)
+        final[seed] = (teacher, labels)
+        if not args.no_recipe:
+            recipe(scorer, teacher, labels, rows, "teacher")
+        if rounds == 0:
+            continue
+        students = student_epochs(config, preset["student_epochs"])
         # The control: a student's training (epochs, stronger augmentation) on the clips alone.
-        control = train(view, run_dir / "control", without_windows(students), progress_bar=False)
-        table, _ = scorer.predict(control.model_path)
-        rows.setdefault("control: student recipe, no pool", []).append(
-            scorer.score(table, load_model(control.model_path).labels)
-        )
-        for row in result.rounds:
-            path = Path(row.model)
-            table, _ = scorer.predict(path)
-            labels = load_model(path).labels
-            name = "teacher" if row.round == 0 else f"round {row.round}"
-            rows.setdefault(name, []).append(scorer.score(table, labels))
-            windows.append(row.windows_kept)
-            print(f"seed {seed} {name}: ROC-AUC {rows[name][-1]['roc_auc_macro']:.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-        final[seed] = (result.model_path, load_model(result.model_path).labels)
-        recipe(scorer, result.model_path, final[seed][1], rows, f"round {rounds}")
+        control = trained(view, run_dir, "control", without_windows(with_overrides(students, args.overrides)))
+        note(rows, "control: student recipe, no pool", scorer.score(scorer.predict(control)[0], labels),
+             seed, started)
+        for index, (name, overrides) in enumerate(arms):
+            arm_config = with_overrides(students, overrides)
+            arm_dir = run_dir / f"rounds_{digest(arm_config)}"
+            result = self_train(view, arm_dir, arm_config, unlabelled=[pool], teacher=teacher,
+                                resume=(arm_dir / STATE_NAME).is_file())
+            for row in result.rounds[1:]:
+                path = Path(row.model)
+                key = f"{name + ': ' if name else ''}round {row.round}"
+                note(rows, key, scorer.score(scorer.predict(path)[0], load_model(path).labels), seed, started)
+                windows.setdefault(name, []).append(row.windows_kept)
+            if index == 0:
+                final[seed] = (result.model_path, load_model(result.model_path).labels)
+                if not args.no_recipe:
+                    recipe(scorer, result.model_path, final[seed][1], rows, last)
 
-    if seeds > 1:
+    if seeds > 1 and not args.no_recipe:
         for seed in range(seeds):
             (one, labels), (other, _) = final[seed], final[(seed + 1) % seeds]
             table, _ = scorer.predict([one, other])  # predict's ensemble: the members' mean per window
-            rows.setdefault(f"round {rounds}, 2-model ensemble", []).append(scorer.score(table, labels))
+            rows.setdefault(f"{last}, 2-model ensemble", []).append(scorer.score(table, labels))
     speeds: dict[str, list[float]] = {}
     if not args.no_distil:
         for seed in range(min(args.distil_seeds, seeds)):
             distil(args, preset, view, pool, train_bank, work, seed, scorer, rows, speeds)
 
     print()
-    print(f"pseudo-labelled windows per round: {sorted(set(windows) - {0})}; "
-          f"wall {time.perf_counter() - started:.0f} s")
+    for name, kept in windows.items():
+        print(f"pseudo-labelled windows per round{' (' + name + ')' if name else ''}: {kept}")
+    print(f"wall {time.perf_counter() - started:.0f} s")
     print(render(rows, speeds))
+
+
+def digest(config: Config) -> str:
+    """A short hash of a config: the folder of what it trains, reused by a later run in ``--work-dir``
+    (``selftrain.rounds`` left out: a run with more rounds continues the finished ones)."""
+    settings = config.model_dump(mode="json")
+    settings["selftrain"].pop("rounds")
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def trained(view: Path, run_dir: Path, what: str, config: Config) -> Path:
+    """The model file of ``train(view, config)`` in ``run_dir/<what>_<digest>/``: trained there, or an
+    earlier run's in ``--work-dir`` of the same settings (training is deterministic for the seed)."""
+    folder = run_dir / f"{what}_{digest(config)}"
+    if (folder / "model.pt").is_file():
+        print(f"{what}: reusing {folder / 'model.pt'}", flush=True)
+        return folder / "model.pt"
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted training
+    return train(view, folder, config, progress_bar=False).model_path
+
+
+def note(rows: Rows, name: str, scores: dict[str, float], seed: int, started: float) -> None:
+    """Add one seed's scores to a row and say so."""
+    rows.setdefault(name, []).append(scores)
+    print(f"seed {seed} {name}: ROC-AUC {scores['roc_auc_macro']:.3f}, cmAP {scores['cmap_padded']:.3f} "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def recipe(scorer: Scorer, model_path: Path, labels: list[str], rows: Rows, name: str) -> None:
