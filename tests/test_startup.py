@@ -27,7 +27,12 @@ from typer.testing import CliRunner
 
 from dawnchorus.cli.app import app
 from dawnchorus.errors import ModelFileError
-from dawnchorus.inference.engines import OnnxRunner, batch_function_for, load_for_prediction
+from dawnchorus.inference.engines import (
+    OnnxRunner,
+    batch_function_for,
+    cuda_device_count,
+    load_for_prediction,
+)
 from dawnchorus.inference.export import (
     RECORD_KEY,
     cached_onnx_path,
@@ -66,6 +71,9 @@ NOT_RUN_BY_ONNX_PREDICT = (
 # Also not run by the ONNX engines on CPU with a graph that keeps its model file's record.
 NOT_RUN_WITH_A_RECORD = ("torch", "dawnchorus.models.features", "dawnchorus.models.embedding_classifier")
 PARITY = 1e-4  # onnxruntime against eager torch, as tests/test_export.py
+# Where a GPU is visible, predict without --device asks torch about it (the torch engine may run
+# there); these tests then say --device cpu, as a user who wants the CPU engines would.
+ON_CPU = ["--device", "cpu"] if cuda_device_count() else []
 
 
 def modules_after(code: str, cwd: Path) -> set[str]:
@@ -143,7 +151,7 @@ def test_onnx_predict_on_a_cached_graph_imports_nothing_it_does_not_run(
         from dawnchorus.cli.app import app
         try:
             app(["predict", {str(cached_model)!r}, {str(recordings)!r}, "--out", {str(out)!r},
-                 "--engine", "onnx"])
+                 "--engine", "onnx", *{ON_CPU!r}])
         except SystemExit as exit:
             assert exit.code == 0, exit.code
         """,
@@ -294,6 +302,7 @@ def test_graph_cached_for_the_very_file_runs_when_timm_lacks_its_backbone(
 def onnx_predict_modules(model: Path, recordings: Path, out: Path, *extra: str) -> set[str]:
     """The modules of a fresh ``dawnchorus predict MODEL RECORDINGS --engine onnx`` (exit 0)."""
     arguments = ["predict", str(model), str(recordings), "--out", str(out), "--format", "csv", *extra]
+    arguments += ON_CPU
     return modules_after(
         f"""
         from dawnchorus.cli.app import app
@@ -418,3 +427,17 @@ def test_the_record_of_another_model_file_is_never_used(cached_model: Path, tmp_
     assert load_for_prediction(cached_model).labels == ["xxx", "yyy"]
     assert cached_onnx_path(cached_model, include_frontend=False) == graph
     assert json.loads(read_onnx_metadata(graph)[RECORD_KEY])["labels"] == ["xxx", "yyy"]
+
+
+def test_no_gpu_device_node_means_no_gpu_without_importing_torch(tmp_path: Path) -> None:
+    """``--engine auto`` on a machine without a GPU chooses onnx without asking torch (~1.1 s)."""
+    modules = modules_after(
+        """
+        import glob, sys
+        glob.glob = lambda pattern: []  # a machine with no /dev/nvidia*, /dev/kfd, /dev/dxg
+        from dawnchorus.inference.engines import cuda_device_count, resolve_engine
+        assert cuda_device_count() == 0 and resolve_engine("auto") == "onnx"
+        """,
+        tmp_path,
+    )
+    assert "torch" not in modules or not sys.platform.startswith("linux")
