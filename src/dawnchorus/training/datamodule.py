@@ -4,8 +4,8 @@
 (stratified, or fold K of a K-fold), oversamples rare classes, builds the training clips (random crops,
 waveform augmentation, optional bird-free negatives from the noise bank), the validation clips and the
 labelled soundscape windows, and hands Lightning one training loader (weighted sampler when asked; an
-epoch of at least ``train.min_steps_per_epoch`` steps however few the clips) and one or two validation
-loaders (clips, then soundscapes). Decoded audio goes through one
+epoch of at least ``train.min_steps_per_epoch`` steps however few the clips) and up to two validation
+loaders (held-out clips, then soundscapes; each only when there are some). Decoded audio goes through one
 :class:`~dawnchorus.data.datasets.AudioCache`. Given window items (pseudo-labelled soundscape windows,
 :class:`~dawnchorus.training.windows.WindowItems`), the training items are the labelled clips, a share
 ``selftrain.mix_p`` of them mixed with a random window, followed by the windows themselves
