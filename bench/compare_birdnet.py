@@ -327,22 +327,37 @@ PREDICT_ENGINES = ("torch", "onnx", "onnx-int8")
 HEAD_ROW = "dawnchorus birdnet backbone + head"
 
 
+# Starts the timed command and reaps it, from a process of its own: Linux keeps a process's high-water
+# RSS across exec, so a command started by this bench directly (which may hold torch: ~500 MB) reported
+# at least the bench's RSS as its peak (a bare `python -c pass` so started: 507 MB; from this: 10 MB).
+REAPER = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+process = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(process.pid, 0)
+wall = time.perf_counter() - started
+with open(sys.argv[1], "w") as handle:
+    json.dump({"status": status, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+               "peak_rss_mb": usage.ru_maxrss / 1024}, handle)
+"""
+
+
 def timed_process(command: list[str], cores: list[int], log: Path, env: dict[str, str]) -> dict[str, Any]:
     """Run ``command`` pinned to ``cores`` as a whole process; wall time from spawn to exit, CPU and
-    peak RSS from ``wait4`` (children it waited for included). Output goes to ``log``."""
+    peak RSS from ``wait4`` (children it waited for included), taken by a small process that starts
+    and reaps it (see :data:`REAPER`). Output goes to ``log``."""
+    result = log.with_suffix(".rusage.json")
     with open(log, "w") as handle:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=lambda: os.sched_setaffinity(0, cores),
+        subprocess.run(
+            [sys.executable, "-c", REAPER, str(result), *command], stdout=handle, stderr=subprocess.STDOUT,
+            env=env, preexec_fn=lambda: os.sched_setaffinity(0, cores), check=True,
         )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+    measured = json.loads(result.read_text())
+    returncode = os.waitstatus_to_exitcode(measured.pop("status"))
+    if returncode != 0:
         tail = log.read_text()[-3000:]
-        raise RuntimeError(f"{' '.join(command[:3])} ... exited {process.returncode}:\n{tail}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+        raise RuntimeError(f"{' '.join(command[:3])} ... exited {returncode}:\n{tail}")
+    return measured
 
 
 def dawnchorus_command() -> list[str]:
