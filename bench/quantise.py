@@ -126,11 +126,12 @@ def run_seed(
     }
     graphs = {("fp32", ""): fp32}
     for name, source in calibrations.items():
-        windows = calibration_windows([source], audio.sample_rate, audio.clip_s)
+        windows = {count: calibration_windows([source], audio.sample_rate, audio.clip_s, count)
+                   for count in {recipe.windows for recipe in recipes}}
         for recipe in recipes:
             graph = work / f"int8-{recipe.name}-v{recipe.version}-{name.replace(' ', '-')}.onnx"
             if not graph.is_file() or graph.stat().st_mtime < Path(model.path).stat().st_mtime:
-                quantise_model(model, graph, windows, recipe=recipe)
+                quantise_model(model, graph, windows[recipe.windows], recipe=recipe)
             graphs[(recipe.name, name)] = graph
     rows = []
     truth = read_birdclef_labels(data / "test_labels.csv", labels=model.labels)

@@ -55,9 +55,10 @@ pytestmark = pytest.mark.skipif(
 
 SR = 32000
 # The stated bound of int8 vs fp32 on macro ROC-AUC and padded cmAP. Issue 16 asked for 0.005; measured
-# (bench/quantise.py, 3 trained models x 2 soundscape sets x 2 calibrations) the changes were
-# -0.011..+0.005 (ROC-AUC) and -0.021..-0.001 (cmAP), so int8 stays opt-in and states this bound.
-BOUND = 0.05
+# with the default recipe (bench/quantise.py, 3 trained models x 2 soundscape sets x 2 calibrations) the
+# changes were -0.0011 +- 0.0045 (ROC-AUC, largest 0.0095) and -0.0021 +- 0.0045 (cmAP, largest 0.0104),
+# so int8 stays opt-in and states this bound; on this test's model and 8 soundscapes -0.002 / +0.001.
+BOUND = 0.02
 runner = CliRunner()
 
 

@@ -11,9 +11,16 @@ AVX512-VNNI): QDQ and QOperator give the same kernels and speed (7.5 vs 10.0 CPU
 fp32); uint8 activations with int8 weights are the fast path (int8 activations: 30 ms, slower than
 fp32); weights per output channel. QDQ is what onnxruntime recommends on x86-64.
 
+Which nodes are quantised and how activations are calibrated is a :class:`Recipe`;
+``bench/quantise.py --recipes all`` scores each against fp32 and ``--speed`` times it (table in
+bench/README.md). :data:`DEFAULT_RECIPE` keeps the head (global pooling, classifier, output sigmoid:
+under 1 % of the CNN's time) in fp32: quantising it rounded every probability to 256 steps between
+the calibration windows' lowest and highest, which tied and capped scores.
+
 :func:`cached_int8_path` keeps ``MODEL.cnn.int8.onnx`` beside the model file. Its metadata holds
-the model file's SHA-256 (a retrained model is never run with an old graph) and the SHA-256 of the
-calibration windows (shown by ``predict``); a graph of the current model file is used whatever it
+the model file's SHA-256 (a retrained model is never run with an old graph), the recipe's name and
+version (a graph of another recipe is remade, never reused) and the SHA-256 of the calibration
+windows (shown by ``predict``); a graph of the current model file is used whatever it
 was calibrated on, so the cache is not rebuilt for every new set of inputs. ``dawnchorus export
 MODEL --int8 --calibration AUDIO`` replaces it with a graph calibrated on chosen audio.
 ``onnxruntime`` (with its quantisation tools) and ``onnx`` are the ``onnx`` extra, imported only here.
@@ -31,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from dawnchorus.errors import AudioError, DawnchorusError, ExportError
 from dawnchorus.inference.export import (
@@ -69,7 +75,8 @@ PARTS = ("head", "stem", "squeeze-excite", "activations")
 class Recipe:
     """How a CNN graph is quantised: the calibration method (``minmax``, ``percentile`` at
     ``percentile``, ``entropy``), the parts of the graph kept in fp32 (:data:`PARTS`), and
-    onnxruntime ``extra_options``. Its ``name`` and ``version`` go into the graph's metadata: a
+    onnxruntime ``extra_options``; ``windows``: how many audio windows it calibrates on. Its
+    ``name`` and ``version`` go into the graph's metadata: a
     cached graph made by another recipe is not reused (:func:`int8_graph_is_current`)."""
 
     name: str
@@ -78,6 +85,7 @@ class Recipe:
     percentile: float = 99.999
     keep_fp32: tuple[str, ...] = ()
     extra_options: dict[str, Any] = field(default_factory=dict)
+    windows: int = CALIBRATION_WINDOWS
 
 
 # Recipes measured by bench/quantise.py (bench/README.md has the table); DEFAULT_RECIPE is the one
@@ -96,9 +104,11 @@ RECIPES = {
         Recipe("head-act-fp32", 2, keep_fp32=("head", "activations")),
         Recipe("head-fp32-moving-average", 2, keep_fp32=("head",),
                extra_options={"CalibMovingAverage": True}),
+        Recipe("head-fp32-256", 2, keep_fp32=("head",), windows=256),
+        Recipe("head-stem-fp32-256", 2, keep_fp32=("head", "stem"), windows=256),
     )
 }
-DEFAULT_RECIPE = RECIPES["head-fp32"]
+DEFAULT_RECIPE = RECIPES["head-fp32-256"]
 
 
 def int8_path_beside(model_path: str | Path) -> Path:
@@ -108,12 +118,13 @@ def int8_path_beside(model_path: str | Path) -> Path:
 
 
 def calibration_windows(
-    inputs: Sequence[str | Path], sample_rate: int, clip_s: float, count: int = CALIBRATION_WINDOWS
+    inputs: Sequence[str | Path], sample_rate: int, clip_s: float, count: int | None = None
 ) -> np.ndarray:
-    """Up to ``count`` audio windows ``(N, clip samples)`` float32, spread evenly over the recordings
-    ``inputs`` (files, folders, .txt lists, as ``predict`` takes them): each file gives its share,
-    at evenly spaced window positions. Files that cannot be read are skipped; none readable is an
-    :class:`ExportError` naming the inputs."""
+    """Up to ``count`` (default: :data:`DEFAULT_RECIPE`'s) audio windows ``(N, clip samples)``
+    float32, spread evenly over the recordings ``inputs`` (files, folders, .txt lists, as ``predict``
+    takes them): each file gives its share, at evenly spaced window positions. Files that cannot
+    be read are skipped; none readable is an :class:`ExportError` naming the inputs."""
+    count = count or DEFAULT_RECIPE.windows
     recordings = expand_inputs(list(inputs))
     lengths: list[tuple[Path, int]] = []
     for path in recordings:
@@ -360,7 +371,8 @@ def cached_int8_path(
         from dawnchorus.models.modelfile import load_model
 
         model = load_model(model_path, build_network=False)
-    windows = calibration_windows(calibration, model.config.audio.sample_rate, model.config.audio.clip_s)
+    audio = model.config.audio
+    windows = calibration_windows(calibration, audio.sample_rate, audio.clip_s, DEFAULT_RECIPE.windows)
     target = beside if folder_is_writable(beside.parent) else fallback
     return quantise_model(model, target, windows, model_sha256=sha256)
 
@@ -383,6 +395,8 @@ def _recipe_of(path: Path) -> tuple[str, int] | None:
 
 def log_mel_windows(model: LoadedModel, windows: np.ndarray) -> np.ndarray:
     """The CNN input of audio ``windows`` ``(N, samples)``: the model's torch log-mel, float32."""
+    import torch  # here only: predict on a cached int8 graph runs without torch
+
     frontend = model.frontend.cpu().eval()
     with torch.inference_mode():
         parts = [
