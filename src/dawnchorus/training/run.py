@@ -91,16 +91,16 @@ def train(
     module = BirdModule(config, data_module.read().labels)
     if init_from is not None:
         start_from_model(module, Path(init_from))
-    output_folder(run_dir, "run folder")  # only now: every input above was checked first
-    if rank_zero_only.rank == 0:  # under DDP every process runs this function
-        config.to_yaml(run_dir / "config.yaml")
-    data_module.setup("fit")
+    data_module.setup("fit")  # the split (nothing written: the audio cache fills while training)
     module.validation_prefixes = data_module.validation_prefixes
     check_monitor(
         config.train.monitor,
         has_soundscapes="val_soundscape" in module.validation_prefixes,
         has_validation_clips="val" in module.validation_prefixes,
     )
+    output_folder(run_dir, "run folder")  # only now: every input above was checked first
+    if rank_zero_only.rank == 0:  # under DDP every process runs this function
+        config.to_yaml(run_dir / "config.yaml")
 
     checkpoints, latest = run_checkpoints(run_dir / "checkpoints", config)
     throughput = ThroughputMonitor()
@@ -197,6 +197,9 @@ LIBRARY_CHATTER = (
     # Lightning's tip to raise a loader's num_workers (where the cores allow more than one): the
     # setting is train.num_workers, by default the usable cores up to 8 (training/datamodule.py).
     r".*does not have many workers which may be a bottleneck.*",
+    # train.max_steps ending an epoch before its validation: the monitor exists (check_monitor), this
+    # epoch logged none; model.pt is then the best validated epoch, or last.ckpt when none was.
+    r".*ModelCheckpoint\(monitor=.*could not find the monitored key.*",
 )
 # Lightning's notices that a run folder holds files: a resume keeps the earlier metric rows
 # (set_aside_metrics), a fresh run replaces its checkpoints and logs (run_checkpoints), as model.pt.
