@@ -441,3 +441,17 @@ def test_no_gpu_device_node_means_no_gpu_without_importing_torch(tmp_path: Path)
         tmp_path,
     )
     assert "torch" not in modules or not sys.platform.startswith("linux")
+
+
+@needs_onnx
+def test_int8_predict_on_cached_graphs_imports_no_torch(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    """``--engine onnx-int8`` with its int8 graph cached (and the fp32 CNN graph, whose record gives
+    the model) runs without torch too; the first run, which calibrates, imports it."""
+    first = onnx_predict_modules(cached_model, recordings, tmp_path / "first", "--engine", "onnx-int8")
+    assert "torch" in first and cached_model.with_suffix(".cnn.int8.onnx").is_file()
+    second = onnx_predict_modules(cached_model, recordings, tmp_path / "second", "--engine", "onnx-int8")
+    assert loaded(second, (*NOT_RUN_BY_ONNX_PREDICT, *NOT_RUN_WITH_A_RECORD)) == []
+    first_table, second_table = (pd.read_csv(tmp_path / r / "predictions.csv") for r in ("first", "second"))
+    pd.testing.assert_frame_equal(first_table, second_table)
