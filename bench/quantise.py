@@ -72,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time the CNN of each recipe against fp32 instead (efficientnet_b0, one thread, interleaved)",
     )
     parser.add_argument("--speed-backbone", default="efficientnet_b0")
+    parser.add_argument(
+        "--sensitivity", type=int, default=None, metavar="SEED",
+        help="mean |dp| of the default recipe with each convolution of SEED's model also kept in fp32",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="--speed: interleaved rounds (median)")
     parser.add_argument(
         "--recipes", default=DEFAULT_RECIPE.name,
@@ -215,6 +219,39 @@ def speed(args: argparse.Namespace, recipes: list[Recipe]) -> None:
               f"(rounds {ratios.min():.3f}-{ratios.max():.3f})")
 
 
+def sensitivity(work: Path) -> None:
+    """Mean |dp| against fp32 of the default recipe and of it with one more convolution kept in fp32,
+    each convolution in turn: calibrated on the noisy soundscapes, scored on them and on the clean
+    ones (windows straight from the files; a seed's model from an earlier run of this bench)."""
+    import dataclasses
+
+    import onnx
+
+    from dawnchorus.inference.engines import OnnxRunner
+    from dawnchorus.inference.quantise import log_mel_windows
+
+    model = load_model(work / "run" / "model.pt")
+    audio = model.config.audio
+    fp32_path = cached_onnx_path(model.path, model, include_frontend=False)
+    fp32 = OnnxRunner(fp32_path, threads=1)
+    calibration = calibration_windows([work / "data" / "test_soundscapes"], audio.sample_rate, audio.clip_s)
+    sets = {}
+    for condition, folder in CONDITIONS:
+        spectrograms = log_mel_windows(
+            model, calibration_windows([work / "data" / folder], audio.sample_rate, audio.clip_s, 10_000)
+        )
+        sets[condition] = (spectrograms, fp32(spectrograms))
+    convolutions = [node.name for node in onnx.load(str(fp32_path)).graph.node if node.op_type == "Conv"]
+    print(f"\n{work.name}: mean |dp| vs fp32, {DEFAULT_RECIPE.name} calibrated on the noisy soundscapes, "
+          f"scored on {', '.join(f'{c} ({len(s[0])} windows)' for c, s in sets.items())}")
+    for extra in [None, *convolutions]:
+        recipe = dataclasses.replace(DEFAULT_RECIPE, nodes_fp32=() if extra is None else (extra,))
+        graph = work / "sensitivity.onnx"
+        runner = OnnxRunner(quantise_model(model, graph, calibration, recipe=recipe), threads=1)
+        changes = [float(np.abs(runner(s) - reference).mean()) for s, reference in sets.values()]
+        print(f"{extra or '(default recipe)':<60} " + "  ".join(f"{c:.4f}" for c in changes), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
@@ -225,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     recipes = [RECIPES[name] for name in names]
     if args.speed:
         speed(args, recipes)
+        return 0
+    if args.sensitivity is not None:
+        sensitivity(args.work_dir / f"seed{args.sensitivity}")
         return 0
     preset = QUICK if args.quick else FULL
     if args.quick and args.work_dir == Path("/tmp/dawnchorus-quantise"):
