@@ -5,16 +5,20 @@ whose labelled 60-s soundscapes mix the synthetic calls with real bird-free reco
 ``../shared/data/real`` (rain, wind, running water: the "real mixes"), plus the same soundscapes
 without any background (the "synthetic" condition). A model is trained on the set's focal clips
 (validation on held-out clips; the soundscapes stay unseen), then predicts every soundscape with
-the fp32 CNN graph (what ``--engine onnx`` runs) and with its int8 graph
+the fp32 CNN graph (what ``--engine onnx`` runs) and with its int8 graphs
 (``dawnchorus.inference.quantise``, QDQ, uint8 activations, int8 per-channel weights), the log-mel
-in torch for both. Two int8 graphs are scored: calibrated on 64 windows of the *training clips*
+in torch for both. Each quantisation recipe (``--recipes``: the default one, a list, or ``all``)
+gives two int8 graphs: calibrated on 64 windows of the *training clips*
 (``dawnchorus export MODEL --int8 --calibration train_audio/``) and on 64 windows of the *noisy
 soundscapes* themselves (what ``predict --engine onnx-int8`` does with no graph cached: it
 calibrates on the recordings it is given).
 
 Printed per seed and condition: macro ROC-AUC and padded cmAP of fp32 and of each int8 graph, the
-difference int8 - fp32, the largest |difference| over all, and the largest change of any
-probability. The acceptance bound of issue 16 is |difference| < 0.005 on both metrics.
+difference int8 - fp32 and the largest change of any probability; per recipe the differences'
+mean +- sd and largest |difference| over all cells, and the mean and largest probability change.
+The acceptance bound of issue 16 is |difference| < 0.005 on both metrics. ``--speed`` times the CNN
+graph of each recipe against fp32 instead (``efficientnet_b0``, one thread, interleaved rounds);
+``--sensitivity SEED`` keeps each convolution of that seed's model in fp32 in turn.
 
 Model: ``--backbone`` (default ``test_efficientnet``, timm's 0.1M-parameter EfficientNet: the same
 blocks as ``efficientnet_b0``, depthwise and pointwise convolutions, squeeze-excitation, SiLU, batch
@@ -25,7 +29,8 @@ rounding reorders them: |d| 0.08-0.16, a measure of that model, not of int8). Mo
 graphs stay in ``--work-dir`` and are reused.
 
     python bench/quantise.py --quick          # 1 seed, small set (a few minutes)
-    python bench/quantise.py                  # the quoted table: 3 seeds (~10 min a seed on busy cores)
+    python bench/quantise.py --recipes all    # the quoted table: 3 seeds, every recipe
+    python bench/quantise.py --speed --recipes all-minmax,head-fp32   # CNN ms per window vs fp32
 """
 
 from __future__ import annotations
