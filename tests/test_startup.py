@@ -455,3 +455,28 @@ def test_int8_predict_on_cached_graphs_imports_no_torch(
     assert loaded(second, (*NOT_RUN_BY_ONNX_PREDICT, *NOT_RUN_WITH_A_RECORD)) == []
     first_table, second_table = (pd.read_csv(tmp_path / r / "predictions.csv") for r in ("first", "second"))
     pd.testing.assert_frame_equal(first_table, second_table)
+
+
+def test_threads_set_for_a_run_are_restored_when_torch_was_first_imported_in_it(
+    cached_model: Path, tmp_path: Path
+) -> None:
+    """A run sets one torch thread and one BLAS thread per lane; afterwards the process has the
+    counts it started with, also when the run was the first to import torch (the torch engine)."""
+    modules_after(
+        f"""
+        import subprocess, sys
+        from threadpoolctl import threadpool_info
+        from dawnchorus.inference.engines import batch_function_for, load_for_prediction, torch_threads_kept
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                     capture_output=True, text=True, check=True).stdout)
+        model = load_for_prediction({str(cached_model)!r})
+        with torch_threads_kept():
+            batch_function_for(model, "torch", device="cpu", threads=2, lanes=2)
+            import torch
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == default, (torch.get_num_threads(), default)
+        assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"][:len(blas)] == blas
+        """,
+        tmp_path,
+    )

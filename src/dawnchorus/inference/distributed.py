@@ -368,10 +368,10 @@ def worker_batch_function(model: LoadedModel, options: TaskOptions, device: str 
     device is known (``auto``: torch on a GPU worker, onnx on a CPU one)."""
     engine = resolve_engine(options.engine, device)
     if engine == "torch":
-        import torch
+        import torch  # noqa: F401 - imported first, so that set_threads sets its threads
 
         if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
+            set_threads(options.torch_threads)
         return torch_batch_function(model, device, batch_size=options.batch_size)
     # One lane: the worker's threads already share the cores with the other workers. onnx-int8 runs
     # the int8 graph the client calibrated (prepare_engine).

@@ -519,9 +519,9 @@ def batch_function_for(
 
         return frozen_batch_function(model, device if on_gpu else "cpu", threads=threads)
     if engine == "torch":
-        import torch
+        import torch  # noqa: F401 - imported first, so that set_threads sets (and remembers) its threads
 
-        torch.set_num_threads(per_lane)
+        set_threads(per_lane)
         return torch_batch_function(model, device, batch_size=batch_size, lanes=lanes)
     if engine == "onnx-int8":
         return int8_batch_function(model, calibration, threads=per_lane, lanes=lanes)
