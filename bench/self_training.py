@@ -76,7 +76,7 @@ from domain_shift import (
 
 import dawnchorus
 from dawnchorus.config import Config, PredictSettings, build_config
-from dawnchorus.errors import ConfigError
+from dawnchorus.errors import ConfigError, TrainingError
 from dawnchorus.models.modelfile import load_model
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.rounds import STATE_NAME, self_train
@@ -178,7 +178,7 @@ def make_sets(work: Path, preset: dict, data_seed: int, bouts: bool = False) -> 
         print(f"data: {summary.n_clips} clips of {len(summary.species)} species, "
               f"{len(summary.soundscape_ids)} test soundscapes x 60 s{' of song bouts' if bouts else ''} "
               f"({summary.elapsed_s:.0f} s)", flush=True)
-    if not pool.is_dir():
+    if not pool.is_dir() and preset["rounds"] > 0:  # --rounds 0: no student, no pool
         scratch = work / "pool_set"
         make_dataset(scratch, species=preset["species"], soundscapes=preset["test"] + preset["pool"],
                      seed=data_seed, noise_dir=pool_bank, clips_per_species=preset["clips"], overwrite=True,
@@ -297,8 +297,12 @@ def run(args: argparse.Namespace, work: Path) -> None:
         for index, (name, overrides) in enumerate(arms):
             arm_config = with_overrides(students, overrides)
             arm_dir = run_dir / f"rounds_{digest(arm_config)}"
-            result = self_train(view, arm_dir, arm_config, unlabelled=[pool], teacher=teacher,
-                                resume=(arm_dir / STATE_NAME).is_file())
+            try:
+                result = self_train(view, arm_dir, arm_config, unlabelled=[pool], teacher=teacher,
+                                    resume=(arm_dir / STATE_NAME).is_file())
+            except TrainingError as exc:  # e.g. a keep rule no window passes: that arm has no round
+                print(f"seed {seed} {name or 'rounds'}: {exc}", flush=True)
+                continue
             for row in result.rounds[1:]:
                 path = Path(row.model)
                 key = f"{name + ': ' if name else ''}round {row.round}"
