@@ -121,6 +121,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 20)")
     parser.add_argument("--student-epochs", type=int, default=None, help="student epochs (default 12)")
     parser.add_argument("--no-recipe", action="store_true", help="skip smoothing / overlap / ensemble")
+    parser.add_argument(
+        "--recipe-on", type=Path, default=None, metavar="WORK",
+        help="train nothing: the recipe on the models of an earlier run's work folder (WORK/run_seed*/"
+        "round*/model.pt), on this run's test soundscapes (e.g. with --bouts)",
+    )
     args = parser.parse_args(argv)
     try:
         args.overrides = parse_overrides(args.overrides)
@@ -253,7 +258,34 @@ def sized(args: argparse.Namespace) -> dict:
     return preset
 
 
+def recipe_on(args: argparse.Namespace, work: Path) -> None:
+    """``--recipe-on``: plain / smoothing / overlap / both for every round's model of an earlier run."""
+    preset = {**sized(args), "rounds": 0}
+    started = time.perf_counter()
+    data, _, labels_csv = make_sets(work, preset, args.data_seed, args.bouts)
+    scorer = Scorer(data, labels_csv)
+    print(f"models of {args.recipe_on}; {len(scorer.files)} test soundscapes"
+          f"{' of song bouts' if args.bouts else ''}: thresholds tuned on {len(scorer.split.tune)}, scores "
+          f"on the other {len(scorer.split.test)}", flush=True)
+    rows: Rows = {}
+    for seed_dir in sorted(args.recipe_on.glob("run_seed*")):
+        for round_dir in sorted(seed_dir.glob("round*")):
+            path = round_dir / "model.pt"
+            if not path.is_file():
+                continue
+            number = int(round_dir.name.removeprefix("round"))
+            name = "teacher" if number == 0 else f"round {number}"
+            labels = load_model(path).labels
+            note(rows, name, scorer.score(scorer.predict(path)[0], labels), int(seed_dir.name[8:]), started)
+            recipe(scorer, path, labels, rows, name)
+    print(f"wall {time.perf_counter() - started:.0f} s")
+    print(render(rows, {}))
+
+
 def run(args: argparse.Namespace, work: Path) -> None:
+    if args.recipe_on is not None:
+        recipe_on(args, work)
+        return
     preset = sized(args)
     seeds, rounds = preset["seeds"], preset["rounds"]
     arms = args.arms or [("", args.overrides)]
