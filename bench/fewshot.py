@@ -49,6 +49,12 @@ seeds. A second table splits ROC-AUC into the real and the synthetic species.
 
     python bench/fewshot.py --quick
     python bench/fewshot.py                       # the quoted table (3 seeds, k = 1 2 5 all)
+    python bench/fewshot.py --arms "birdnet aug" --k all,tail --imbalance '{"sampler": "weighted"}'
+
+Imbalance: ``--imbalance JSON`` overrides the imbalance section of every trained arm; ``--k tail``
+is a long-tailed set, :data:`TAIL` clips per species by rank of pool size (13 great tits, then
+6, 6, 4, 3, 3, 2, 2 and five species with one clip; which synthetic species gets which count
+depends on the seed). Run folders are named by the overrides, so one work folder holds them all.
 
 Embeddings are cached under the work folder (``train.cache_dir``), so ``--work-dir DIR`` re-runs
 embed nothing again. Real data: ``$DAWNCHORUS_REAL_DATA`` or ``<repo>/../shared/data/real``; the
