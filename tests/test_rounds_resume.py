@@ -137,7 +137,7 @@ def test_more_rounds_or_other_workers_resume_the_same_run(
     later = small_config(rounds=3)
     later.train.num_workers = 2
     assert run_fingerprint(later, small_set["data"], recordings) == first
-    assert run_fingerprint(small_config(student_init="teacher"), small_set["data"], recordings) != first
+    assert run_fingerprint(small_config(student_init="pretrained"), small_set["data"], recordings) != first
 
 
 def test_the_command_line_refuses_a_changed_resume_in_one_line(

@@ -301,9 +301,11 @@ class SelfTrainSettings(_Section):
         None, description="timm backbone of the students (distillation); None: the teacher's."
     )
     student_init: Literal["pretrained", "teacher"] = Field(
-        "pretrained",
-        description="Where a student's weights start: the backbone's pretrained weights, or its teacher's "
-        "(when both are the same network on the same labels; else pretrained). Not yet measured.",
+        "teacher",
+        description="Where a student's weights start: its teacher's (when both are the same network on the "
+        "same labels; else the backbone's pretrained ones, said in a line) or the backbone's pretrained "
+        "weights. Measured (bench/self_training.py, 3 seeds): teacher-started students scored ROC-AUC "
+        "0.838 / 0.869 in rounds 1 / 2 against 0.813 / 0.815 for fresh ones, higher on every seed.",
     )
 
     @field_validator("student_augment")
