@@ -65,8 +65,8 @@ def predict(
             help="auto (onnx on CPU when the 'onnx' extra is installed, else torch), torch, onnx "
             "(exported once and cached beside the model), or onnx-int8 (CPU: the CNN quantised to int8, "
             "calibrated once on the given recordings or by 'export --int8'; ~25% less CNN CPU, but "
-            "measured against fp32 macro ROC-AUC moved -0.011..+0.005 and padded cmAP -0.021..-0.001: "
-            "see bench/README.md)."
+            "measured against fp32 macro ROC-AUC -0.0011 +- 0.0045 (at most 0.0095) and padded cmAP "
+            "-0.0021 +- 0.0045 (at most 0.0104): see bench/README.md)."
         ),
     ] = "auto",
     smoothing: Annotated[
@@ -274,8 +274,8 @@ def export(
         typer.Option(
             "--int8",
             help="Write the CNN quantised to int8 (input: log-mel), calibrated on --calibration: the graph "
-            "'predict --engine onnx-int8' runs. Measured against fp32: macro ROC-AUC -0.011..+0.005, "
-            "padded cmAP -0.021..-0.001 (bench/README.md).",
+            "'predict --engine onnx-int8' runs. Measured against fp32: macro ROC-AUC -0.0011 +- 0.0045 "
+            "(at most 0.0095), padded cmAP -0.0021 +- 0.0045 (at most 0.0104) (bench/README.md).",
         ),
     ] = False,
     calibration: Annotated[
