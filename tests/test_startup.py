@@ -163,18 +163,57 @@ def test_onnx_predict_on_a_cached_graph_imports_nothing_it_does_not_run(
 
 
 @needs_onnx
-def test_python_predict_of_a_model_file_on_a_cached_graph_imports_nothing_it_does_not_run(
-    cached_model: Path, recordings: Path, tmp_path: Path
+@pytest.mark.parametrize("members", [1, 2], ids=["one-model", "ensemble"])
+def test_python_predict_of_a_model_file_on_a_cached_graph_imports_no_torch_and_equals_the_torch_engine(
+    cached_model: Path, recordings: Path, tmp_path: Path, members: int
 ) -> None:
+    """``dawnchorus.predict(path, engine="onnx")`` restores the model from its cached graph's record as
+    ``dawnchorus predict`` does (load_for_prediction): no torch, and the torch engine's probabilities."""
+    models = [str(cached_model)] * members
+    model = models[0] if members == 1 else models
+    device = "cpu" if ON_CPU else None
+    table = tmp_path / "onnx.pkl"
     modules = modules_after(
         f"""
         import dawnchorus
-        frame = dawnchorus.predict({str(cached_model)!r}, {str(recordings)!r}, engine="onnx")
+        frame = dawnchorus.predict({model!r}, {str(recordings)!r}, engine="onnx", device={device!r})
         assert len(frame) > 0 and list(frame.columns) == ["aaa", "bbb", "ccc"], frame
+        frame.to_pickle({str(table)!r})
         """,
         tmp_path,
     )
-    assert loaded(modules, NOT_RUN_BY_ONNX_PREDICT) == []
+    assert "onnxruntime" in modules
+    assert loaded(modules, (*NOT_RUN_BY_ONNX_PREDICT, *NOT_RUN_WITH_A_RECORD)) == []
+    import dawnchorus
+
+    reference = dawnchorus.predict(model, recordings, engine="torch", device="cpu")
+    onnx = pd.read_pickle(table)
+    pd.testing.assert_index_equal(onnx.index, reference.index)
+    np.testing.assert_allclose(onnx.to_numpy(), reference.to_numpy(), atol=PARITY)
+
+
+@needs_onnx
+def test_python_predict_on_int8_calibrates_on_its_recordings_like_the_cli(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    """``dawnchorus.predict(path, engine="onnx-int8")`` with no int8 graph yet calibrates one on the
+    recordings it is given (as ``predict --engine onnx-int8``), and the next call runs it without torch."""
+    import dawnchorus
+
+    device = "cpu" if ON_CPU else None
+    first = dawnchorus.predict(cached_model, recordings, engine="onnx-int8", device=device)
+    assert cached_model.with_suffix(".cnn.int8.onnx").is_file()
+    table = tmp_path / "int8.pkl"
+    modules = modules_after(
+        f"""
+        import dawnchorus
+        dawnchorus.predict({str(cached_model)!r}, {str(recordings)!r}, engine="onnx-int8",
+                           device={device!r}).to_pickle({str(table)!r})
+        """,
+        tmp_path,
+    )
+    assert loaded(modules, (*NOT_RUN_BY_ONNX_PREDICT, *NOT_RUN_WITH_A_RECORD)) == []
+    pd.testing.assert_frame_equal(pd.read_pickle(table), first)
 
 
 @needs_onnx

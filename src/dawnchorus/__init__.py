@@ -40,7 +40,10 @@ def predict(
     averaged per window with ``ensemble_weights`` (default equal). ``settings`` (a
     :class:`~dawnchorus.config.PredictSettings`) and ``options`` (any of its fields: ``hop_s=2.5``,
     ``batch_size=8``, ``engine="torch"``, ``device="cuda"``..., validated like the settings) choose
-    how it runs; the defaults are those of ``dawnchorus predict``.
+    how it runs; the defaults are those of ``dawnchorus predict``, and so is the way it runs: a model
+    file with a graph cached by the ONNX engine is restored from that graph's record (the ``onnx``
+    and ``onnx-int8`` engines then run without importing torch), and ``engine="onnx-int8"`` with no
+    int8 graph yet calibrates one on ``paths``.
     """
     from dawnchorus.config import build_predict_settings
     from dawnchorus.inference.ensemble import as_predictor
@@ -49,9 +52,17 @@ def predict(
     if options:
         base = settings.model_dump() if settings is not None else {}
         settings = build_predict_settings({**base, **options}, source="predict() options")
-    # The network is built only if the engine runs it (not the ONNX engine on a cached graph).
+    # Model files are loaded as `dawnchorus predict` loads them: from a cached graph's record where
+    # there is one, the network built (and torch imported) only if the engine runs it.
     weights = settings.ensemble_weights if settings is not None else None
-    return predict_frame(as_predictor(model, weights), paths, settings)
+    predictor = as_predictor(model, weights)
+    if settings is not None and settings.engine == "onnx-int8":  # as the CLI: calibrated on `paths`
+        from dawnchorus.inference.ensemble import Ensemble
+        from dawnchorus.inference.quantise import prepare_int8
+
+        members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+        prepare_int8(members, [paths] if isinstance(paths, str | Path) else list(paths))
+    return predict_frame(predictor, paths, settings)
 
 
 def train(data: str | Path, out: str | Path, config: Config | None = None, **options: Any) -> TrainResult:

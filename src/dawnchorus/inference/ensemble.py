@@ -41,6 +41,7 @@ from dawnchorus.inference.engines import (
     StagedBatchFunction,
     batch_function_for,
     describe_engine,
+    load_for_prediction,
 )
 
 if TYPE_CHECKING:
@@ -206,18 +207,21 @@ def as_predictor(
     weights: Sequence[float] | None = None,
 ) -> LoadedModel | Ensemble:
     """What :func:`dawnchorus.predict` runs: a loaded model or ensemble as given, a model file
-    loaded, or a list of them (model files or loaded models) as :func:`predictor_of` makes it."""
-    from dawnchorus.models.modelfile import load_model
+    loaded, or a list of them (model files or loaded models) as :func:`predictor_of` makes it.
 
+    Model files are loaded as ``dawnchorus predict`` loads them
+    (:func:`~dawnchorus.inference.engines.load_for_prediction`): from the record of a cached graph
+    when there is one, so the ONNX engines on a cached graph run without torch."""
     if isinstance(model, str | Path):
-        return load_model(model, build_network=False)
+        check_member_file(model)
+        return load_for_prediction(model)
     if not isinstance(model, Sequence):
         return model
     loaded = []
     for item in model:
         if isinstance(item, str | Path):
             check_member_file(item)
-            item = load_model(item, build_network=False)
+            item = load_for_prediction(item)
         loaded.append(item)
     return predictor_of(loaded, weights)
 
