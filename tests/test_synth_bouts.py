@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from dawnchorus.cli.app import app
 from dawnchorus.io.audio import load
 from dawnchorus.synth.soundscapes import (
     BOUT_COLUMNS,
@@ -90,3 +92,51 @@ def test_without_bouts_no_bout_list_is_written(tmp_path):
     make_dataset(tmp_path / "plain", seed=0, workers=1, **dict(SET, soundscapes=1, soundscape_s=15.0))
     assert (tmp_path / "plain" / "test_labels.csv").is_file()
     assert not (tmp_path / "plain" / "test_bouts.csv").exists()
+
+
+# The command line: what it writes with --bouts and without it (species and soundscapes kept small).
+CLI_SET = ["--species", "4", "--soundscapes", "2", "--seed", "0", "--workers", "1"]
+
+
+def run_synth(out: Path, *extra: str) -> str:
+    result = CliRunner().invoke(app, ["synth", str(out), *CLI_SET, *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def same_data_set(one: Path, other: Path) -> None:
+    for name in ("train_metadata.csv", "scored_birds.json", "test_labels.csv"):
+        assert (one / name).read_bytes() == (other / name).read_bytes(), name
+    scapes = sorted(p.relative_to(one) for p in (one / "test_soundscapes").iterdir())
+    assert scapes == sorted(p.relative_to(other) for p in (other / "test_soundscapes").iterdir())
+    for path in scapes:
+        assert np.array_equal(load(one / path), load(other / path)), path
+
+
+def test_synth_bouts_on_the_command_line_writes_song_bout_soundscapes(tmp_path):
+    output = run_synth(tmp_path / "cli", "--bouts")
+    assert "soundscapes of song bouts" in output
+    bouts = pd.read_csv(tmp_path / "cli" / "test_bouts.csv")
+    assert tuple(bouts.columns) == BOUT_COLUMNS and len(bouts) > 0
+    runs = []  # how many neighbouring windows each species is labelled in, in a row
+    for windows in labels_by_window(tmp_path / "cli").values():
+        for species in set().union(*windows):
+            run = 0
+            for birds in windows:
+                run = run + 1 if species in birds else 0
+                runs.append(run)
+    assert max(runs) >= 3  # a bout spans consecutive windows
+    make_dataset(tmp_path / "api", species=4, soundscapes=2, seed=0, workers=1, bouts=True)
+    same_data_set(tmp_path / "cli", tmp_path / "api")  # the generator's bouts, nothing else
+
+
+def test_synth_without_bouts_writes_the_default_data_set_unchanged(tmp_path):
+    run_synth(tmp_path / "cli")
+    assert not (tmp_path / "cli" / "test_bouts.csv").exists()
+    make_dataset(tmp_path / "api", species=4, soundscapes=2, seed=0, workers=1)
+    same_data_set(tmp_path / "cli", tmp_path / "api")
+
+
+def test_synth_help_describes_bouts():
+    result = CliRunner().invoke(app, ["synth", "--help"], terminal_width=200)
+    assert result.exit_code == 0 and "--bouts" in result.output and "song bouts" in result.output

@@ -20,9 +20,18 @@ def synth(
     ] = None,
     clean_copies: Annotated[bool, typer.Option(help="Also write noise-free soundscape copies.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a data set already in OUT.")] = False,
+    bouts: Annotated[
+        bool,
+        typer.Option(
+            help="Fill the soundscapes with song bouts: each bird sings for 10-60 s, starting anywhere "
+            "relative to the 5-s windows, so a species is labelled in runs of neighbouring windows "
+            "(as at dawn; what --smoothing and --overlap-average of predict rely on). Listed in "
+            "test_bouts.csv. Default: independent calls per window."
+        ),
+    ] = False,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
 ) -> None:
-    """Write a synthetic data set in the BirdCLEF 2022 layout."""
+    """Write a synthetic data set in the BirdCLEF 2022 layout (the same seed, the same data)."""
     from rich.progress import Progress
 
     from dawnchorus.synth.soundscapes import make_dataset
@@ -47,9 +56,11 @@ def synth(
             progress=report,
             overwrite=overwrite,
             workers=workers,
+            bouts=bouts,
         )
     console.print(
         f"[green]wrote[/] {summary.n_clips} clips of {len(summary.species)} species "
-        f"({summary.train_seconds / 60:.1f} min) and {len(summary.soundscape_ids)} soundscapes "
+        f"({summary.train_seconds / 60:.1f} min) and {len(summary.soundscape_ids)} soundscapes"
+        f"{' of song bouts' if bouts else ''} "
         f"to {out} in {summary.elapsed_s:.1f} s"
     )
