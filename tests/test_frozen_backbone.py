@@ -6,6 +6,8 @@ table. A fake spectral backbone keeps most tests fast and deterministic; one tes
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -167,6 +169,39 @@ def test_embedding_count_and_second_run_embeds_nothing_new(
     assert load_model(train(data, tmp_path / "three", more).model_path).metadata["embeddings_computed"] == 10
     reseeded = frozen_config(noise, tmp_path / "cache", **{"train.seed": 1})
     assert load_model(train(data, tmp_path / "four", reseeded).model_path).metadata["embeddings_computed"] > 0
+
+
+def copy_as_cp_r(source: Path, target: Path) -> Path:
+    """``cp -r``: the same bytes, new files with new modification times."""
+    shutil.copytree(source, target, copy_function=shutil.copyfile)
+    return target
+
+
+def test_a_copied_data_set_and_noise_bank_reuse_the_cache_and_a_changed_bank_file_does_not(
+    tone_set: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Embeddings are keyed by what the files hold (names relative to the data set or bank, sizes,
+    SHA-256), not by where they are or when they were written."""
+    data, noise = tone_set
+    cache = tmp_path / "cache"
+    first = load_model(train(data, tmp_path / "one", frozen_config(noise, cache)).model_path).metadata
+    assert first["embeddings_computed"] == 10 * 3 + 4 + 2  # as above: draws, negatives, validation
+    moved_data = copy_as_cp_r(data, tmp_path / "elsewhere" / "data")
+    moved_noise = copy_as_cp_r(noise, tmp_path / "elsewhere" / "noise")
+    copied = load_model(train(moved_data, tmp_path / "two", frozen_config(moved_noise, cache)).model_path)
+    assert copied.metadata["embeddings_computed"] == 0
+    assert copied.metadata["embeddings_reused"] == first["embeddings_computed"]
+    # One bank file changed in place, its size and modification time kept: every embedding that
+    # used the bank (the augmented draws and the negatives) is computed again, the clean ones are not.
+    changed = moved_noise / "noise1.wav"
+    kept = changed.stat()
+    samples, rate = sf.read(changed, dtype="float32")
+    sf.write(changed, samples[::-1].copy(), rate)
+    os.utime(changed, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert changed.stat().st_size == kept.st_size and changed.stat().st_mtime_ns == kept.st_mtime_ns
+    again = load_model(train(moved_data, tmp_path / "three", frozen_config(moved_noise, cache)).model_path)
+    assert again.metadata["embeddings_computed"] == 10 * 2 + 4
+    assert again.metadata["embeddings_reused"] == 10 + 2
 
 
 def test_clip_draws_are_augmented_before_the_backbone_and_reproducible(tone_set: tuple[Path, Path]) -> None:

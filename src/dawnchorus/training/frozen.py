@@ -13,9 +13,15 @@ The recipe (what makes a few clips per species enough):
    clean. Clip windows are as long as prediction windows (``audio.clip_s``) and pooled over the
    backbone's sub-windows (:func:`~dawnchorus.embed.base.window_embeddings`), as ``predict`` does.
 3. Every embedding is cached on disk (:class:`EmbeddingCache`), one file per clip and draw, keyed by
-   everything that changes it (backbone and weights SHA-256, the clip file's identity, window and
+   everything that changes it (backbone and weights SHA-256, the clip file's content, window and
    pooling, the waveform settings, the noise bank's files, the seed, the draw), never by the run:
-   a second run (another head, split, epochs, mixup) embeds nothing again.
+   a second run (another head, split, epochs, mixup) embeds nothing again. Files enter the key by
+   what they hold (size and SHA-256; a bank's files also by their names relative to the bank), not
+   by where they are or when they were written, so a data set or bank copied or moved elsewhere
+   reuses the cache and a file changed in place does not (:class:`FileDigests` hashes a file once
+   while it is unchanged). Caches written before keys were content-based (their keys held absolute
+   paths and modification times) miss once: those embeddings are computed again under the new keys
+   (the old files stay; delete the cache folder to reclaim their space).
 4. The head (:class:`~dawnchorus.models.embedding_classifier.EmbeddingClassifier`, ``linear`` or
    ``mlp``) trains in a plain torch loop (seconds: the embeddings are in memory):
    ``embedding.steps_per_epoch`` batches per epoch, each item a training clip (weighted sampler
@@ -64,7 +70,7 @@ from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap
 from dawnchorus.evaluate.thresholds import tune_thresholds
 from dawnchorus.io import audio
 from dawnchorus.io.audio import find_audio_files
-from dawnchorus.io.files import atomic_write, output_folder
+from dawnchorus.io.files import atomic_write, atomic_write_text, output_folder
 from dawnchorus.models.embedding_classifier import EmbeddingClassifier
 from dawnchorus.models.modelfile import save_model_file
 from dawnchorus.training.module import clip_loss, warmup_cosine
@@ -78,6 +84,8 @@ BATCH_AUGMENT_FIELDS = frozenset(
      "freq_masks", "freq_mask_fraction", "background_only_p"}
 )
 CACHE_ENV = "DAWNCHORUS_CACHE"
+# In the embedding cache folder: the SHA-256 of every file a key was made of (FileDigests).
+DIGESTS_FILE = "file-digests.json"
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -209,6 +217,7 @@ class EmbeddingCache:
         self.info: BackboneInfo = backbone.info()
         self.folder = Path(folder) / f"{self.info.name}-{self.info.weights_sha256[:12]}"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.digests = FileDigests(Path(folder) / DIGESTS_FILE)
         self.window_s = float(config.audio.clip_s)
         self.pooling = config.embedding.pooling
         self.sub_windows = config.embedding.sub_windows
@@ -228,6 +237,22 @@ class EmbeddingCache:
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.npy"
+
+    def file_identity(self, path: str | Path) -> dict[str, Any]:
+        """What identifies a file's content in a key: its size and SHA-256, not where it is."""
+        return {"size": os.stat(path).st_size, "sha256": self.digests.sha256(path)}
+
+    def bank_identity(self, folder: str | Path | None) -> list[Any] | None:
+        """A noise bank's identity in a key: each audio file's name relative to the bank (the order
+        and names the bank draws by), size and SHA-256; None without a bank."""
+        if folder is None:
+            return None
+        root = Path(folder).resolve()
+        return [
+            [path.relative_to(root).as_posix(), path.stat().st_size, self.digests.sha256(path)]
+            for path in find_audio_files(root)
+        ]
+
 
     def get_or_compute(
         self,
@@ -273,11 +298,52 @@ class EmbeddingCache:
         atomic_write(path, write)
 
 
-def file_identity(path: str | Path) -> dict[str, Any]:
-    """What identifies a file's content for the cache: absolute path, size, modification time."""
-    absolute = os.path.abspath(path)
-    stat = os.stat(absolute)
-    return {"path": absolute, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+class FileDigests:
+    """SHA-256 of files' bytes for cache keys, remembered in ``path`` (a JSON file in the embedding
+    cache folder) by where each file is and its ``stat`` (device, inode, size, modification and
+    change times): a file is read once while it is unchanged. Any write to a file changes its POSIX
+    change time (which no tool sets back, unlike the modification time), so a changed file is
+    always hashed again; a copied or moved one is hashed again once, to the same digest. A damaged
+    or missing record only costs reading again; concurrent runs merge their records when saving
+    (:meth:`save`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._known = self._load()
+        self._new: dict[str, list[Any]] = {}
+
+    def sha256(self, file: str | Path) -> str:
+        """Hex SHA-256 of ``file``'s bytes."""
+        where = os.path.abspath(file)
+        stat = os.stat(where)
+        seal = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        entry = self._new.get(where) or self._known.get(where)
+        if entry is not None and entry[:-1] == seal:
+            return entry[-1]
+        digest = hashlib.sha256()
+        with open(where, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        self._new[where] = [*seal, digest.hexdigest()]
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        """Add this run's digests to the record on disk (re-read first: another run's are kept)."""
+        if not self._new:
+            return
+        merged = {**self._load(), **self._new}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(merged))
+        self._known, self._new = merged, {}
+
+    def _load(self) -> dict[str, list[Any]]:
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        return {k: v for k, v in record.items() if isinstance(v, list) and len(v) == 6}
 
 
 # --- embedding a training set ----------------------------------------------------------------------
@@ -335,7 +401,7 @@ def embed_training_set(
     waveform = {
         k: v for k, v in config.augment.model_dump(mode="json").items() if k not in BATCH_AUGMENT_FIELDS
     }
-    waveform["noise_dir"] = _bank_identity(config.augment.noise_dir)
+    waveform["noise_dir"] = cache.bank_identity(config.augment.noise_dir)
     draws = config.embedding.draws
 
     # Training clips: each under `draws` draws (the unique clips; oversampled repeats share them).
@@ -350,7 +416,7 @@ def embed_training_set(
         return decoded[path]
 
     for clip in unique_train:
-        identity = file_identity(paths[clip])
+        identity = cache.file_identity(paths[clip])
         for draw in range(draws):
             if draw == 0:
                 keys.append(cache.key(item="clip", file=identity))
@@ -358,6 +424,8 @@ def embed_training_set(
                 keys.append(cache.key(item="draw", file=identity, name=str(names[clip]), draw=draw,
                                       seed=settings.seed, waveform=waveform))
             makers.append((str(paths[clip]), str(names[clip]), draw))
+
+    cache.digests.save()  # before the long part: the files are not read again if it is stopped
 
     def train_window(index: int) -> np.ndarray:
         path, name, draw = makers[index]
@@ -386,7 +454,7 @@ def embed_training_set(
 
     validation = None
     if len(val_idx):
-        val_keys = [cache.key(item="clip", file=file_identity(paths[clip])) for clip in val_idx]
+        val_keys = [cache.key(item="clip", file=cache.file_identity(paths[clip])) for clip in val_idx]
         val_embeddings = cache.get_or_compute(
             val_keys, lambda i: clip_draw(samples_of(str(paths[val_idx[i]])), 0, clip_samples, rate, config)
         )
@@ -398,11 +466,12 @@ def embed_training_set(
         windows = soundscape_windows(training_set, labels, config, AudioCache(decoded_dir, rate))
         if windows is not None:
             sound_keys = [
-                cache.key(item="soundscape", file=file_identity(path), start=int(start))
+                cache.key(item="soundscape", file=cache.file_identity(path), start=int(start))
                 for path, start in zip(windows.paths, windows.starts, strict=True)
             ]
             sound_embeddings = cache.get_or_compute(sound_keys, lambda i: windows[i]["audio"].numpy())
             soundscape = EmbeddedSet(sound_embeddings, np.asarray(windows.targets, dtype=np.float32))
+    cache.digests.save()
 
     return EmbeddedTrainingSet(
         train_clips=train_rows,
@@ -455,17 +524,6 @@ def _embedding_bar(show: bool, name: str) -> Iterator[ProgressCallback | None]:
             bar.update(task, completed=done, total=total)
 
         yield update
-
-
-def _bank_identity(folder: Path | None) -> list[Any] | None:
-    """The noise bank's files (relative path, size, modification time), for cache keys."""
-    if folder is None:
-        return None
-    root = Path(folder).resolve()
-    return [
-        [str(path.relative_to(root)), path.stat().st_size, path.stat().st_mtime_ns]
-        for path in find_audio_files(root)
-    ]
 
 
 # --- the head ---------------------------------------------------------------------------------------
