@@ -5,6 +5,7 @@ table. A fake spectral backbone keeps most tests fast and deterministic; one tes
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -31,7 +32,7 @@ from dawnchorus.inference.run import predict_frame, run_prediction
 from dawnchorus.io.audio import iter_windows
 from dawnchorus.models.embedding_classifier import EmbeddingClassifier
 from dawnchorus.models.modelfile import load_model
-from dawnchorus.training.frozen import clip_draw
+from dawnchorus.training.frozen import FileDigests, clip_draw
 from dawnchorus.training.run import train
 
 runner = CliRunner()
@@ -202,6 +203,18 @@ def test_a_copied_data_set_and_noise_bank_reuse_the_cache_and_a_changed_bank_fil
     again = load_model(train(moved_data, tmp_path / "three", frozen_config(moved_noise, cache)).model_path)
     assert again.metadata["embeddings_computed"] == 10 * 2 + 4
     assert again.metadata["embeddings_reused"] == 10 + 2
+
+
+@pytest.mark.parametrize("record", ["{not json", "[1, 2]", '{"x": [1]}', ""])
+def test_a_damaged_digest_record_only_costs_reading_the_files_again(tmp_path: Path, record: str) -> None:
+    clip = tmp_path / "a.wav"
+    sf.write(clip, tone(1500.0, 1.0, 0), RATE)
+    expected = hashlib.sha256(clip.read_bytes()).hexdigest()
+    (tmp_path / "digests.json").write_text(record)
+    digests = FileDigests(tmp_path / "digests.json")
+    assert digests.sha256(clip) == expected
+    digests.save()
+    assert FileDigests(tmp_path / "digests.json").sha256(clip) == expected
 
 
 def test_clip_draws_are_augmented_before_the_backbone_and_reproducible(tone_set: tuple[Path, Path]) -> None:
