@@ -25,10 +25,8 @@ for training augmentation are generated separately from the soundscapes' backgro
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -328,23 +326,6 @@ def _stage(console: Console, stage: str, settings: DemoSettings, times: dict[str
     console.print(f"  [green]done[/] in {times[stage]:.1f} s", highlight=False)
 
 
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's hardware banners and advice warnings (the demo chose its settings)."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
-        warnings.filterwarnings("ignore", category=UserWarning, message=".*does not have many workers.*")
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
-
-
 # --- the stages ---------------------------------------------------------------------------------------
 
 
@@ -519,10 +500,10 @@ def _conditions(out: Path, data_dir: Path) -> dict[str, tuple[list[Path], Path]]
 
 
 def _train(data_dir: Path, run_dir: Path, config: Config, console: Console) -> TrainResult:
-    from dawnchorus.training.run import train
+    from dawnchorus.training.run import quiet_lightning, train
 
-    with _quiet_lightning():
-        trained = train(data_dir, run_dir, config)
+    with quiet_lightning():  # as train prints: Lightning's warnings about the run only
+        trained = train(data_dir, run_dir, config, log=lambda line: _say(console, line))
     best = "n/a" if trained.best_score is None else f"{trained.best_score:.3f}"
     _say(console, f"model: {trained.model_path} (best {trained.monitor} {best}, {trained.epochs_run} epochs)")
     return trained

@@ -60,6 +60,16 @@ def train(
     teacher: Annotated[
         Path | None, typer.Option(help="Start from this teacher model instead of training one on DATA.")
     ] = None,
+    teacher_weights: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--teacher-weights",
+            metavar="FILE",
+            help="A --teacher on a frozen backbone (birdnet, perch-v2): the backbone's weights file, "
+            "SHA-256 checked as for predict --weights (default: the file it was trained with, else the "
+            "backbone's own).",
+        ),
+    ] = None,
     student_model: Annotated[
         str | None, typer.Option(help="timm backbone of the students (distillation), e.g. efficientnet_b0.")
     ] = None,
@@ -104,10 +114,11 @@ def train(
     if reviewed and (unlabelled or pseudo is not None):
         fail("--reviewed trains one model on DATA; it does not combine with --unlabelled or --pseudo")
     if unlabelled or pseudo is not None:
-        _self_train(data, out, settings, unlabelled, pseudo, teacher, resume)
+        _self_train(data, out, settings, unlabelled, pseudo, teacher, resume, teacher_weights)
         return
-    if teacher is not None or rounds is not None or student_model is not None:
-        fail("--teacher, --rounds and --student-model need --unlabelled DIR or --pseudo PL")
+    if teacher is not None or teacher_weights or rounds is not None or student_model is not None:
+        fail("--teacher, --teacher-weights, --rounds and --student-model need --unlabelled DIR or "
+             "--pseudo PL")
     from dawnchorus.training.run import train as run_training
 
     windows = None
@@ -116,8 +127,11 @@ def train(
 
         windows, judged = reviewed_window_items(reviewed, data, settings)
         console.print(f"reviewed: {judged.describe()}", highlight=False, soft_wrap=True)
+    def say(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
     try:
-        result = run_training(data, out, settings, resume=resume, windows=windows)
+        result = run_training(data, out, settings, resume=resume, windows=windows, log=say)
     except DatasetError as exc:  # training stops on a bad set with exit 1, as `data check` does
         fail(str(exc), code=1)
     for problem in result.dropped_problems:
@@ -137,9 +151,10 @@ def _self_train(
     pseudo: Path | None,
     teacher: Path | None,
     resume: bool,
+    teacher_weights: list[Path] | None = None,
 ) -> None:
     """``train --unlabelled/--pseudo``: the noisy-student rounds, one line per round (``resume``: keep
-    the finished ones)."""
+    the finished ones; ``teacher_weights``: the frozen backbone weights of ``teacher``)."""
     from dawnchorus.training.rounds import self_train
 
     if unlabelled:
@@ -155,7 +170,7 @@ def _self_train(
     try:
         result = self_train(
             data, out, settings, unlabelled=unlabelled or None, pseudo=pseudo, teacher=teacher,
-            resume=resume, progress_bar=True, log=say,
+            teacher_weights=teacher_weights, resume=resume, progress_bar=True, log=say,
         )
     except DatasetError as exc:  # training stops on a bad set with exit 1, as `data check` does
         fail(str(exc), code=1)

@@ -74,7 +74,7 @@ from dawnchorus.io.files import atomic_write, atomic_write_text, output_folder
 from dawnchorus.models.embedding_classifier import EmbeddingClassifier
 from dawnchorus.models.modelfile import save_model_file
 from dawnchorus.training.module import clip_loss, warmup_cosine
-from dawnchorus.training.result import TrainResult, check_monitor
+from dawnchorus.training.result import Monitor, TrainResult, check_monitor, choose_monitor, tell
 
 # Windows per backbone call while embedding (BirdNET's throughput is flat from 8 windows up).
 EMBED_BATCH = 8
@@ -98,6 +98,7 @@ def train_frozen(
     backbone: EmbeddingModel | None = None,
     progress: ProgressCallback | None = None,
     progress_bar: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a head on ``config.embedding.backbone``'s embeddings of ``data``; write ``out/model.pt``.
 
@@ -105,6 +106,9 @@ def train_frozen(
     ``embedding.weights``). ``progress(done, total)`` is called as embeddings are computed;
     ``progress_bar`` shows a bar on the terminal instead (when ``progress`` is None).
     ``drop_bad`` skips clips with problems (listed in ``TrainResult.dropped_problems``).
+    A ``train.monitor`` the run would never log is refused before anything is embedded or written;
+    one its validation set cannot define is replaced by a defined one, said in a line to ``log``
+    (a warning without it; see :func:`~dawnchorus.training.result.choose_monitor`).
     """
     settings = config.embedding
     if settings.backbone is None:
@@ -113,6 +117,13 @@ def train_frozen(
     training_set = load_training_set(data, on_problem="drop" if drop_bad else "raise")
     if len(training_set.labels) < 2:
         raise TrainingError(f"{data}: need at least two classes to train, found {len(training_set.labels)}")
+    _, val_idx = split_clips(training_set, config)
+    soundscapes = (training_set.soundscape_dir, training_set.soundscape_labels)
+    check_monitor(  # before anything is embedded or written
+        config.train.monitor,
+        has_soundscapes=None not in soundscapes,
+        has_validation_clips=len(val_idx) > 0,
+    )
     if backbone is None:
         options = {} if settings.weights is None else {"weights": settings.weights}
         backbone = create_embedding_model(settings.backbone, **options)
@@ -126,13 +137,27 @@ def train_frozen(
     cache = EmbeddingCache(embedding_cache_dir(config), backbone, config)
     with _embedding_bar(progress_bar and progress is None, backbone.name) as bar:
         data_set = embed_training_set(training_set, config, cache, progress or bar)
-    check_monitor(config.train.monitor, has_soundscapes=data_set.soundscape is not None)
+    check_monitor(  # again: a soundscape folder may give no labelled window
+        config.train.monitor,
+        has_soundscapes=data_set.soundscape is not None,
+        has_validation_clips=data_set.validation is not None,
+    )
+    monitor = choose_monitor(
+        config.train.monitor,
+        config.train.monitor_mode,
+        None if data_set.validation is None else data_set.validation.targets,
+        None if data_set.soundscape is None else data_set.soundscape.targets,
+    )
+    if monitor.note is not None:
+        tell(monitor.note, log)
     embed_seconds = time.perf_counter() - started
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the head's matrices are tiny: more threads only synchronise
     try:
-        head, history, best = fit_head(data_set, config, len(training_set.labels), backbone.embedding_size)
+        head, history, best = fit_head(
+            data_set, config, len(training_set.labels), backbone.embedding_size, monitor
+        )
     finally:
         torch.set_num_threads(threads)
     write_metrics(history, run_dir / "logs" / "metrics.csv")
@@ -154,7 +179,7 @@ def train_frozen(
             "trained_on": str(Path(data).resolve()),
             "train_clips": int(len(data_set.train_clips)),
             "val_clips": 0 if data_set.validation is None else int(len(data_set.validation.targets)),
-            "monitor": config.train.monitor,
+            "monitor": monitor.name,
             "best_score": best.score,
             "epochs": int(best.epoch),
             "backbone": f"{backbone.name} {backbone.version}",
@@ -172,7 +197,7 @@ def train_frozen(
         model_path=model_path,
         run_dir=run_dir,
         best_score=best.score,
-        monitor=config.train.monitor,
+        monitor=monitor.name,
         epochs_run=len(history),
         throughput=[],
         thresholds=thresholds,
@@ -252,7 +277,6 @@ class EmbeddingCache:
             [path.relative_to(root).as_posix(), path.stat().st_size, self.digests.sha256(path)]
             for path in find_audio_files(root)
         ]
-
 
     def get_or_compute(
         self,
@@ -387,10 +411,7 @@ def embed_training_set(
     clips, labels = training_set.clips, training_set.labels
     settings = config.train
     targets = encode_targets(clips, labels, secondary_weight=config.imbalance.secondary_weight)
-    if settings.fold is not None:
-        train_idx, val_idx = fold_split(clips, settings.folds, settings.fold, settings.seed)
-    else:
-        train_idx, val_idx = stratified_split(clips, settings.val_fraction, settings.seed)
+    train_idx, val_idx = split_clips(training_set, config)
     primary = clips["primary_label"].to_numpy()
     paths = clips["path"].to_numpy()
     names = clips["filename"].to_numpy()  # relative to the audio folder: draws do not depend on where it is
@@ -485,6 +506,15 @@ def embed_training_set(
     )
 
 
+def split_clips(training_set: TrainingSet, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation rows of ``training_set.clips``: fold ``train.fold`` of a K-fold, else
+    the stratified ``train.val_fraction`` split (as the timm path splits)."""
+    settings, clips = config.train, training_set.clips
+    if settings.fold is not None:
+        return fold_split(clips, settings.folds, settings.fold, settings.seed)
+    return stratified_split(clips, settings.val_fraction, settings.seed)
+
+
 def clip_draw(
     samples: np.ndarray,
     draw: int,
@@ -539,10 +569,15 @@ class Best:
 
 
 def fit_head(
-    data: EmbeddedTrainingSet, config: Config, num_classes: int, embedding_size: int
+    data: EmbeddedTrainingSet,
+    config: Config,
+    num_classes: int,
+    embedding_size: int,
+    monitor: Monitor | None = None,
 ) -> tuple[EmbeddingClassifier, list[dict[str, float]], Best]:
     """Train the head; returns it (with the best epoch's weights), one metrics row per epoch, and
-    the best epoch."""
+    the best epoch by ``monitor`` (default ``train.monitor``; an epoch where it is undefined is never
+    the best and does not count towards ``train.patience``)."""
     settings, train = config.embedding, config.train
     torch.manual_seed(train.seed)
     generator = torch.Generator().manual_seed(train.seed)
@@ -564,7 +599,7 @@ def fit_head(
         total = min(total, train.max_steps)
     warmup = min(total // 2, int(train.warmup_epochs * settings.steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
-    mode_max = train.monitor_mode == "max"
+    monitor = monitor or Monitor(train.monitor, train.monitor_mode)
     best, history, step, stale = Best(), [], 0, 0
     for epoch in range(train.epochs):
         head.train()
@@ -590,15 +625,14 @@ def fit_head(
         }
         row.update(validation_metrics(head, data))
         history.append(row)
-        score = row.get(train.monitor, math.nan)
-        # Ties go to the later epoch: a small validation set saturates early (ROC-AUC 1.0 after a
-        # few steps), and the head trained longer is the better one on unseen soundscapes.
-        if math.isfinite(score) and (
-            best.score is None or (score >= best.score if mode_max else score <= best.score)
-        ):
+        score = row.get(monitor.name, math.nan)
+        # Ties go to the later epoch (Monitor.improves): a small validation set saturates early
+        # (ROC-AUC 1.0 after a few steps), and the head trained longer is the better one on unseen
+        # soundscapes.
+        if monitor.improves(score, best.score):
             best = Best(epoch, float(score), {k: v.clone() for k, v in head.state_dict().items()})
             stale = 0
-        else:
+        elif math.isfinite(score):
             stale += 1
         if (train.patience and stale >= train.patience) or step >= total:
             break

@@ -13,7 +13,10 @@ when it has them; ``RUN/rounds.csv`` holds one row per round, rewritten after ea
 is a copy of the last student. Deterministic for ``train.seed``.
 
 A student starts from the backbone's pretrained weights, or with ``selftrain.student_init: teacher`` from
-its teacher's weights when both are the same network on the same labels. ``RUN/selftrain.json``
+its teacher's weights when both are the same network on the same labels (when not, a line says why, once
+per run). A teacher on a frozen backbone (BirdNET, Perch) runs on the backbone weights file given as
+``teacher_weights`` (``--teacher-weights``, SHA-256 checked as ``predict --weights`` does), else on the file
+it was trained with or the backbone's default. ``RUN/selftrain.json``
 (:class:`RoundsState`) records what the run is made from and each finished step, so ``resume`` keeps
 the finished rounds' models and continues an interrupted one (its pseudo-labels from their finished
 parts, its training from its last checkpoint).
@@ -39,11 +42,12 @@ from dawnchorus.data.layouts import load_training_set
 from dawnchorus.errors import EvaluationError, InputError, TrainingError
 from dawnchorus.evaluate.metrics import evaluate
 from dawnchorus.inference.export import file_sha256
+from dawnchorus.inference.frozen import use_backbone_weights
 from dawnchorus.inference.run import predict_frame
 from dawnchorus.inference.windows import expand_inputs
 from dawnchorus.io.annotations import read_birdclef_labels
 from dawnchorus.io.files import atomic_write, output_folder
-from dawnchorus.models.modelfile import load_model
+from dawnchorus.models.modelfile import LoadedModel, load_model
 from dawnchorus.training.pseudo import (
     INFO_NAME,
     TABLE_NAME,
@@ -104,6 +108,7 @@ def self_train(
     unlabelled: Sequence[str | Path] | None = None,
     pseudo: str | Path | None = None,
     teacher: str | Path | None = None,
+    teacher_weights: Sequence[str | Path] | None = None,
     resume: bool = False,
     drop_bad: bool = True,
     progress_bar: bool = False,
@@ -117,9 +122,13 @@ def self_train(
     ``data`` (with ``pseudo`` and no ``teacher``, the pseudo-labels' own teacher file is round 0 when it
     is still there). ``resume`` continues an interrupted run in ``out`` (see :class:`RoundsState`): its
     finished rounds are kept, the interrupted round's pseudo-labels and training go on; a run of other
-    settings, data or recordings is refused. ``log`` gets one line per finished step.
+    settings, data or recordings is refused. ``teacher_weights``: the backbone weights file(s) of a round-0
+    teacher on a frozen backbone (each checked against the teacher's record before any work, as
+    ``predict --weights`` does). ``log`` gets one line per finished step, and a line said once per run
+    where a student cannot start from its teacher or a round's training monitors another metric.
     """
     say = log or (lambda line: None)
+    once = _Once(say)
     settings = config.selftrain
     if unlabelled is None and pseudo is None:
         raise TrainingError(
@@ -134,6 +143,15 @@ def self_train(
         raise InputError(f"{teacher}: teacher model file not found")
     if teacher is not None:
         load_model(teacher, build_network=False)  # an unusable file stops here, before any work
+    if teacher_weights:
+        round0 = teacher if teacher is not None else given.info.get("teacher") if given is not None else None
+        if round0 is None or not Path(round0).is_file():
+            raise InputError(
+                "--teacher-weights: the backbone weights of a teacher on a frozen backbone; give that "
+                "teacher with --teacher"
+            )
+        use_backbone_weights([load_model(round0, build_network=False)], teacher_weights)  # checked now
+    weights = list(teacher_weights or [])
     run_dir = output_folder(out, "run folder")
     fingerprint = run_fingerprint(config, data, found, teacher=teacher, pseudo=pseudo, run_dir=run_dir)
     state = RoundsState.start(run_dir, fingerprint, resume)
@@ -141,7 +159,7 @@ def self_train(
         config = config.model_copy(deep=True)
         config.train.cache_dir = run_dir / "cache"
     student_config = _student_config(config)
-    scorer = _Scorer(data)
+    scorer = _Scorer(data, weights)
 
     rows = state.finished(say)[: settings.rounds + 1]
     for row in rows:
@@ -155,7 +173,8 @@ def self_train(
     elif given is not None and given.info.get("teacher") and Path(given.info["teacher"]).is_file():
         teacher_path = Path(given.info["teacher"])  # the pseudo-labels' own teacher is round 0
     else:
-        last = _train_round(state, 0, None, data, run_dir / "round0", config, drop_bad, progress_bar)
+        last = _train_round(state, 0, None, data, run_dir / "round0", config, drop_bad, progress_bar,
+                            log=once)
         teacher_path = last.model_path
     if not rows:
         rows.append(state.finish(scorer.score(0, teacher_path, 0)))
@@ -167,7 +186,7 @@ def self_train(
         if index == 1 and given is not None:
             labels = given
         else:
-            teacher_model = load_model(teacher_path, build_network=False)
+            teacher_model = load_with_weights(teacher_path, weights, build_network=False)
             run = pseudo_label(
                 teacher_model, recordings, round_dir / "pseudo", settings.pseudo,
                 SCORING_SETTINGS.model_copy(update={"engine": "auto", "batch_size": "auto"}),
@@ -181,10 +200,11 @@ def self_train(
         windows = _window_items(labels, data, student_config)
         init, why_not = _warm_start(teacher_path, student_config, data)
         if why_not is not None:
-            say(f"round {index}: the student starts from the backbone's pretrained weights ({why_not})")
+            once(f"round {index}: the student starts from the backbone's pretrained weights ({why_not})",
+                 key=why_not)
         last = _train_round(
             state, index, rows[-1].sha256, data, round_dir, student_config, drop_bad, progress_bar,
-            windows=windows, init_from=init,
+            windows=windows, init_from=init, log=once,
         )
         teacher_path = last.model_path
         rows.append(state.finish(scorer.score(index, teacher_path, len(windows))))
@@ -193,6 +213,18 @@ def self_train(
     final = run_dir / "model.pt"
     atomic_write(final, lambda temporary: shutil.copyfile(teacher_path, temporary))
     return SelfTrainResult(rows, final, run_dir / ROUNDS_NAME, run_dir, last)
+
+
+def load_with_weights(
+    path: str | Path, weights: Sequence[str | Path], build_network: bool = True
+) -> LoadedModel:
+    """The model file ``path``; one on a frozen backbone runs on ``weights`` (backbone weights files,
+    each SHA-256 checked against its record; see
+    :func:`~dawnchorus.inference.frozen.use_backbone_weights`), a fine-tuned CNN ignores them."""
+    model = load_model(path, build_network=build_network)
+    if weights and model.backbone is not None:
+        use_backbone_weights([model], weights)
+    return model
 
 
 def run_fingerprint(
@@ -418,10 +450,25 @@ def _window_items(labels: PseudoLabels, data: str | Path, config: Config) -> Win
     )
 
 
-class _Scorer:
-    """Scores a model on the data set's labelled validation soundscapes (NaN when it has none)."""
+class _Once:
+    """A line sayer that says each line (or each ``key``) once: the rounds' repeated notices."""
 
-    def __init__(self, data: str | Path) -> None:
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say, self.said = say, set()
+
+    def __call__(self, line: str, key: str | None = None) -> None:
+        key = line if key is None else key
+        if key not in self.said:
+            self.said.add(key)
+            self.say(line)
+
+
+class _Scorer:
+    """Scores a model on the data set's labelled validation soundscapes (NaN when it has none); a model
+    on a frozen backbone runs on ``weights`` (the teacher's backbone weights files) when given."""
+
+    def __init__(self, data: str | Path, weights: Sequence[str | Path] = ()) -> None:
+        self.weights = list(weights)
         training_set = load_training_set(data, on_problem="drop")
         self.recordings: list[Path] = []
         self.truth: pd.DataFrame | None = None
@@ -434,7 +481,7 @@ class _Scorer:
     def score(self, index: int, model_path: Path, windows: int) -> RoundScore:
         if self.truth is None or not self.recordings:
             return RoundScore(index, str(model_path), math.nan, math.nan, math.nan, windows)
-        model = load_model(model_path)
+        model = load_with_weights(model_path, self.weights)
         predictions = predict_frame(model, self.recordings, SCORING_SETTINGS, raise_errors=False)
         scored = [label for label in (self.scored or model.labels) if label in model.labels]
         try:

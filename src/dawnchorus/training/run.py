@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from dawnchorus.models.modelfile import load_model, load_refusal, save_model_fil
 from dawnchorus.training.datamodule import BirdDataModule
 from dawnchorus.training.frozen import train_frozen
 from dawnchorus.training.module import BirdModule, ThroughputMonitor
-from dawnchorus.training.result import TrainResult, check_monitor
+from dawnchorus.training.result import Monitor, TrainResult, check_monitor, choose_monitor, tell
 from dawnchorus.training.windows import WindowItems
 
 
@@ -54,6 +55,7 @@ def train(
     progress_bar: bool = True,
     windows: WindowItems | None = None,
     init_from: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train on ``data`` and write ``out/model.pt``.
 
@@ -66,7 +68,9 @@ def train(
     items (see :class:`~dawnchorus.training.datamodule.BirdDataModule`); not with a frozen backbone.
     ``init_from``: a model file of the same network and labels whose weights the run starts from instead
     of the backbone's pretrained ones (a noisy student warm-started from its teacher; ``resume`` still
-    continues from the checkpoint).
+    continues from the checkpoint). ``log`` gets a line when the run monitors another metric than
+    ``train.monitor`` (one its validation set cannot define, see
+    :func:`~dawnchorus.training.result.choose_monitor`); without it, that line is a warning.
     """
     if config.embedding.backbone is not None:
         if windows is not None:
@@ -74,7 +78,7 @@ def train(
                 "window items (pseudo-labelled windows) train a fine-tuned CNN, not a head on a frozen "
                 "backbone: give the student a timm backbone (selftrain.student_backbone, --student-model)"
             )
-        return train_frozen(data, out, config, drop_bad=drop_bad, progress_bar=progress_bar)
+        return train_frozen(data, out, config, drop_bad=drop_bad, progress_bar=progress_bar, log=log)
     run_dir = Path(out)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
@@ -98,11 +102,19 @@ def train(
         has_soundscapes="val_soundscape" in module.validation_prefixes,
         has_validation_clips="val" in module.validation_prefixes,
     )
+    monitor = choose_monitor(
+        config.train.monitor,
+        config.train.monitor_mode,
+        data_module.val_set.targets if "val" in module.validation_prefixes else None,
+        data_module.soundscapes.targets if "val_soundscape" in module.validation_prefixes else None,
+    )
+    if monitor.note is not None and rank_zero_only.rank == 0:
+        tell(monitor.note, log)
     output_folder(run_dir, "run folder")  # only now: every input above was checked first
     if rank_zero_only.rank == 0:  # under DDP every process runs this function
         config.to_yaml(run_dir / "config.yaml")
 
-    checkpoints, latest = run_checkpoints(run_dir / "checkpoints", config)
+    checkpoints, latest = run_checkpoints(run_dir / "checkpoints", config, monitor)
     throughput = ThroughputMonitor()
     # A multi-process run keeps Lightning's lines: how its processes met is what its user checks first.
     setup = config.train
@@ -111,7 +123,7 @@ def train(
     with quiet():
         trainer = _trainer(
             config, run_dir, [checkpoints, latest, throughput], progress_bar,
-            validate=bool(module.validation_prefixes),
+            validate=bool(module.validation_prefixes), monitor=monitor,
         )
     earlier_metrics = (
         set_aside_metrics(run_dir / "logs", resume_step) if resume and trainer.is_global_zero else None
@@ -127,7 +139,7 @@ def train(
 
     model_path = run_dir / "model.pt"
     best = checkpoints.best_model_score
-    best_score = float(best) if best is not None else None
+    best_score = float(best) if best is not None and math.isfinite(float(best)) else None
     thresholds: dict[str, Any] = {}
     if trainer.is_global_zero:
         best_path = checkpoints.best_model_path or str(last)
@@ -144,7 +156,7 @@ def train(
                 "trained_on": str(Path(data).resolve()),
                 "train_clips": int(len(data_module.train_idx)),
                 "val_clips": int(len(data_module.val_idx)),
-                "monitor": config.train.monitor,
+                "monitor": monitor.name,
                 "best_score": best_score,
                 "epochs": int(trainer.current_epoch),
                 "throughput": throughput.history,
@@ -154,7 +166,7 @@ def train(
         model_path=model_path,
         run_dir=run_dir,
         best_score=best_score,
-        monitor=config.train.monitor,
+        monitor=monitor.name,
         epochs_run=int(trainer.current_epoch),
         throughput=throughput.history,
         thresholds=thresholds,
@@ -165,9 +177,13 @@ def train(
 EARLIER_METRICS_NAME = "metrics.before_resume.csv"
 
 
-def run_checkpoints(folder: Path, config: Config) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """The two checkpoints of a run in ``folder``: ``best.ckpt`` (the best epoch by ``train.monitor``,
-    what model.pt is made from) and ``last.ckpt`` (the last finished epoch, what ``resume`` continues).
+def run_checkpoints(
+    folder: Path, config: Config, monitor: Monitor | None = None
+) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The two checkpoints of a run in ``folder``: ``best.ckpt`` (the best epoch by ``monitor``, default
+    ``train.monitor``, what model.pt is made from) and ``last.ckpt`` (the last finished epoch, what
+    ``resume`` continues). An epoch whose monitored metric is undefined (NaN) is never the best one
+    (:class:`FiniteBestCheckpoint`).
 
     ``last.ckpt`` has a callback of its own, saved after the best one: Lightning 2.6's
     ``save_last=True`` writes it only at an epoch that also wrote a new best, so after an epoch that
@@ -176,16 +192,51 @@ def run_checkpoints(folder: Path, config: Config) -> tuple[ModelCheckpoint, Mode
     Without a version counter a fresh run in a used folder replaces both files (was: ``best-v1.ckpt``
     beside the earlier run's, and ``--resume`` then continued the earlier run).
     """
-    best = ModelCheckpoint(
+    monitor = monitor or Monitor(config.train.monitor, config.train.monitor_mode)
+    best = FiniteBestCheckpoint(
         dirpath=folder,
         filename="best",
-        monitor=config.train.monitor,
-        mode=config.train.monitor_mode,
+        monitor=monitor.name,
+        mode=monitor.mode,
         save_top_k=1,
         enable_version_counter=False,
     )
     last = ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False)
     return best, last
+
+
+class FiniteBestCheckpoint(ModelCheckpoint):
+    """``best.ckpt``: Lightning's checkpoint of the best epoch, where an epoch whose monitored metric is
+    undefined (NaN or infinite) is never saved as the best one. Lightning stored a NaN as -inf (+inf
+    for a "min" metric), so a first epoch without a defined score became the best and stayed so while
+    no later epoch had one ("best = -inf", model.pt from epoch 0); the run's last epoch is used then.
+
+    Its state in a checkpoint is keyed as a plain ModelCheckpoint's: runs saved before it resume."""
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        """Whether ``current`` enters the top k (never when it is not finite)."""
+        if current is not None and not bool(torch.isfinite(torch.as_tensor(current))):
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
+
+
+class FiniteEarlyStopping(EarlyStopping):
+    """Early stopping that passes over an epoch whose monitored metric is undefined (NaN): it neither
+    improves nor counts towards ``patience``. Lightning's own stopped the run at the first such epoch
+    (``check_finite``), so a later epoch could never improve on it.
+
+    Its state in a checkpoint is keyed as a plain EarlyStopping's: runs saved before it resume."""
+
+    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        if not bool(torch.isfinite(current)):
+            return False, None
+        return super()._evaluate_stopping_criteria(current)
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"{EarlyStopping.__qualname__}{kwargs!r}"
 
 
 # Lightning's own lines that are not for our users: device banners ("GPU available: False"),
@@ -301,17 +352,22 @@ def predict_loader(network: nn.Module, loader: DataLoader) -> tuple[np.ndarray, 
 
 
 def _trainer(
-    config: Config, run_dir: Path, callbacks: list[Callback], progress_bar: bool, validate: bool = True
+    config: Config,
+    run_dir: Path,
+    callbacks: list[Callback],
+    progress_bar: bool,
+    validate: bool = True,
+    monitor: Monitor | None = None,
 ) -> L.Trainer:
-    """The Lightning trainer of a run: ``callbacks`` plus learning-rate logging, early stopping when
-    ``train.patience`` is set, and the progress bar; CSV and TensorBoard logs in ``run_dir``;
-    ``validate`` False: no validation loop (the set has nothing to validate on)."""
+    """The Lightning trainer of a run: ``callbacks`` plus learning-rate logging, early stopping on
+    ``monitor`` (default ``train.monitor``) when ``train.patience`` is set, and the progress bar; CSV
+    and TensorBoard logs in ``run_dir``; ``validate`` False: no validation loop (the set has nothing
+    to validate on)."""
     settings = config.train
+    monitor = monitor or Monitor(settings.monitor, settings.monitor_mode)
     callbacks = [*callbacks, LearningRateMonitor(logging_interval="epoch")]
     if settings.patience:
-        callbacks.append(
-            EarlyStopping(settings.monitor, mode=settings.monitor_mode, patience=settings.patience)
-        )
+        callbacks.append(FiniteEarlyStopping(monitor.name, mode=monitor.mode, patience=settings.patience))
     if progress_bar:
         from lightning.pytorch.callbacks import RichProgressBar
 
