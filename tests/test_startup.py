@@ -70,6 +70,9 @@ NOT_RUN_BY_ONNX_PREDICT = (
 )
 # Also not run by the ONNX engines on CPU with a graph that keeps its model file's record.
 NOT_RUN_WITH_A_RECORD = ("torch", "dawnchorus.models.features", "dawnchorus.models.embedding_classifier")
+# Not run by a predict without --config on recordings at the model's sample rate: YAML is read for a
+# --config file (and written by training), soxr resamples recordings at another rate.
+NOT_RUN_WITHOUT_CONFIG_AT_THE_MODEL_RATE = ("yaml", "soxr")
 PARITY = 1e-4  # onnxruntime against eager torch, as tests/test_export.py
 # Where a GPU is visible, predict without --device asks torch about it (the torch engine may run
 # there); these tests then say --device cpu, as a user who wants the CPU engines would.
@@ -160,6 +163,43 @@ def test_onnx_predict_on_a_cached_graph_imports_nothing_it_does_not_run(
     assert (out / "predictions.csv").is_file()
     assert "onnxruntime" in modules and "dawnchorus.models.logmel_numpy" in modules
     assert loaded(modules, (*NOT_RUN_BY_ONNX_PREDICT, *NOT_RUN_WITH_A_RECORD)) == []
+
+
+@needs_onnx
+def test_csv_predict_without_config_at_the_model_rate_imports_no_yaml_or_resampler(
+    cached_model: Path, recordings: Path, tmp_path: Path
+) -> None:
+    """The recordings are at the model's 32 kHz and no --config is given: neither the YAML parser nor
+    soxr runs, so neither is imported (as the Python API's predict); a recording at 44.1 kHz and a
+    --config file still load them, and the run's predictions are those of the same run in-process."""
+    out = tmp_path / "out"
+    modules = onnx_predict_modules(cached_model, recordings, out, "--engine", "onnx")
+    assert loaded(modules, NOT_RUN_WITHOUT_CONFIG_AT_THE_MODEL_RATE) == []
+    api = modules_after(
+        f"""
+        import dawnchorus
+        dawnchorus.predict({str(cached_model)!r}, {str(recordings)!r}, engine="onnx",
+                           device={"cpu" if ON_CPU else None!r})
+        """,
+        tmp_path,
+    )
+    assert loaded(api, NOT_RUN_WITHOUT_CONFIG_AT_THE_MODEL_RATE) == []
+    reference = tmp_path / "reference"
+    run_cli("predict", cached_model, recordings, "--out", reference, "--engine", "onnx", "--format", "csv",
+            *ON_CPU)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "predictions.csv"), pd.read_csv(reference / "predictions.csv")
+    )
+
+    write_audio(recordings / "r44k.wav", synthetic_audio(6.0, seed=5, sample_rate=44100), 44100)
+    config = tmp_path / "settings.yaml"
+    config.write_text("hop_s: 2.5\n")
+    modules = onnx_predict_modules(cached_model, recordings, tmp_path / "resampled", "--engine", "onnx",
+                                   "--config", str(config))
+    assert loaded(modules, NOT_RUN_WITHOUT_CONFIG_AT_THE_MODEL_RATE) == ["yaml", "soxr"]
+    table = pd.read_csv(tmp_path / "resampled" / "predictions.csv")
+    assert set(table["file"].map(lambda name: Path(name).name)) == {"r0.wav", "r1.wav", "r44k.wav"}
+    assert (table["start_s"] % 2.5 == 0).all() and 2.5 in set(table["start_s"])
 
 
 @needs_onnx

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -380,6 +379,8 @@ class Config(_Section):
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the full configuration (defaults included) as YAML."""
+        import yaml
+
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
@@ -498,6 +499,8 @@ class PredictSettings(_Section):
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the full settings (defaults included) as YAML."""
+        import yaml
+
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
@@ -608,6 +611,8 @@ def _read_yaml(path: str | Path | None) -> tuple[dict[str, Any], str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    import yaml  # here, not at the top: predict without --config never reads YAML (~10 ms to import)
+
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from dawnchorus.errors import (
     AudioDecodeError,
@@ -218,6 +217,8 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     """Resample a mono signal with soxr (high quality); a no-op when the rates match."""
     if source_rate == target_rate or samples.size == 0:
         return np.asarray(samples, dtype=np.float32)
+    import soxr  # here, not at the top: recordings at the model's rate never resample (~1-5 ms import)
+
     return soxr.resample(samples, source_rate, target_rate, quality="HQ").astype(np.float32)
 
 
@@ -407,11 +408,11 @@ def iter_windows(
         if first_window >= n_windows:
             return
         decoded, buffer_start = _seek_before(handle, first_window * hop, native_rate, sample_rate)
-        stream = (
-            soxr.ResampleStream(native_rate, sample_rate, 1, dtype="float32", quality="HQ")
-            if native_rate != sample_rate
-            else None
-        )
+        stream = None
+        if native_rate != sample_rate:
+            import soxr  # here: recordings at the model's rate never resample
+
+            stream = soxr.ResampleStream(native_rate, sample_rate, 1, dtype="float32", quality="HQ")
         block_frames = max(1, int(block_s * native_rate))
         buffer = np.zeros(0, dtype=np.float32)  # buffer_start: output-sample index of buffer[0]
         emitted = first_window
