@@ -36,6 +36,7 @@ from dawnchorus.inference.quantise import (
     calibration_windows,
     fp32_nodes,
     int8_path_beside,
+    log_mel_windows,
     made_by,
     quantise_model,
     windows_sha256,
@@ -192,7 +193,7 @@ def test_the_head_of_the_cnn_graph_is_what_the_default_recipe_keeps_in_float(mod
         fp32_nodes(graph, ["tail"])
 
 
-def test_engine_runs_the_int8_graph_with_the_log_mel_in_torch(
+def test_engine_runs_the_int8_graph_with_the_log_mel_in_numpy(
     model_path: Path, recordings: list[Path]
 ) -> None:
     model = load_model(model_path, build_network=False)
@@ -207,6 +208,21 @@ def test_engine_runs_the_int8_graph_with_the_log_mel_in_torch(
     assert np.abs(int8(audio) - fp32(audio)).max() < 0.1  # close, not equal
     with pytest.raises(ExportError, match="onnx-int8 engine runs on CPU only"):
         batch_function_for(model, "onnx-int8", device="cuda")
+
+
+def test_calibration_feeds_the_graph_the_log_mel_predict_feeds_it(
+    model_path: Path, recordings: list[Path]
+) -> None:
+    """The activation ranges are calibrated on the spectrograms the int8 graph will be given: the
+    onnx-int8 engine's own log-mel (numpy), not the torch frontend's (equal only to float32 rounding)."""
+    model = load_model(model_path, build_network=False)
+    windows = calibration_windows(recordings, SR, 5.0, count=6)
+    engine = batch_function_for(model, "onnx-int8", calibration=recordings)
+    assert engine.prepare is not None
+    fed = np.concatenate([engine.prepare(windows[i : i + 4]) for i in range(0, len(windows), 4)])
+    calibrated = log_mel_windows(model, windows)
+    assert calibrated.dtype == np.float32 and calibrated.shape == (6, 1, 128, 313)
+    np.testing.assert_array_equal(calibrated, fed)
 
 
 def test_a_model_without_a_file_is_quantised_into_a_temporary_graph(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -100,3 +101,30 @@ def test_numpy_frontend_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("samples", [1025, 1026, 32768, 32000])
+def test_numpy_frontend_of_any_length_and_an_odd_n_fft_matches_torch(samples):
+    """Reflect padding down to the shortest waveform the frontends take, buffers reused across
+    lengths, and the frame count of an odd ``n_fft`` (torch's STFT gives 64 frames of 32768 samples
+    with n_fft 2047 and hop 512, not 1 + 32768 // 512)."""
+    audio = np.random.default_rng(samples).standard_normal((2, samples)).astype(np.float32)
+    for n_fft in (2048, 2047):
+        torch_frontend, numpy_frontend = LogMel(n_fft=n_fft).eval(), NumpyLogMel(n_fft=n_fft)
+        expected = torch_frontend(torch.from_numpy(audio)).detach().numpy()
+        assert numpy_frontend.frames_for(samples) == torch_frontend.frames_for(samples) == expected.shape[-1]
+        np.testing.assert_allclose(numpy_frontend(audio), expected, atol=3e-4, rtol=0)
+
+
+def test_numpy_frontend_gives_each_thread_its_own_values():
+    """predict's lanes call one frontend from several threads: each computes in buffers of its own."""
+    frontend = NumpyLogMel()
+    rng = np.random.default_rng(3)
+    scales = (0.01, 1.0, 30.0, 3.0)
+    batches = [rng.standard_normal((2, 5 * SR)).astype(np.float32) * scale for scale in scales]
+    expected = [frontend(batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            results = list(pool.map(frontend, batches * 4))
+            for got, want in zip(results, expected * 4, strict=True):
+                np.testing.assert_array_equal(got, want)

@@ -2,9 +2,10 @@
 their cache beside the model file (the ``onnx-int8`` engine runs them).
 
 What is quantised is the CNN graph the ONNX engine runs (``MODEL.cnn.onnx``, input ``spectrogram``):
-the log-mel frontend stays in torch, exactly the training frontend, as for the fp32 engine.
-Calibration feeds log-mel spectrograms of real audio windows (the user's recordings or training
-clips, :func:`calibration_windows`) through the graph to find each activation's range.
+the log-mel frontend stays outside the graph, in numpy (the training frontend's values to float32
+rounding), as for the fp32 engine. Calibration feeds log-mel spectrograms of real audio windows (the
+user's recordings or training clips, :func:`calibration_windows`), computed by that same numpy
+frontend (:func:`log_mel_windows`), through the graph to find each activation's range.
 
 Format (measured with one thread on this machine's CPU, ``efficientnet_b0``, batch 4; the CPU has
 AVX512-VNNI): QDQ and QOperator give the same kernels and speed (7.5 vs 10.0 CPU ms per window
@@ -399,15 +400,15 @@ def _recipe_of(path: Path) -> tuple[str, int] | None:
 
 
 def log_mel_windows(model: LoadedModel, windows: np.ndarray) -> np.ndarray:
-    """The CNN input of audio ``windows`` ``(N, samples)``: the model's torch log-mel, float32."""
-    import torch  # here only: predict on a cached int8 graph runs without torch
+    """The CNN input of audio ``windows`` ``(N, samples)``, float32: the model's log-mel as the ONNX
+    engines compute it when they run the graph (:class:`~dawnchorus.models.logmel_numpy.NumpyLogMel`,
+    in batches of :data:`CALIBRATION_BATCH`), so calibration sees exactly what ``predict`` feeds."""
+    from dawnchorus.models.logmel_numpy import NumpyLogMel
 
-    frontend = model.frontend.cpu().eval()
-    with torch.inference_mode():
-        parts = [
-            frontend(torch.from_numpy(windows[i : i + CALIBRATION_BATCH])).numpy()
-            for i in range(0, len(windows), CALIBRATION_BATCH)
-        ]
+    frontend = NumpyLogMel.from_settings(model.config.audio, model.config.frontend)
+    parts = [
+        frontend(windows[i : i + CALIBRATION_BATCH]) for i in range(0, len(windows), CALIBRATION_BATCH)
+    ]
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 

@@ -8,32 +8,31 @@ and is then optionally normalised per sample. The STFT always runs in float32, a
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dawnchorus.config import AudioSettings, FrontendSettings
 from dawnchorus.models.logmel_numpy import (  # noqa: F401 - AMIN, NORM_EPS, the filterbank: public here too
     AMIN,
     NORM_EPS,
+    LogMelParameters,
+    Normalize,
     band_block,
-    check_parameters,
     mel_bands,
     slaney_mel_filterbank,
 )
 
-Normalize = Literal["per_sample", "none"]
 
-
-class LogMel(nn.Module):
+class LogMel(nn.Module, LogMelParameters):
     """Waveforms ``(B, T)`` -> log-mel spectrograms ``(B, 1, n_mels, 1 + T // hop_length)`` in dB.
 
     Steps: centred STFT (periodic Hann window, reflect padding), power spectrum, Slaney mel
     filterbank (``librosa.filters.mel``'s: :func:`slaney_mel_filterbank`),
     ``10 * log10(max(power, 1e-10))``, clipping to ``max - top_db`` per sample, then
-    (``normalize="per_sample"``) zero mean and unit standard deviation per sample.
+    (``normalize="per_sample"``) zero mean and unit standard deviation per sample. Its parameters,
+    their checks, :meth:`from_settings` and :meth:`frames_for` are
+    :class:`~dawnchorus.models.logmel_numpy.LogMelParameters`, shared with the numpy frontend.
     """
 
     window: Tensor
@@ -51,16 +50,8 @@ class LogMel(nn.Module):
         top_db: float | None = 80.0,
         normalize: Normalize = "per_sample",
     ) -> None:
-        super().__init__()
-        check_parameters(sample_rate, n_fft, hop_length, n_mels, fmin, fmax, top_db, normalize)
-        self.sample_rate = sample_rate
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        self.n_mels = n_mels
-        self.fmin = fmin
-        self.fmax = fmax
-        self.top_db = top_db
-        self.normalize = normalize
+        nn.Module.__init__(self)
+        LogMelParameters.__init__(self, sample_rate, n_fft, hop_length, n_mels, fmin, fmax, top_db, normalize)
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         filterbank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
         self.register_buffer("mel_fb", torch.from_numpy(filterbank).float(), persistent=False)
@@ -77,24 +68,6 @@ class LogMel(nn.Module):
         for index, band in enumerate(self.mel_bands):
             block = torch.from_numpy(band_block(filterbank, band))
             self.register_buffer(f"mel_block_{index}", block, persistent=False)
-
-    @classmethod
-    def from_settings(cls, audio: AudioSettings, frontend: FrontendSettings) -> LogMel:
-        """Build the frontend described by a run's audio and frontend settings."""
-        return cls(
-            sample_rate=audio.sample_rate,
-            n_fft=frontend.n_fft,
-            hop_length=frontend.hop_length,
-            n_mels=frontend.n_mels,
-            fmin=frontend.fmin,
-            fmax=frontend.fmax,
-            top_db=frontend.top_db,
-            normalize=frontend.normalize,
-        )
-
-    def frames_for(self, num_samples: int) -> int:
-        """Number of spectrogram frames produced for ``num_samples`` audio samples."""
-        return 1 + num_samples // self.hop_length
 
     def mel_center_frequencies(self) -> Tensor:
         """Centre frequency (Hz) of each mel band, lowest first."""

@@ -24,9 +24,10 @@ importing librosa's scipy.signal and numba) and :func:`check_parameters` (what b
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -40,6 +41,9 @@ NORM_EPS = 1e-6  # keeps per-sample normalisation finite for constant (e.g. sile
 # 32 kHz, 128 mels, busy machine, CPU ms per window for the whole numpy frontend): bands of 8 filters
 # 3.8, of 16 4.5, dense 5.0; torch's frontend 5.9 in the same rounds.
 BAND_FILTERS = 8
+# Frames windowed and transformed at a time: their windowed samples (256 kB) and spectrum stay in
+# cache between the window product, the FFT and the squares (see NumpyLogMel._log_mel).
+FFT_FRAMES = 32
 
 Normalize = Literal["per_sample", "none"]
 
@@ -75,13 +79,19 @@ def band_block(filterbank: np.ndarray, band: MelBand) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(block, 2, axis=0), dtype=np.float32)
 
 
-class NumpyLogMel:
-    """Waveforms ``(B, T)`` float32 -> log-mel spectrograms ``(B, 1, n_mels, 1 + T // hop_length)``
-    float32 in dB, as :class:`~dawnchorus.models.features.LogMel` in eval mode computes them.
+class LogMelParameters:
+    """The parameters both log-mel frontends take, checked and kept as attributes, their construction
+    from a model's settings, and the number of frames they give: :class:`NumpyLogMel` and
+    :class:`~dawnchorus.models.features.LogMel` derive from it (this module imports no torch)."""
 
-    Thread safe (no state changes after construction); each call uses one thread for its FFTs and
-    as many as numpy's BLAS is allowed for its products (see the module docstring).
-    """
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    fmin: float
+    fmax: float
+    top_db: float | None
+    normalize: Normalize
 
     def __init__(
         self,
@@ -99,20 +109,14 @@ class NumpyLogMel:
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_mels = n_mels
+        self.fmin = fmin
+        self.fmax = fmax
         self.top_db = top_db
         self.normalize = normalize
-        self.window = hann_window(n_fft)
-        filterbank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
-        self.bands = [band for band in mel_bands(filterbank) if band.stop_bin > band.first_bin]
-        spans = [(band.first_bin, band.stop_bin) for band in self.bands]
-        self.bins = (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else (0, 0)
-        # The products run over the interleaved (real, imaginary) squares of the spectrum, which
-        # sum to the power without a pass of their own (band_block); bands of zero filters stay 0.
-        self.blocks = [band_block(filterbank, band) for band in self.bands]
 
     @classmethod
-    def from_settings(cls, audio: AudioSettings, frontend: FrontendSettings) -> NumpyLogMel:
-        """The frontend described by a model's audio and frontend settings."""
+    def from_settings(cls, audio: AudioSettings, frontend: FrontendSettings) -> Self:
+        """The frontend described by a model's (or run's) audio and frontend settings."""
         return cls(
             sample_rate=audio.sample_rate,
             n_fft=frontend.n_fft,
@@ -125,8 +129,46 @@ class NumpyLogMel:
         )
 
     def frames_for(self, num_samples: int) -> int:
-        """Number of spectrogram frames produced for ``num_samples`` audio samples."""
-        return 1 + num_samples // self.hop_length
+        """Number of spectrogram frames produced for ``num_samples`` audio samples: the centred STFT's
+        (``n_fft // 2`` samples of padding each side), ``1 + num_samples // hop_length`` for an even
+        ``n_fft``."""
+        return 1 + (num_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length
+
+
+class NumpyLogMel(LogMelParameters):
+    """Waveforms ``(B, T)`` float32 -> log-mel spectrograms ``(B, 1, n_mels, frames_for(T))``
+    float32 in dB, as :class:`~dawnchorus.models.features.LogMel` in eval mode computes them.
+
+    Thread safe: no state changes after construction; each thread computes in buffers of its own
+    (:class:`_Workspace`, kept per thread and waveform length). Each call uses one thread for its FFTs
+    and as many as numpy's BLAS is allowed for its products (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 32000,
+        n_fft: int = 2048,
+        hop_length: int = 512,
+        n_mels: int = 128,
+        fmin: float = 50.0,
+        fmax: float = 14000.0,
+        top_db: float | None = 80.0,
+        normalize: Normalize = "per_sample",
+    ) -> None:
+        super().__init__(sample_rate, n_fft, hop_length, n_mels, fmin, fmax, top_db, normalize)
+        self.window = hann_window(n_fft)
+        filterbank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+        every_band = mel_bands(filterbank)
+        self.bands = [band for band in every_band if band.stop_bin > band.first_bin]
+        # filters that use no bin (their power stays 0, as in the dense product)
+        self.silent = [
+            (band.first_mel, band.stop_mel) for band in every_band if band.stop_bin <= band.first_bin
+        ]
+        spans = [(band.first_bin, band.stop_bin) for band in self.bands]
+        self.bins = (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else (0, 0)
+        # The products run over the interleaved (real, imaginary) squares of the spectrum, which
+        # sum to the power without a pass of their own (band_block).
+        self.blocks = [band_block(filterbank, band) for band in self.bands]
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         """Log-mel spectrograms of a batch of waveforms ``(B, T)`` as float32 ``(B, 1, M, F)``."""
@@ -144,23 +186,52 @@ class NumpyLogMel:
                 f"padding), got {audio.shape[-1]}"
             )
         out = np.empty((audio.shape[0], 1, self.n_mels, self.frames_for(audio.shape[-1])), dtype=np.float32)
+        work = self._workspace(audio.shape[-1])
         for row, waveform in enumerate(audio):  # one waveform at a time: its arrays stay in cache
-            out[row, 0] = self._log_mel(waveform, scipy.fft.rfft).T
+            out[row, 0] = self._log_mel(waveform, work, scipy.fft.rfft).T
         return out
 
-    def _log_mel(self, waveform: np.ndarray, rfft: Any) -> np.ndarray:
-        """``(frames, n_mels)`` log-mel of one waveform."""
+    def _workspace(self, samples: int) -> _Workspace:
+        key = (samples, self.n_fft, self.hop_length, self.n_mels, 2 * (self.bins[1] - self.bins[0]))
+        spaces: dict[tuple[int, ...], _Workspace] = _THREAD.__dict__.setdefault("workspaces", {})
+        if key not in spaces:
+            if len(spaces) >= _WORKSPACES_KEPT:
+                spaces.clear()
+            spaces[key] = _Workspace(samples, self.n_fft, self.frames_for(samples), key[3], key[4])
+        return spaces[key]
+
+    def _log_mel(self, waveform: np.ndarray, work: _Workspace, rfft: Any) -> np.ndarray:
+        """``(frames, n_mels)`` log-mel of one waveform, in ``work.mel``.
+
+        Steps, each writing into ``work``'s buffers (none allocates a spectrum-sized array): reflect
+        padding; per :data:`FFT_FRAMES` frames (a strided view of the padded waveform), the window
+        multiplied into one small buffer, its ``rfft``, and the squares of the real and imaginary parts
+        of the bins the filterbank uses, written side by side into ``work.squares`` while the chunk's
+        spectrum is in cache; the banded projection of the squares into ``work.mel``; dB,
+        ``top_db`` and normalisation in place.
+        """
         half = self.n_fft // 2
-        padded = np.pad(waveform, (half, half), mode="reflect")
+        samples = len(waveform)
+        padded = work.padded
+        padded[half : half + samples] = waveform
+        padded[:half] = waveform[half:0:-1]  # reflect padding, as np.pad(mode="reflect")
+        padded[half + samples :] = waveform[-2 : -half - 2 : -1]
         frames = sliding_window_view(padded, self.n_fft)[:: self.hop_length]
-        spectrum = rfft(frames * self.window, axis=-1, overwrite_x=True)  # complex64
         first, stop = self.bins
-        squares = np.square(spectrum.view(np.float32)[:, 2 * first : 2 * stop])
-        mel = np.zeros((len(frames), self.n_mels), dtype=np.float32)
+        squares, mel = work.squares, work.mel
+        for start in range(0, len(frames), FFT_FRAMES):
+            end = min(start + FFT_FRAMES, len(frames))
+            windowed = work.windowed[: end - start]
+            np.multiply(frames[start:end], self.window, out=windowed)
+            spectrum = rfft(windowed, axis=-1, overwrite_x=True)  # complex64, (chunk, bins): in cache
+            np.square(spectrum.view(np.float32)[:, 2 * first : 2 * stop], out=squares[start:end])
         for band, block in zip(self.bands, self.blocks, strict=True):
             columns = squares[:, 2 * (band.first_bin - first) : 2 * (band.stop_bin - first)]
             np.matmul(columns, block, out=mel[:, band.first_mel : band.stop_mel])
-        decibels = np.log10(np.maximum(mel, AMIN))
+        for first_mel, stop_mel in self.silent:
+            mel[:, first_mel:stop_mel] = 0.0
+        decibels = np.maximum(mel, AMIN, out=mel)
+        np.log10(decibels, out=decibels)
         decibels *= 10.0
         if self.top_db is not None:
             np.maximum(decibels, decibels.max() - np.float32(self.top_db), out=decibels)
@@ -169,6 +240,24 @@ class NumpyLogMel:
             decibels -= mean
             decibels /= std + np.float32(NORM_EPS)
         return decibels
+
+
+class _Workspace:
+    """One thread's buffers for waveforms of ``samples`` samples: the reflect-padded waveform, one
+    chunk of windowed frames, the squares of the used bins ``(frames, squares)`` and the mel power
+    ``(frames, n_mels)``, all float32 (2.8 MB at the defaults)."""
+
+    def __init__(self, samples: int, n_fft: int, frames: int, n_mels: int, squares: int) -> None:
+        self.padded = np.empty(samples + 2 * (n_fft // 2), dtype=np.float32)
+        self.windowed = np.empty((min(FFT_FRAMES, frames), n_fft), dtype=np.float32)
+        self.squares = np.empty((frames, squares), dtype=np.float32)
+        self.mel = np.empty((frames, n_mels), dtype=np.float32)
+
+
+# Each thread's workspaces by (samples, n_fft, hop_length, n_mels, squares); at most a few are kept
+# (predict uses one window length).
+_THREAD = threading.local()
+_WORKSPACES_KEPT = 4
 
 
 def hann_window(n_fft: int) -> np.ndarray:
