@@ -44,9 +44,9 @@ ENGINES = {
 }
 ENGINE_NOTES = {
     "torch": "eager torch: log-mel, then channels-last CNN",
-    "onnx": "log-mel in torch, CNN in onnxruntime",
+    "onnx": "log-mel in numpy (no torch), CNN in onnxruntime",
     "onnx-graph": "log-mel and CNN in one onnxruntime graph",
-    "onnx-int8": "log-mel in torch, CNN int8 in onnxruntime (calibrated on the inputs)",
+    "onnx-int8": "log-mel in numpy (no torch), CNN int8 in onnxruntime (calibrated on the inputs)",
 }
 DEFAULT_DATA = Path(tempfile.gettempdir()) / "dawnchorus-bench"
 
