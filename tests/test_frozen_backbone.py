@@ -24,7 +24,7 @@ from dawnchorus.cli.app import app
 from dawnchorus.config import PredictSettings, build_config
 from dawnchorus.embed.base import EmbeddingModel, EmbeddingOutput, window_embeddings
 from dawnchorus.embed.registry import EmbeddingModelSpec, register_embedding_model
-from dawnchorus.errors import ExportError, ModelError, ModelFileError
+from dawnchorus.errors import ExportError, ModelError, ModelFileError, PredictionError
 from dawnchorus.inference.engines import batch_function_for
 from dawnchorus.inference.export import export_onnx
 from dawnchorus.inference.frozen import FrozenBackboneFunction, model_backbone
@@ -423,3 +423,98 @@ def test_imbalance_options_apply_to_the_head(tone_set: tuple[Path, Path], tmp_pa
     assert first["train_clips"] == 10
     assert second["train_clips"] == 18  # every class oversampled to 6 training entries
     assert second["embeddings_computed"] == 0  # repeats share their clip's cached draws
+
+
+# --- dawnchorus.predict(..., weights=FILE), as predict --weights FILE ------------------------------------
+
+NO_DEFAULT = "test-spectrum-no-default"
+
+
+class NoDefaultSpectrumBackbone(SpectrumBackbone):
+    """The spectral backbone without weights of its own (as perch-v2 without its file): it runs only on
+    a file it is given."""
+
+    name = NO_DEFAULT
+
+
+def needs_weights(weights: str | Path | None = None, **options: object) -> EmbeddingModel:
+    if weights is None:
+        raise ModelError(f"the {NO_DEFAULT} backbone has no weights of its own; give its file")
+    return NoDefaultSpectrumBackbone(weights, **options)
+
+
+@pytest.fixture
+def moved_weights(trained: Path, backbone_weights: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(a model file on a backbone with no default weights, trained with a weights file that is gone as
+    on another machine; a copy of that weights file somewhere else)."""
+    register_embedding_model(
+        EmbeddingModelSpec(NO_DEFAULT, "no default weights", RATE, 3.0, 24, "test", "test", needs_weights),
+        replace=True,
+    )
+    model = load_model(trained)
+    model.backbone = {**model.backbone, "name": NO_DEFAULT}
+    model.metadata["backbone_weights_path"] = str(tmp_path / "gone" / backbone_weights.name)
+    moved = tmp_path / "elsewhere" / backbone_weights.name
+    moved.parent.mkdir()
+    shutil.copy(backbone_weights, moved)
+    return model.save(tmp_path / "model.pt"), moved
+
+
+@pytest.fixture
+def tones_recording(tmp_path: Path) -> Path:
+    recording = tmp_path / "tones.wav"
+    sf.write(recording, np.concatenate([tone(600.0, 6.0, 1), tone(3000.0, 6.5, 2)]), RATE)
+    return recording
+
+
+def test_python_predict_weights_runs_a_model_whose_backbone_file_moved(
+    moved_weights: tuple[Path, Path], trained: Path, tones_recording: Path
+) -> None:
+    """``dawnchorus.predict(model, paths, weights=FILE)`` runs the backbone on FILE as ``predict
+    --weights FILE`` does: a path, a string or a list, one model or an ensemble; a model passed in
+    loaded is not changed."""
+    import dawnchorus
+
+    model, moved = moved_weights
+    with pytest.raises(ModelError, match="has no weights of its own"):
+        dawnchorus.predict(model, tones_recording)  # nothing says where the weights are
+    reference = dawnchorus.predict(trained, tones_recording)  # the same head on the default file
+    assert reference["low"].iloc[0] > 0.5 and reference["high"].iloc[-1] > 0.5
+    for given in (moved, str(moved), [moved]):
+        pd.testing.assert_frame_equal(dawnchorus.predict(model, tones_recording, weights=given), reference)
+    ensemble = dawnchorus.predict([model, model], tones_recording, weights=moved)  # one file, two members
+    pd.testing.assert_frame_equal(ensemble, reference)
+    loaded = load_model(model)
+    pd.testing.assert_frame_equal(dawnchorus.predict(loaded, tones_recording, weights=moved), reference)
+    assert loaded.config.embedding.weights is None
+    with pytest.raises(ModelError, match="has no weights of its own"):
+        dawnchorus.predict(loaded, tones_recording)
+
+
+def test_python_predict_weights_refuses_in_the_clis_one_line(
+    moved_weights: tuple[Path, Path], model_file: Path, tones_recording: Path, tmp_path: Path
+) -> None:
+    """A wrong or missing weights file, or weights for a fine-tuned CNN: the ModelError of
+    ``predict --weights``, word for word; numbers are refused with the option they belong to."""
+    import dawnchorus
+
+    model, moved = moved_weights
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"weights of another backbone")
+    cases = [
+        (model, other, "not the backbone weights the model was trained on (its SHA-256 is "),
+        (model, tmp_path / "missing.bin", "backbone weights file not found"),
+        (model_file, moved, "a fine-tuned CNN carries its weights in its model file"),
+    ]
+    for index, (given_model, given, expected) in enumerate(cases):
+        with pytest.raises(ModelError) as caught:
+            dawnchorus.predict(given_model, tones_recording, weights=given)
+        message = str(caught.value)
+        assert expected in message and str(given) in message and "\n" not in message
+        out = tmp_path / f"cli{index}"
+        result = runner.invoke(app, ["predict", str(given_model), str(tones_recording), "--out", str(out),
+                                     "--weights", str(given)])
+        assert result.exit_code == 2
+        assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {message}"]
+    with pytest.raises(PredictionError, match=r"weights: backbone weights files .* ensemble_weights="):
+        dawnchorus.predict([model, model], tones_recording, weights=[0.6, 0.4])
