@@ -199,3 +199,34 @@ def test_python_dash_m_goes_through_the_same_handler(tmp_path: Path) -> None:
     assert completed.stderr.splitlines() == [f"error: {missing}: folder not found"]
     assert "Traceback" not in completed.stderr
 
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("hop_s: 2.5\nformats: [csv\n", "at line 3, column 1: expected ',' or ']', but got '<stream end>'"),
+        ("hop_s: 2.5: 5\n", "at line 1, column 11: mapping values are not allowed here"),
+        ("hop_s: 2.5\n\x00\n", "(unacceptable character #x0000: special characters are not allowed in"),
+    ],
+    ids=["unclosed-list", "colon", "control-character"],
+)
+def test_a_config_file_that_is_not_yaml_is_one_line_saying_where(
+    model_file: Path, tmp_path: Path, text: str, where: str
+) -> None:
+    """The parser's own message spans several lines (the text under a caret): the user gets one line
+    naming the file, the line and column, and the problem, from the CLI and from the Python API."""
+    from dawnchorus.config import load_predict_settings
+
+    config = tmp_path / "settings.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_predict_settings(config)
+    message = str(caught.value)
+    assert message.startswith(f"{config}: not valid YAML {where}") and "\n" not in message
+    recording = tmp_path / "rec.wav"
+    sf.write(recording, np.zeros(32_000 * 6, np.float32), 32_000)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(recording), "--out", str(out),
+                                      "--config", str(config)])
+    assert result.exit_code == 2 and not out.exists()
+    assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {message}"]

@@ -616,7 +616,17 @@ def _read_yaml(path: str | Path | None) -> tuple[dict[str, Any], str]:
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML {_yaml_problem(exc)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return loaded, str(path)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """What a YAML parser error says is wrong and where, on one line (its own message spans several,
+    quoting the text under a caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f"({' '.join(str(exc).split())})"
+    return f"at line {mark.line + 1}, column {mark.column + 1}: {' '.join(str(problem).split())}"
