@@ -28,7 +28,8 @@ The recipe (what makes a few clips per species enough):
    when asked) with one of its draws at random, or a negative; mixup of embeddings
    (``augment.mixup_*``); the timm path's loss (:func:`~dawnchorus.training.module.clip_loss`) and
    warmup-cosine schedule. Each epoch is validated (the same metric names as the timm path) and
-   the best head by ``train.monitor`` is kept.
+   the best head by ``train.monitor`` is kept (by ``val/loss`` where the validation labels cannot
+   define it: :func:`~dawnchorus.training.result.choose_monitor`).
 5. Thresholds are tuned on validation (labelled soundscapes when the set has them, else clips) and
    ``RUN/model.pt`` holds the head, labels, thresholds and the backbone's record, never its weights.
 
