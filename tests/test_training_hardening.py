@@ -27,6 +27,7 @@ from dawnchorus.io.audio import write_audio
 from dawnchorus.models.modelfile import load_model
 from dawnchorus.synth.soundscapes import make_dataset
 from dawnchorus.training.frozen import train_frozen
+from dawnchorus.training.result import Monitor, choose_monitor
 from dawnchorus.training.run import train
 from tests.conftest import synthetic_audio
 from tests.test_frozen_backbone import FAKE, RATE, SpectrumBackbone, tone
@@ -85,6 +86,22 @@ def test_an_undefined_roc_auc_picks_the_epoch_of_lowest_validation_loss_and_says
     metadata = load_model(run / "model.pt").metadata
     assert metadata["monitor"] == "val/loss"
     assert metadata["best_score"] == pytest.approx(log["val/loss"].min(), rel=1e-5)
+
+
+def test_the_monitor_falls_back_only_where_the_labels_cannot_define_it() -> None:
+    one_clip = np.array([[1.0, 0.0]])
+    both = np.array([[1.0, 0.0], [0.0, 1.0]])
+    no_birds = np.zeros((4, 2))
+    assert choose_monitor("val/roc_auc", "max", both) == Monitor("val/roc_auc", "max")
+    assert choose_monitor("val/cmap", "max", one_clip) == Monitor("val/cmap", "max")  # padded: defined
+    fallback = choose_monitor("val/roc_auc", "max", one_clip)
+    assert (fallback.name, fallback.mode) == ("val/loss", "min")
+    assert "among its 1 validation clip, no class has both positives and negatives" in fallback.note
+    soundscapes = choose_monitor("val_soundscape/roc_auc", "max", None, no_birds)
+    assert (soundscapes.name, soundscapes.mode) == ("train/loss_epoch", "min")  # no clip held out
+    assert "among its 4 validation soundscape windows" in soundscapes.note
+    assert choose_monitor("val_soundscape/roc_auc", "max", both, no_birds).name == "val/loss"
+    assert choose_monitor("val_soundscape/roc_auc", "max", one_clip, both).name == "val_soundscape/roc_auc"
 
 
 def test_an_epoch_with_an_undefined_score_neither_wins_nor_stops_the_run(
@@ -213,9 +230,9 @@ def self_train_command(setup: dict[str, Path], out: Path, *extra: str | Path) ->
 def test_a_frozen_teacher_runs_on_its_teacher_weights_file_and_the_pretrained_start_is_said_once(
     frozen_teacher: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Its weights file moved since training: --teacher-weights names it (was: no way to, and the run
-    failed at pseudo-labelling on the recorded path); two distilled rounds say the student's pretrained
-    start once."""
+    """Its weights file moved since training: --teacher-weights names it (was: no way to; the run fell
+    back on the backbone's default file and stopped at pseudo-labelling, its SHA-256 not the recorded
+    one); two distilled rounds say the student's pretrained start once."""
     run = tmp_path / "run"
     result = runner.invoke(app, self_train_command(
         frozen_teacher, run, "--teacher", frozen_teacher["teacher"], "--teacher-weights",
