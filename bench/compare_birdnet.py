@@ -57,6 +57,7 @@ from infer_throughput import (
     run_engine,
 )
 
+from dawnchorus.config import ModelSettings
 from dawnchorus.inference.engines import DEFAULT_BATCH_SIZE
 
 DEFAULT_BIRDNET_PYTHON = Path(tempfile.gettempdir()) / "birdnet-venv" / "bin" / "python"
@@ -208,7 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engines", default="onnx", help=f"dawnchorus engines, from {', '.join(ENGINES)}")
     parser.add_argument("--inputs", type=Path, default=None, help="folder of recordings to use instead")
     parser.add_argument("--model", type=Path, default=None,
-                        help="dawnchorus model file (default: efficientnet_b0 with calibrated batch norm)")
+                        help="dawnchorus model file (default: untrained --backbone, calibrated batch norm)")
+    parser.add_argument("--backbone", default=None,
+                        help="timm backbone of the default model (default: the package's default backbone)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="generated audio and model")
     parser.add_argument("--birdnet-python", type=Path, default=None,
                         help=f"Python of the BirdNET benchmark venv (default {DEFAULT_BIRDNET_PYTHON}, "
@@ -252,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = expand_inputs([args.inputs])
     else:
         inputs = ensure_soundscapes(args.data_dir / "soundscapes", args.hours, args.file_minutes)
-    model = args.model or ensure_model(args.data_dir / "efficientnet_b0_calibrated.pt", inputs)
+    backbone = args.backbone or ModelSettings().backbone
+    model = args.model or ensure_model(args.data_dir / f"{backbone}_calibrated.pt", inputs, backbone)
     if args.whole_process:
         return whole_process_main(model, inputs, args)
     prepare_onnx(model, args.engine_list)
