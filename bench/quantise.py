@@ -69,7 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (data set and training)")
     parser.add_argument("--backbone", default="test_efficientnet")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/dawnchorus-quantise"))
+    parser.add_argument(
+        "--work-dir", type=Path, default=None,
+        help="default /tmp/dawnchorus-quantise[-BACKBONE unless test_efficientnet][-quick]",
+    )
     parser.add_argument("--real-data", type=Path, default=None, help="real recordings folder")
     parser.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: one per core)")
     parser.add_argument(
@@ -87,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated quantisation recipes to score, or 'all' (known: {', '.join(RECIPES)})",
     )
     return parser.parse_args(argv)
+
+
+def default_work_dir(backbone: str, quick: bool) -> Path:
+    """Where models, data and graphs go without ``--work-dir``: one folder per backbone (and for
+    ``--quick``), so runs of different backbones never retrain over each other's models."""
+    name = "dawnchorus-quantise" + ("" if backbone == "test_efficientnet" else f"-{backbone}")
+    return Path("/tmp") / (name + ("-quick" if quick else ""))
 
 
 def trained_model(data: Path, run: Path, args: argparse.Namespace, epochs: int, seed: int) -> LoadedModel:
@@ -266,14 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown recipes {unknown} (known: {', '.join(RECIPES)})")
     recipes = [RECIPES[name] for name in names]
     if args.speed:
+        args.work_dir = args.work_dir or default_work_dir("test_efficientnet", False)
         speed(args, recipes)
         return 0
     if args.sensitivity is not None:
+        args.work_dir = args.work_dir or default_work_dir(args.backbone, args.quick)
         sensitivity(args.work_dir / f"seed{args.sensitivity}")
         return 0
     preset = QUICK if args.quick else FULL
-    if args.quick and args.work_dir == Path("/tmp/dawnchorus-quantise"):
-        args.work_dir = Path("/tmp/dawnchorus-quantise-quick")
+    if args.work_dir is None:
+        args.work_dir = default_work_dir(args.backbone, args.quick)
     backgrounds = bird_free_backgrounds(real_data_dir(args.real_data))
     test_bank = link_bank(backgrounds, TEST_BANK, args.work_dir / "noise_test")
     started = time.perf_counter()
