@@ -66,7 +66,7 @@ def test_train_offline_with_default_pretrained_weights_prints_one_line_naming_th
     lines = error_lines(completed.stderr)
     assert len(lines) == 1, completed.stderr
     line = lines[0]
-    assert "no network to download ImageNet weights for efficientnet_b0" in line
+    assert "no network to download ImageNet weights for mobilenetv4_conv_small" in line
     assert "--no-pretrained" in line and "--weights FILE" in line
     assert not (tmp_path / "run").exists()  # refused before the run folder (config.yaml, cache) was made
 

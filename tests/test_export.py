@@ -1,6 +1,7 @@
 """ONNX export and the onnxruntime engine: probabilities match eager torch within 1e-4 (frontend in
-the graph or kept in torch, small and efficientnet_b0 backbones, real and synthetic audio); the
-cached graph beside the model file is reused and refreshed; the staged prediction pipeline."""
+the graph or kept in torch; small, efficientnet_b0 and the default mobilenetv4_conv_small backbones;
+real and synthetic audio); the cached graph beside the model file is reused and refreshed; the staged
+prediction pipeline."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def make_model_file(path: Path, backbone: str, seed: int = 0, **model_settings: 
     return write_model_file(path, LABELS, backbone, seed, calibration_audio(), **model_settings)
 
 
-@pytest.fixture(scope="module", params=["test_efficientnet", "efficientnet_b0"])
+@pytest.fixture(scope="module", params=["test_efficientnet", "efficientnet_b0", "mobilenetv4_conv_small"])
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     folder = tmp_path_factory.mktemp(request.param)
     return load_model(make_model_file(folder / "model.pt", request.param))

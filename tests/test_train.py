@@ -572,7 +572,7 @@ def test_training_offline_with_default_pretrained_weights_is_a_model_error(
     with pytest.raises(ModelError) as raised:
         train(dataset, tmp_path / "run", Config(), progress_bar=False)
     message = str(raised.value)
-    assert "no network to download ImageNet weights for efficientnet_b0" in message
+    assert "no network to download ImageNet weights for mobilenetv4_conv_small" in message
     assert "--no-pretrained" in message and "\n" not in message
     assert not (tmp_path / "run" / "checkpoints").exists()
 

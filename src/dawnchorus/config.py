@@ -147,7 +147,12 @@ DEFER_BACKBONE_CHECK = "defer_backbone_check"
 class ModelSettings(_Section):
     """The timm backbone and the classification head."""
 
-    backbone: str = "efficientnet_b0"
+    # mobilenetv4_conv_small: 4.6x less CNN CPU per window than efficientnet_b0 (2.5 against 11.5 ms),
+    # on a par from scratch in bench/backbones.py; issue 16's whole-process speed needs it.
+    backbone: str = Field(
+        "mobilenetv4_conv_small",
+        description="timm backbone (efficientnet_b0: about 4.6x the CPU per window, see bench/backbones.py).",
+    )
     pretrained: bool = Field(True, description="ImageNet weights from the hub (or `weights`).")
     weights: Path | None = Field(None, description="Local pretrained-weights file for the backbone.")
     in_chans: Literal[1, 3] = 1
