@@ -14,8 +14,8 @@ product (at 32 kHz, ``n_fft`` 2048, 128 mels: 114k per frame dense). A batch is 
 waveform at a time, so each one's arrays stay in cache: 2.6 instead of 4.1 CPU ms per 5-s window as
 one batch, against 3.5-5.2 for torch's banded frontend (one thread, batches of 4, 15 interleaved
 rounds on a busy machine, real soundscape audio; same values). Each thread computes in buffers of
-its own (:class:`_Workspace`: no spectrum-sized array is allocated per call, whose page faults cost
-more than the arithmetic around the FFT when the allocator hands the memory back), and the frames go
+its own (:class:`_Workspace`: no spectrum-sized array is allocated per call; allocating them cost
+page faults, e.g. 30 per window against none once the heap held other buffers), and the frames go
 through window, FFT and squares :data:`FFT_FRAMES` at a time, in cache. Per step, CPU ms per 5-s
 window before -> after (one thread, load ~2, medians of 30 interleaved rounds of 20 windows, a
 step-timed copy of each; indicative): padding 0.30 -> 0.09, window 0.87 -> 0.29, FFT 1.59 -> 1.07,
