@@ -25,11 +25,14 @@ blocks as ``efficientnet_b0``, depthwise and pointwise convolutions, squeeze-exc
 norm folded into the convolutions; trained from scratch, benches never download weights). It learns
 the synthetic species in minutes here; ``efficientnet_b0`` from scratch did not in a bench-sized run
 (4 epochs, 198 s: soundscape ROC-AUC 0.59, its probabilities within ~0.003 of each other, so int8's
-rounding reorders them: |d| 0.08-0.16, a measure of that model, not of int8). Models, data and
-graphs stay in ``--work-dir`` and are reused.
+rounding reorders them: |d| 0.08-0.16, a measure of that model, not of int8).
+``--backbone mobilenetv4_conv_small`` (ReLU, no squeeze-excitation) learns in the same recipe
+unchanged (34-47 s per model). Models, data and graphs stay in ``--work-dir`` (by default one folder
+per backbone) and are reused.
 
     python bench/quantise.py --quick          # 1 seed, small set (a few minutes)
     python bench/quantise.py --recipes all    # the quoted table: 3 seeds, every recipe
+    python bench/quantise.py --backbone mobilenetv4_conv_small --seeds 3   # the default on that network
     python bench/quantise.py --speed --recipes all-minmax,head-fp32   # CNN ms per window vs fp32
 """
 
