@@ -20,8 +20,9 @@ through window, FFT and squares :data:`FFT_FRAMES` at a time, in cache. Per step
 window before -> after (one thread, load ~2, medians of 30 interleaved rounds of 20 windows, a
 step-timed copy of each; indicative): padding 0.30 -> 0.09, window 0.87 -> 0.29, FFT 1.59 -> 1.07,
 squares 0.76 -> 0.26, mel projection 0.32 -> 0.26, dB and normalisation 0.29 -> 0.16; whole
-4.5 -> 2.3, and 4.1 -> 2.3 for the frontends themselves in a torch-free process (the values are
-bitwise the same).
+4.5 -> 2.3. The whole frontend's gain depends on the allocator's state: 1.90 -> 1.82 ms in
+bench/logmel_speed.py's torch-free process, 4.05 -> 2.33 in another; with the buffers it took
+1.8-2.4 ms in every setup measured, before 1.9-4.2 (the values are bitwise the same).
 Matrix products run through numpy's BLAS: a caller running several frontends in parallel threads
 limits BLAS to one thread each (OpenBLAS's own threads spin: measured here 5.3 s of CPU for 0.3 s of
 work with two of them).
