@@ -394,8 +394,8 @@ def onnx_batch_function(
     """Audio batch ``(B, T)`` -> probabilities ``(B, C)`` through onnxruntime.
 
     ``onnx_path`` is an exported graph (default: the cached export of ``model.path``, or a temporary
-    export when the model has no file). With the frontend kept in torch, the model's torch frontend
-    computes the log-mel and only the CNN runs in onnxruntime. The result is a
+    export when the model has no file). With the frontend kept out of the graph, the numpy log-mel
+    (:mod:`dawnchorus.models.logmel_numpy`) computes it and only the CNN runs in onnxruntime. The result is a
     :class:`StagedBatchFunction` with ``lanes`` lanes, each session call using
     ``threads`` intra-op threads, so prediction overlaps decoding, log-mel and CNN.
     """
