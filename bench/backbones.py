@@ -22,7 +22,7 @@ seeds, per-seed rows with training seconds, and the paired differences of each a
 Recipe. ``efficientnet_b0`` from scratch did not learn with ``quantise.py``'s recipe (batch 8, lr
 5e-3, 4 epochs); with batch 16, lr 1e-3 it does: the quick check (``--quick``, 4 epochs of 20 steps)
 reached held-out clip ROC-AUC 0.86-1.00 for every arm. The quoted run trains 12 epochs of 20 steps
-(240 optimizer steps, 3840 training items; b0 reached held-out ROC-AUC ~0.93 where 80 steps gave
+(240 optimizer steps, 3840 training items; b0 reached held-out ROC-AUC 0.93-0.98 where 80 steps gave
 0.74-0.84 and seed-to-seed spreads as large as the differences). Still short: a small budget from
 random weights favours networks that learn fast, which fine-tuning from ImageNet weights does not
 measure.
