@@ -147,11 +147,11 @@ DEFER_BACKBONE_CHECK = "defer_backbone_check"
 class ModelSettings(_Section):
     """The timm backbone and the classification head."""
 
-    # mobilenetv4_conv_small: 4.6x less CNN CPU per window than efficientnet_b0 (2.5 against 11.5 ms),
-    # on a par from scratch in bench/backbones.py; issue 16's whole-process speed needs it.
+    # mobilenetv4_conv_small: 2.3 against efficientnet_b0's 11.2 CNN ms per window; predict at 7.0
+    # against 13.8 CPU-s per audio hour; from scratch ROC-AUC level, cmAP ~0.02 lower (bench/README).
     backbone: str = Field(
         "mobilenetv4_conv_small",
-        description="timm backbone (efficientnet_b0: about 4.6x the CPU per window, see bench/backbones.py).",
+        description="timm backbone (efficientnet_b0: about 5x the CNN CPU per window; bench/backbones.py).",
     )
     pretrained: bool = Field(True, description="ImageNet weights from the hub (or `weights`).")
     weights: Path | None = Field(None, description="Local pretrained-weights file for the backbone.")

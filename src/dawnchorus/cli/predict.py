@@ -64,9 +64,9 @@ def predict(
         typer.Option(
             help="auto (onnx on CPU when the 'onnx' extra is installed, else torch), torch, onnx "
             "(exported once and cached beside the model), or onnx-int8 (CPU: the CNN quantised to int8, "
-            "calibrated once on the given recordings or by 'export --int8'; ~25% less CNN CPU, but "
-            "measured against fp32 macro ROC-AUC -0.0011 +- 0.0045 (at most 0.0095) and padded cmAP "
-            "-0.0021 +- 0.0045 (at most 0.0104): see bench/README.md)."
+            "calibrated once on the given recordings or by 'export --int8'; ~40% less CNN CPU on the "
+            "default network; measured against fp32 there macro ROC-AUC +0.0002 +- 0.0029 (at most "
+            "0.0071) and padded cmAP -0.0001 +- 0.0021 (at most 0.0037): see bench/README.md)."
         ),
     ] = "auto",
     smoothing: Annotated[
@@ -274,8 +274,9 @@ def export(
         typer.Option(
             "--int8",
             help="Write the CNN quantised to int8 (input: log-mel), calibrated on --calibration: the graph "
-            "'predict --engine onnx-int8' runs. Measured against fp32: macro ROC-AUC -0.0011 +- 0.0045 "
-            "(at most 0.0095), padded cmAP -0.0021 +- 0.0045 (at most 0.0104) (bench/README.md).",
+            "'predict --engine onnx-int8' runs. Measured against fp32 on the default network: macro "
+            "ROC-AUC +0.0002 +- 0.0029 (at most 0.0071), padded cmAP -0.0001 +- 0.0021 (at most 0.0037) "
+            "(bench/README.md).",
         ),
     ] = False,
     calibration: Annotated[
