@@ -9,9 +9,9 @@ Each round runs, for each tree in turn (interleaved, so both see the same machin
   (``engine: ...``), CPU seconds and peak RSS (``wait4``);
 - ``python -m dawnchorus --help``: wall seconds.
 
-The model is an ``efficientnet_b0`` (the default backbone, calibrated batch norm) with its ONNX graph
-already cached beside it; the input is one 10-s recording, so start-up dominates. Prints medians of
-``--rounds`` rounds and the load average before and after.
+The model is an ``efficientnet_b0`` (the default backbone until issue 16, calibrated batch norm)
+with its ONNX graph already cached beside it; the input is one 10-s recording, so start-up
+dominates. Prints medians of ``--rounds`` rounds and the load average before and after.
 
 Peak RSS: Linux keeps a process's high-water mark across ``exec``, so a child of a large process
 reports at least its parent's RSS (a bare ``python -c pass`` started by a process holding torch

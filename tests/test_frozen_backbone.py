@@ -322,7 +322,8 @@ def test_cli_train_and_predict_with_a_zoo_backbone(
     assert "model written" in result.output
     assert (tmp_path / "cache" / "embeddings").is_dir()
     config = (tmp_path / "run" / "config.yaml").read_text()
-    assert f"backbone: {FAKE}" in config and "backbone: mobilenetv4_conv_small" in config  # timm setting untouched
+    # the timm setting is untouched
+    assert f"backbone: {FAKE}" in config and "backbone: mobilenetv4_conv_small" in config
     predicted = runner.invoke(
         app, ["predict", str(tmp_path / "run" / "model.pt"), str(data / "low"), "--out", str(tmp_path / "p")]
     )
