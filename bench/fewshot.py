@@ -30,7 +30,8 @@ of one of the species' clips, mixed at an SNR drawn from ``SNR_DB_RANGE`` (the s
 
 Arms, each trained on exactly the k clips per species:
 
-- ``cnn``: today's timm recipe (``model.backbone`` default, no pretrained weights: benches never
+- ``cnn``: today's timm recipe (``model.backbone`` default, mobilenetv4_conv_small since issue 16;
+  the quoted figures are efficientnet_b0's: ``--cnn-backbone``; no pretrained weights: benches never
   download), noise augmentation from the training bank, ``--cnn-epochs`` epochs (``--cnn-train``
   overrides more of its train section);
 - ``birdnet plain``: ``--backbone birdnet``, linear head, ``embedding.draws=1, negatives=0``, no
