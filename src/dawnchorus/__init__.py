@@ -70,11 +70,10 @@ def predict(
     if weights is not None:
         predictor = _on_backbone_weights(predictor, weights)
     if settings is not None and settings.engine == "onnx-int8":  # as the CLI: calibrated on `paths`
-        from dawnchorus.inference.ensemble import Ensemble
+        from dawnchorus.inference.ensemble import members_of
         from dawnchorus.inference.quantise import prepare_int8
 
-        members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
-        prepare_int8(members, [paths] if isinstance(paths, str | Path) else list(paths))
+        prepare_int8(members_of(predictor), [paths] if isinstance(paths, str | Path) else list(paths))
     return predict_frame(predictor, paths, settings)
 
 
@@ -89,7 +88,7 @@ def _on_backbone_weights(
     import os
 
     from dawnchorus.errors import PredictionError
-    from dawnchorus.inference.ensemble import Ensemble
+    from dawnchorus.inference.ensemble import Ensemble, members_of
     from dawnchorus.inference.frozen import use_backbone_weights
 
     files = [weights] if isinstance(weights, str | os.PathLike) else list(weights)
@@ -98,9 +97,8 @@ def _on_backbone_weights(
             f"weights: backbone weights files (a path or a list of paths), got {weights!r}; an ensemble's "
             "weights are ensemble_weights="
         )
-    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
     copies = []
-    for member in members:
+    for member in members_of(predictor):
         own = copy.copy(member)
         own.config = member.config.model_copy(deep=True)
         copies.append(own)

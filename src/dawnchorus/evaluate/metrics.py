@@ -111,6 +111,13 @@ def _balanced_accuracy_per_class(counts: dict[str, np.ndarray]) -> np.ndarray:
 # competition metrics
 
 
+def roc_auc_classes(truth: np.ndarray) -> np.ndarray:
+    """Which classes (columns of binary ``truth``, ``(items, classes)``) have both positive and
+    negative items: those a ROC-AUC is defined for."""
+    positives = np.asarray(truth).sum(axis=0)
+    return (positives > 0) & (positives < len(truth))
+
+
 def macro_roc_auc(y_true: Any, y_score: Any) -> float:
     """BirdCLEF 2024/2025 metric: macro ROC-AUC over classes with at least one positive.
 
@@ -119,8 +126,7 @@ def macro_roc_auc(y_true: Any, y_score: Any) -> float:
     :class:`EvaluationError` when no class has both.
     """
     truth, scores = as_truth_and_scores(y_true, y_score)
-    positives = truth.sum(axis=0)
-    scored = (positives > 0) & (positives < truth.shape[0])
+    scored = roc_auc_classes(truth)
     if not scored.any():
         raise EvaluationError(
             "ROC-AUC is undefined: no class has both positive and negative windows"

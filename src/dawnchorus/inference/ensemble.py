@@ -202,6 +202,11 @@ def predictor_of(
     return ensemble_of(models, weights)
 
 
+def members_of(predictor: LoadedModel | Ensemble) -> list[LoadedModel]:
+    """The models of ``predictor``: an ensemble's members, or the one model."""
+    return list(predictor.members) if isinstance(predictor, Ensemble) else [predictor]
+
+
 def as_predictor(
     model: LoadedModel | Ensemble | str | Path | Sequence[LoadedModel | str | Path],
     weights: Sequence[float] | None = None,

@@ -33,7 +33,7 @@ from dawnchorus.inference.engines import (
     resolve_batch_size,
     torch_threads_kept,
 )
-from dawnchorus.inference.ensemble import Ensemble, ensemble_sha256, predictor_batch_function
+from dawnchorus.inference.ensemble import Ensemble, ensemble_sha256, members_of, predictor_batch_function
 from dawnchorus.inference.export import file_sha256
 from dawnchorus.inference.pipeline import (
     RecordingResult,
@@ -355,7 +355,7 @@ class RunFolder:
         that shape the scores, and for each recording in the tables (``parts``: one per recording, those
         that exist) its ``file`` value there (as the run that predicted it spelt it: a resumed run may
         spell it otherwise), absolute path and size (a recording gone since it was predicted is left out)."""
-        members = model.members if isinstance(model, Ensemble) else [model]
+        members = members_of(model)
         weights = model.weights if isinstance(model, Ensemble) else (1.0,)
         models = tuple(
             RunModel(None if m.path is None else str(Path(m.path).resolve()), model_sha256(m), float(w))

@@ -64,7 +64,7 @@ from dawnchorus.config import Config
 from dawnchorus.data.datasets import AudioCache, encode_targets, soundscape_windows
 from dawnchorus.data.layouts import TrainingSet, load_training_set
 from dawnchorus.data.splits import class_balanced_weights, fold_split, oversample, stratified_split
-from dawnchorus.embed.base import BackboneInfo, EmbeddingModel, window_embeddings
+from dawnchorus.embed.base import BackboneInfo, EmbeddingModel, file_sha256, window_embeddings
 from dawnchorus.embed.registry import create_embedding_model
 from dawnchorus.errors import TrainingError
 from dawnchorus.evaluate.metrics import macro_roc_auc, padded_cmap
@@ -345,12 +345,9 @@ class FileDigests:
         entry = self._new.get(where) or self._known.get(where)
         if entry is not None and entry[:-1] == seal:
             return entry[-1]
-        digest = hashlib.sha256()
-        with open(where, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        self._new[where] = [*seal, digest.hexdigest()]
-        return digest.hexdigest()
+        digest = file_sha256(where)
+        self._new[where] = [*seal, digest]
+        return digest
 
     def save(self) -> None:
         """Add this run's digests to the record on disk (re-read first: another run's are kept)."""

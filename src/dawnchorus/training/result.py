@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dawnchorus.errors import TrainingError
+from dawnchorus.evaluate.metrics import roc_auc_classes
 
 TRAINING_METRICS = ("train/loss_epoch",)
 CLIP_METRICS = ("val/roc_auc", "val/cmap", "val/loss", *TRAINING_METRICS)
@@ -93,7 +94,9 @@ def choose_monitor(
     the losses are defined on any non-empty set."""
     prefix, _, metric = monitor.partition("/")
     targets = {"val": validation_targets, "val_soundscape": soundscape_targets}.get(prefix)
-    if metric != "roc_auc" or targets is None or not len(targets) or _roc_auc_defined(targets):
+    if metric != "roc_auc" or targets is None or not len(targets):
+        return Monitor(monitor, mode)
+    if roc_auc_classes(np.asarray(targets) >= 0.5).any():
         return Monitor(monitor, mode)
     has_clips = validation_targets is not None and len(validation_targets) > 0
     fallback = "val/loss" if has_clips else TRAINING_METRICS[0]
@@ -113,8 +116,3 @@ def tell(line: str, log: Callable[[str], None] | None) -> None:
     else:
         warnings.warn(line, stacklevel=3)
 
-
-def _roc_auc_defined(targets: np.ndarray) -> bool:
-    """Whether some class has both positive and negative items (as macro ROC-AUC needs)."""
-    positives = (np.asarray(targets) >= 0.5).sum(axis=0)
-    return bool(((positives > 0) & (positives < len(targets))).any())
